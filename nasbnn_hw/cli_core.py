@@ -1,0 +1,73 @@
+"""Core subcommands: spaces, ops, sample."""
+from __future__ import annotations
+
+import json
+import random
+
+from .arch import Arch, validate
+from .errors import ArchError
+from .layers import count_ops
+from .sampling import largest, sample_uniform, smallest
+from .space import BUILTIN_SPACES, get_space
+
+
+def _load_arch_arg(args, space) -> Arch:
+    if getattr(args, "official_cand", None):
+        import torch
+        from .official import load_official_candidate
+        return load_official_candidate(args.official_cand, space)
+    spec = args.arch
+    if spec in ("largest", "smallest"):
+        return largest(space) if spec == "largest" else smallest(space)
+    if spec and spec.startswith("random:"):
+        return sample_uniform(space, random.Random(int(spec.split(":", 1)[1])))
+    if not spec:
+        raise ArchError("give --arch FILE|largest|smallest|random:SEED or --official-cand FILE")
+    return validate(Arch.load(spec), space)
+
+
+def cmd_ops(args) -> int:
+    space = get_space(args.space)
+    arch = _load_arch_arg(args, space)
+    validate(arch, space)
+    out = {"space": space.name, "arch": arch.to_dict()["stages"], **count_ops(arch, space).to_dict()}
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_spaces(args) -> int:
+    for name in BUILTIN_SPACES:
+        sp = get_space(name)
+        lo, hi = count_ops(smallest(sp), sp).ops / 1e6, count_ops(largest(sp), sp).ops / 1e6
+        print(f"{name:10s} {sp.resolution}x{sp.resolution}x{sp.in_channels} {sp.num_classes:5d} classes "
+              f"{len(sp.stages)} stages  OPs {lo:.3f}M .. {hi:.3f}M")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    space = get_space(args.space)
+    rng = random.Random(args.seed)
+    for _ in range(args.n):
+        a = sample_uniform(space, rng)
+        print(json.dumps({"arch": a.to_dict()["stages"], "ops_M": count_ops(a, space).ops / 1e6}))
+    return 0
+
+
+def add_arch_args(p) -> None:
+    p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
+    p.add_argument("--arch", help="arch JSON file, or largest | smallest | random:SEED")
+    p.add_argument("--official-cand", help="official NAS-BNN candidate (tensor/list of [stage, block, "
+                   "channels, kernel, groups1, groups2] rows) saved with torch.save or as JSON")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ops", help="print FLOPs, BOPs and OPs (millions) of an arch as JSON")
+    add_arch_args(p)
+    p.set_defaults(func=cmd_ops)
+    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p.set_defaults(func=cmd_spaces)
+    p = sub.add_parser("sample", help="print N random archs (uniform under the ND constraint)")
+    p.add_argument("--space", default="small")
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)

@@ -1,0 +1,1 @@
+"""The search spaces shipped with nasbnn-hw (TOML files)."""
