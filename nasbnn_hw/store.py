@@ -1,0 +1,100 @@
+"""The measurement store: every latency measured on any device, in one SQLite file.
+
+One row per (device, target, TVM version, kind, key). Writes are single transactions, so a run killed at
+any point leaves only whole rows; re-running skips keys already stored; INSERT OR IGNORE makes a retried
+write after a lost connection harmless (no duplicates).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    kind TEXT NOT NULL,            -- 'layer' or 'subnet'
+    key TEXT NOT NULL,             -- LayerConfig.key() or the arch JSON with its space name
+    config TEXT NOT NULL,          -- JSON: LayerConfig.to_dict() or {"space": ..., "arch": ...}
+    median_s REAL NOT NULL,
+    iqr_s REAL NOT NULL,
+    repeats INTEGER NOT NULL,
+    samples TEXT NOT NULL,         -- JSON list of seconds
+    created REAL NOT NULL,
+    UNIQUE (device, target, tvm_version, kind, key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    device: str
+    target: str
+    tvm_version: str
+    kind: str
+    key: str
+    config: dict = field(compare=False)
+    median_s: float = 0.0
+    iqr_s: float = 0.0
+    repeats: int = 0
+    samples: tuple[float, ...] = field(default=(), compare=False)
+    created: float = 0.0
+
+
+class MeasurementStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def has(self, device: str, target: str, tvm_version: str, kind: str, key: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM measurements WHERE device=? AND target=? AND tvm_version=? "
+                               "AND kind=? AND key=?", (device, target, tvm_version, kind, key)).fetchone()
+        return row is not None
+
+    def add(self, m: Measurement) -> bool:
+        """Store `m`; return False (and change nothing) if that key is already stored."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO measurements (device, target, tvm_version, kind, key, config, median_s, "
+            "iqr_s, repeats, samples, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (m.device, m.target, m.tvm_version, m.kind, m.key, json.dumps(m.config, sort_keys=True),
+             m.median_s, m.iqr_s, m.repeats, json.dumps(list(m.samples)), m.created or time.time()))
+        return cur.rowcount == 1
+
+    def query(self, device: str | None = None, kind: str | None = None, target: str | None = None) -> list[Measurement]:
+        sql, params = "SELECT device, target, tvm_version, kind, key, config, median_s, iqr_s, repeats, samples, " \
+                      "created FROM measurements WHERE 1=1", []
+        for col, val in (("device", device), ("kind", kind), ("target", target)):
+            if val is not None:
+                sql += f" AND {col}=?"
+                params.append(val)
+        sql += " ORDER BY id"
+        return [Measurement(d, t, v, k, key, json.loads(c), med, iqr, rep, tuple(json.loads(s)), cr)
+                for d, t, v, k, key, c, med, iqr, rep, s, cr in self._db.execute(sql, params)]
+
+    def devices(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM measurements ORDER BY device")]
+
+    def count(self, device: str | None = None, kind: str | None = None) -> int:
+        return len(self.query(device=device, kind=kind))
+
+    def add_many(self, ms: Iterable[Measurement]) -> int:
+        return sum(self.add(m) for m in ms)
