@@ -13,8 +13,7 @@ from .space import BUILTIN_SPACES, get_space
 
 def _load_arch_arg(args, space) -> Arch:
     if getattr(args, "official_cand", None):
-        import torch
-        from .official import load_official_candidate
+        from .checkpoint import load_official_candidate
         return load_official_candidate(args.official_cand, space)
     spec = args.arch
     if spec in ("largest", "smallest"):
@@ -53,6 +52,31 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_convert_official(args) -> int:
+    from .checkpoint import load_supernet, save_supernet
+    ck = load_supernet(args.checkpoint, space=args.space)
+    save_supernet(args.out, ck.supernet, source=str(args.checkpoint))
+    print(f"wrote {args.out} (space {ck.supernet.space.name}, "
+          f"{sum(p.numel() for p in ck.supernet.parameters()) / 1e6:.2f}M parameters)")
+    return 0
+
+
+def cmd_import_official_search(args) -> int:
+    from .checkpoint import import_official_search
+    space = get_space(args.space)
+    recs = import_official_search(args.file, space)
+    rows = [{"arch": r.arch.to_dict()["stages"], "acc": r.acc, "ops_recorded": r.ops,
+             "ops_M": count_ops(r.arch, space).ops / 1e6, "pareto": r.pareto} for r in recs]
+    text = "\n".join(json.dumps(r) for r in rows)
+    if args.out:
+        from .utils import atomic_write_text
+        atomic_write_text(args.out, text + "\n")
+        print(f"wrote {len(rows)} archs ({sum(r.pareto for r in recs)} on the Pareto front) to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def add_arch_args(p) -> None:
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
     p.add_argument("--arch", help="arch JSON file, or largest | smallest | random:SEED")
@@ -71,3 +95,13 @@ def register(sub) -> None:
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("convert-official", help="convert an official NAS-BNN supernet checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--space", default="imagenet")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_convert_official)
+    p = sub.add_parser("import-official-search", help="list the archs of an official info.pth.tar as JSON lines")
+    p.add_argument("file")
+    p.add_argument("--space", default="imagenet")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_import_official_search)

@@ -1,0 +1,220 @@
+"""Binary building blocks of the weight-sharing supernet (METHOD.md, "Search space" and "Weight sharing").
+
+Every module holds its parameters at the maximum shape and slices them for the active subnet. Parameter
+names follow the official NAS-BNN layout so its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _SignApprox(torch.autograd.Function):
+    """sign(x) forward; ApproxSign gradient 2 - 2|x| for |x| < 1, else 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+
+
+class _SignClippedSTE(torch.autograd.Function):
+    """sign(w) forward; straight-through gradient where |w| <= 1."""
+
+    @staticmethod
+    def forward(ctx, w):
+        ctx.save_for_backward(w)
+        return torch.sign(w)
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        return g * (w.abs() <= 1).to(g.dtype)
+
+
+def binary_activation(x: torch.Tensor) -> torch.Tensor:
+    return _SignApprox.apply(x)
+
+
+def binary_weight_sign(w: torch.Tensor) -> torch.Tensor:
+    return _SignClippedSTE.apply(w)
+
+
+class LearnableBias(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        return x + self.bias[:, : x.size(1)]
+
+
+class DynamicBatchNorm2d(nn.Module):
+    """BatchNorm at the maximum width, sliced to the input's channels. With `bn.momentum = None` the
+    running statistics become a cumulative average (used for BN recalibration)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        bn, c = self.bn, x.size(1)
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        else:
+            factor = 0.0
+        return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
+                            bn.training, factor, bn.eps)
+
+
+class DynamicPReLU(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.prelu = nn.PReLU(channels, init=0.25)
+
+    def forward(self, x):
+        return F.prelu(x, self.prelu.weight[: x.size(1)])
+
+
+class DynamicBinaryConv2d(nn.Module):
+    """Shared binary conv: weight (max_out, max_in / min_groups, max_k, max_k).
+
+    Subnet weight = first `out` filters → progressive centre-crop + learned kernel transformation per
+    kernel-size step (e.g. `matrix_5to3`) → group crop. The binary path additionally applies the
+    bi-transformation `fp2bin_<max_k>` (only at the largest kernel), per-filter standardisation (weight
+    normalisation) and sign; the per-filter scale mean(|w_n|) multiplies the conv output.
+    """
+
+    def __init__(self, max_in: int, max_out: int, kernels: tuple[int, ...], min_groups: int,
+                 weight_norm: bool = True, bi_transformation: bool = True):
+        super().__init__()
+        self.kernels = tuple(sorted(kernels))
+        self.max_k = self.kernels[-1]
+        self.weight_norm = weight_norm
+        self.bi_transformation = bi_transformation and self.max_k > 1
+        self.weight = nn.Parameter(torch.empty(max_out, max_in // min_groups, self.max_k, self.max_k))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.weight.data.mul_(1e-2 / self.weight.data.abs().mean())  # small latent weights: STE region
+        for big, small in zip(self.kernels[:0:-1], self.kernels[-2::-1]):
+            self.register_parameter(f"matrix_{big}to{small}", nn.Parameter(torch.eye(small * small)))
+        if self.bi_transformation:
+            self.register_parameter(f"fp2bin_{self.max_k}", nn.Parameter(torch.eye(self.max_k ** 2)))
+        self.register_buffer("scaling_factor", torch.zeros(max_out, 1, 1, 1))
+        self._group_index: dict[tuple, torch.Tensor] = {}
+
+    def _kernel_crop(self, w: torch.Tensor, k: int) -> torch.Tensor:
+        cur = self.max_k
+        for small in reversed(self.kernels):
+            if small >= cur:
+                continue
+            if cur <= k:
+                break
+            start = (cur - small) // 2
+            w = w[:, :, start:start + small, start:start + small]
+            m = getattr(self, f"matrix_{cur}to{small}")
+            o, i = w.shape[:2]
+            w = (w.reshape(o, i, small * small) @ m.t()).reshape(o, i, small, small)
+            cur = small
+        return w
+
+    def _group_crop(self, w: torch.Tensor, in_c: int, groups: int) -> torch.Tensor:
+        sub_in = in_c // groups
+        ratio = self.weight.size(1) // sub_in
+        out_c = w.size(0)
+        if groups == 1 or ratio == 1:
+            return w[:, :sub_in]
+        key = (out_c, in_c, groups, w.device)
+        idx = self._group_index.get(key)
+        if idx is None:
+            per_group = out_c // groups
+            chunk = torch.arange(out_c, device=w.device) // per_group
+            idx = ((chunk % ratio) * sub_in)[:, None] + torch.arange(sub_in, device=w.device)[None, :]
+            self._group_index[key] = idx
+        return torch.gather(w, 1, idx[:, :, None, None].expand(-1, -1, w.size(2), w.size(3)))
+
+    def subnet_weight(self, in_c: int, out_c: int, k: int, groups: int, binary: bool):
+        """(weight, scale): binary → (sign weight with STE, per-filter scale (out,)); else (fp weight, None)."""
+        sub_in = in_c // groups
+        w = self.weight[:out_c, : sub_in * min(groups, self.weight.size(1) // sub_in)]  # columns used
+        w = self._kernel_crop(w, k)
+        w = self._group_crop(w, in_c, groups)
+        if not binary:
+            return w, None
+        if self.bi_transformation and k == self.max_k:
+            m = getattr(self, f"fp2bin_{k}")
+            o, i = w.shape[:2]
+            w = (w.reshape(o, i, k * k) @ m.t()).reshape(o, i, k, k)
+        if self.weight_norm:
+            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
+        scale = w.abs().mean(dim=(1, 2, 3)).detach()
+        if self.training:
+            with torch.no_grad():
+                self.scaling_factor[:out_c, 0, 0, 0] = scale
+        return binary_weight_sign(w), scale
+
+    def forward(self, x, out_c: int, k: int, groups: int, stride: int, binary: bool = True):
+        w, scale = self.subnet_weight(x.size(1), out_c, k, groups, binary)
+        y = F.conv2d(x, w, None, stride, k // 2, 1, groups)
+        return y if scale is None else y * scale.view(1, -1, 1, 1)
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class QuantStemConv(nn.Module):
+    """8-bit weight conv with a learned per-output-channel step (LSQ); float activations."""
+
+    def __init__(self, in_ch: int, max_out: int, k: int, stride: int):
+        super().__init__()
+        self.k, self.stride = k, stride
+        self.weight = nn.Parameter(torch.empty(max_out, in_ch, k, k))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.w_scale = nn.Parameter(torch.ones(max_out))
+        self.register_buffer("w_init_state", torch.zeros(1))
+        with torch.no_grad():
+            self.w_scale.copy_(self._initial_step())
+
+    def _initial_step(self):
+        w = self.weight.detach().flatten(1)
+        m, s = w.mean(1), w.std(1)
+        return torch.maximum((m - 3 * s).abs(), (m + 3 * s).abs()) / 2 ** 7
+
+    def quantized(self, out_c: int):
+        """(integer weight as float in [-128, 127], step (out,)) for the first `out_c` filters."""
+        w, s = self.weight[:out_c], self.w_scale[:out_c]
+        g = 1.0 / math.sqrt(w.numel() * 127)
+        s = (s - s * g).detach() + s * g
+        q = torch.clamp(_RoundSTE.apply(w / s.view(-1, 1, 1, 1)), -128, 127)
+        return q, s
+
+    def forward(self, x, out_c: int):
+        if self.training and self.w_init_state.item() == 0:
+            with torch.no_grad():
+                self.w_scale.copy_(self._initial_step())
+                self.w_init_state.fill_(1)
+        q, s = self.quantized(out_c)
+        return F.conv2d(x, q * s.view(-1, 1, 1, 1), None, self.stride, self.k // 2)
+
+
+def shortcut_tile(x: torch.Tensor, out_c: int) -> torch.Tensor:
+    """Channel increase in a shortcut: concatenated copies of x, cut to out_c."""
+    c = x.size(1)
+    if out_c == c:
+        return x
+    return torch.cat([x] * (-(-out_c // c)), dim=1)[:, :out_c]
