@@ -1,0 +1,91 @@
+"""Schedules. CPU: register-tiled output blocks (a few pixels x a vector of output channels) accumulated
+in registers over an unrolled word loop, the epilogue fused into the tile, rows in parallel. CUDA: one
+thread per output element (source generation; no tuning here)."""
+from __future__ import annotations
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _channel_tile(per_group: int, total: int) -> tuple[int, int]:
+    """(tile, vector) for the output-channel axis: the tile divides the per-group channel count so one
+    tile never straddles two groups (its input words are then shared by all its lanes)."""
+    for tile in (16, 8, 4, 2, 1):
+        if per_group % tile == 0 and total % tile == 0:
+            return tile, min(tile, 8)
+    return 1, 1
+
+
+def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int = 7):
+    """Tile an (n, y, x, f, *reduce) accumulation block and fuse its epilogue."""
+    acc = sch.get_sblock(acc_name)
+    loops = sch.get_loops(acc)
+    n, y, x, f = loops[:4]
+    red = loops[4:]
+    wo, fo_ext = int(sch.get(x).extent), int(sch.get(f).extent)
+    xt = _divisor_at_most(wo, pixel_cap)
+    ft, vec = _channel_tile(per_group, fo_ext)
+    xo, xi = sch.split(x, [None, xt])
+    fo, f1, fi = sch.split(f, [None, ft // vec, vec])
+    sch.reorder(n, y, xo, fo, *red, xi, f1, fi)
+    out = sch.get_sblock(out_name)
+    sch.reverse_compute_at(out, fo)
+    sch.set_scope(acc, 0, "local")
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.unroll(xi)
+    sch.unroll(f1)
+    sch.vectorize(fi)
+    sch.unroll(red[-1])
+    sch.parallel(sch.fuse(n, y, xo))
+    sch.decompose_reduction(acc, red[0])
+
+
+def cpu_binary_half(sch, name: str, groups: int):
+    pack = sch.get_sblock(f"{name}_pack")
+    loops = sch.get_loops(pack)
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    sch.unroll(loops[-1])
+    acc = sch.get_sblock(f"{name}_acc")
+    f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
+    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups)
+
+
+def cpu_stem(sch, name: str):
+    pad = sch.get_sblock(f"{name}_pad")
+    loops = sch.get_loops(pad)
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    acc = sch.get_sblock(f"{name}_acc")
+    f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
+    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext, pixel_cap=4)
+
+
+def cpu_head(sch, name: str):
+    fc = sch.get_sblock(f"{name}_fc")
+    n, j, rc = sch.get_loops(fc)
+    j_ext = int(sch.get(j).extent)
+    vec = _divisor_at_most(j_ext, 8)
+    jo, ji = sch.split(j, [None, vec])
+    sch.reorder(n, jo, rc, ji)
+    out = sch.get_sblock(f"{name}_out")
+    sch.reverse_compute_at(out, jo)
+    sch.set_scope(fc, 0, "local")
+    sch.vectorize(ji)
+    sch.vectorize(sch.get_loops(out)[-1])
+    sch.decompose_reduction(fc, rc)
+
+
+def gpu_generic(sch, threads: int = 64):
+    """Bind every block of the function: spatial loops fused, split into (blocks, threads)."""
+    root = sch.get_sblock("root")
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    for nm in names:
+        blk = sch.get_sblock(nm)
+        n_spatial = sum(1 for iv in sch.get(blk).iter_vars if int(iv.iter_type) == 0)
+        loops = sch.get_loops(blk)
+        fused = sch.fuse(*loops[:n_spatial])
+        ext = int(sch.get(fused).extent)
+        t = _divisor_at_most(ext, threads)
+        bo, ti = sch.split(fused, [None, t])
+        sch.bind(bo, "blockIdx.x")
+        sch.bind(ti, "threadIdx.x")

@@ -1,0 +1,146 @@
+"""Every TVM kernel against a PyTorch reference of the same layer: integer results exactly equal, float
+results within 1e-5 of the output's scale."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _bnn_reference import StaticBlock, StaticStem, shortcut
+from nasbnn_hw.kernels import KernelError, TargetError, build_layer, resolve_target, supports
+from nasbnn_hw.kernels.binary import border_classes, pack_weights, padding_correction
+from nasbnn_hw.kernels.layer import build_binary_conv
+from nasbnn_hw.kernels.params import binary_half_params, head_params, stem_params
+from nasbnn_hw.layers import LayerConfig
+
+RTOL = 1e-5
+
+
+def assert_float_close(got: np.ndarray, ref: np.ndarray):
+    scale = float(np.abs(ref).max())
+    err = float(np.abs(got - ref).max())
+    assert err <= RTOL * max(scale, 1.0), f"max abs err {err:.3g} vs scale {scale:.3g}"
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,res", [
+    (24, 24, 3, 1, 1, 8),      # channels not a multiple of 64
+    (48, 48, 5, 2, 2, 10),     # k=5, groups, stride 2
+    (96, 96, 3, 4, 2, 6),      # 24 channels per group
+    (128, 128, 3, 1, 1, 5),    # two full words
+    (160, 160, 5, 2, 1, 3),    # 80 per group = 1.25 words, image smaller than the kernel reach
+    (48, 96, 1, 2, 1, 5),      # 1x1, grouped, C_out > C_in
+    (64, 64, 1, 1, 2, 6),      # 1x1 stride 2
+])
+def test_binary_conv_is_exact(c_in, c_out, k, groups, stride, res):
+    lay = build_binary_conv(c_in, c_out, k, groups, stride, res, seed=c_in + k)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, c_in, res, res, generator=g)
+    move = torch.randn(c_in, generator=g) * 0.3
+    w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
+    params = {"x": nhwc(x), "move_in": move.numpy(), "weight": pack_weights(w.numpy(), groups)}
+    if k > 1:
+        params["corr"] = padding_correction(w.numpy(), groups, (res, res), stride, k // 2)[0]
+    got = lay.run(params)
+    ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, nhwc(ref).astype(np.int32))
+
+
+def test_spare_bits_never_count():
+    """All-positive activations and weights on 24 channels: the dot is exactly 24 * taps inside."""
+    w = np.ones((24, 24, 3, 3), np.float32)
+    packed = pack_weights(w, 1)
+    assert packed.shape == (3, 3, 1, 24) and int(packed[0, 0, 0, 0]) == (1 << 24) - 1
+    lay = build_binary_conv(24, 24, 3, 1, 1, 4)
+    corr = padding_correction(w, 1, (4, 4), 1, 1)[0]
+    out = lay.run({"x": np.ones((1, 4, 4, 24), np.float32), "move_in": np.zeros(24, np.float32),
+                   "weight": packed, "corr": corr})
+    assert out[0, 1, 1, 0] == 24 * 9 and out[0, 0, 0, 0] == 24 * 4 and out[0, 0, 1, 0] == 24 * 6
+
+
+def test_border_classes():
+    bc = border_classes(14, 14, 3, 1, 1)
+    assert [bc.of(o) for o in range(14)] == [0] + [1] * 12 + [2] and bc.count == 3
+    bc = border_classes(14, 7, 5, 2, 2)  # rows 0 (2 taps out), 1..5 inside, 6 (1 tap out)
+    assert [bc.of(o) for o in range(7)] == [0, 1, 1, 1, 1, 1, 2]
+    assert border_classes(2, 2, 5, 1, 2).count == 2
+
+
+@pytest.mark.parametrize("c_in,c_out,k,g1,g2,stride,res,half", [
+    (24, 48, 3, 1, 1, 1, 6, 1),
+    (48, 48, 5, 2, 1, 2, 8, 1),
+    (96, 96, 3, 4, 1, 2, 6, 1),
+    (24, 48, 3, 1, 1, 1, 4, 2),    # channel tiling x2
+    (48, 64, 3, 1, 2, 1, 4, 2),    # tiling cut: 64 of 2 x 48, grouped 1x1
+    (64, 192, 3, 1, 4, 1, 3, 2),   # tiling x3
+])
+def test_binary_half_block_matches_pytorch(c_in, c_out, k, g1, g2, stride, res, half):
+    g = torch.Generator().manual_seed(7)
+    blk = StaticBlock(c_in, c_out, k, stride, g1, g2, g).eval()
+    x = torch.randn(1, c_in, res, res, generator=g)
+    with torch.no_grad():
+        if half == 1:
+            ref = blk.half1(x)
+            p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (res, res))
+            cfg = LayerConfig("bconv", c_in, c_in, k, g1, stride, res)
+        else:
+            ref = blk.half2(x)
+            p = binary_half_params(blk.binary_conv1x1, blk.bn2, blk.move21, blk.move22, blk.prelu2, blk.move23,
+                                   (res, res))
+            cfg = LayerConfig("bconv", c_in, c_out, 1, g2, 1, res)
+    got = build_layer(cfg, params=p).run({"x": nhwc(x)})
+    assert_float_close(got, nhwc(ref))
+
+
+def test_shortcut_reference_tiles_channels():
+    x = torch.arange(3.0).view(1, 3, 1, 1)
+    assert shortcut(x, 1, 8).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("c_in,c_out,res", [(3, 24, 16), (1, 12, 14)])
+def test_stem_matches_pytorch(c_in, c_out, res):
+    g = torch.Generator().manual_seed(3)
+    stem = StaticStem(c_in, c_out, 3, 2, g).eval()
+    x = torch.randn(2, c_in, res, res, generator=g)
+    with torch.no_grad():
+        ref = stem(x)
+    got = build_layer(LayerConfig("stem", c_in, c_out, 3, 1, 2, res), batch=2, params=stem_params(stem)).run(
+        {"x": x.numpy()})
+    assert_float_close(got, nhwc(ref))
+
+
+def test_head_matches_pytorch():
+    g = torch.Generator().manual_seed(4)
+    fc = torch.nn.Linear(96, 10)
+    x = torch.randn(2, 96, 3, 3, generator=g)
+    with torch.no_grad():
+        ref = fc(x.mean(dim=(2, 3))).numpy()
+    got = build_layer(LayerConfig("head", 96, 10, 1, 1, 1, 3), batch=2, params=head_params(fc)).run({"x": nhwc(x)})
+    assert_float_close(got, ref)
+
+
+def test_bad_layers_and_targets_raise_clear_errors():
+    ok, why = supports(LayerConfig("bconv", 48, 48, 3, 5, 1, 8))
+    assert not ok and "groups=5" in why
+    with pytest.raises(KernelError, match="groups=5"):
+        build_layer(LayerConfig("bconv", 48, 48, 3, 5, 1, 8))
+    with pytest.raises(KernelError, match="kind 'pool'"):
+        build_layer(LayerConfig("pool", 48, 48, 3, 1, 1, 8))
+    with pytest.raises(TargetError, match="unknown target 'tpu'"):
+        resolve_target("tpu")
+    with pytest.raises(KernelError, match="shape"):
+        build_layer(LayerConfig("head", 16, 10, 1, 1, 1, 2)).run({"x": np.zeros((1, 3, 3, 16), np.float32)})
+
+
+def test_cuda_source_uses_popcount():
+    lay = build_layer(LayerConfig("bconv", 48, 48, 3, 2, 2, 8), target="cuda-sm80")
+    src = lay.executable.mod.imports[0].inspect_source()
+    assert "__popc" in src and "__global__" in src
