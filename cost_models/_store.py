@@ -1,0 +1,81 @@
+"""Reading one device's measurements out of a `MeasurementStore`."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from nasbnn_hw.arch import Arch
+from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.store import Measurement, MeasurementStore
+
+from .errors import CostModelError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeviceMeasurements", "load_device_measurements", "subnet_space_arch"]
+
+
+@dataclass(frozen=True)
+class DeviceMeasurements:
+    device: str
+    target: str
+    tvm_version: str
+    layers: dict[str, Measurement]        # LayerConfig.key() -> measurement
+    subnets: tuple[Measurement, ...]
+    source: str
+
+    def layer_config(self, key: str) -> LayerConfig:
+        return LayerConfig(**self.layers[key].config)
+
+
+def open_store(store) -> tuple[MeasurementStore, bool]:
+    if isinstance(store, MeasurementStore):
+        return store, False
+    if store is None:
+        raise CostModelError("this cost model needs a measurement store (store=PATH or a MeasurementStore)")
+    if not Path(store).exists():
+        raise CostModelError(f"measurement store {str(store)!r} does not exist")
+    return MeasurementStore(store), True
+
+
+def load_device_measurements(store, device: str, target: str | None = None,
+                             tvm_version: str | None = None) -> DeviceMeasurements:
+    """All layer and subnet rows of `device`; with several (target, TVM version) pairs, one must be chosen."""
+    st, owned = open_store(store)
+    try:
+        rows = [m for m in st.query(device=device)
+                if (target is None or m.target == target) and (tvm_version is None or m.tvm_version == tvm_version)]
+        source = str(st.path)
+        if not rows:
+            devices = st.devices()
+            raise CostModelError(f"no measurements for device {device!r} in {source} "
+                                 f"(devices there: {', '.join(devices) or 'none'}); profile it first with "
+                                 f"`nasbnn-hw profile --device {device}`")
+    finally:
+        if owned:
+            st.close()
+    combos = sorted({(m.target, m.tvm_version) for m in rows})
+    if len(combos) > 1:
+        raise CostModelError(f"device {device!r} has measurements for several (target, TVM version) pairs "
+                             f"{combos}; choose one with target= and tvm_version=")
+    tgt, ver = combos[0]
+    layers = {m.key: m for m in rows if m.kind == "layer"}
+    subnets = tuple(m for m in rows if m.kind == "subnet")
+    return DeviceMeasurements(device, tgt, ver, layers, subnets, source)
+
+
+def subnet_space_arch(m: Measurement, default: SearchSpace | None = None) -> tuple[SearchSpace, Arch] | None:
+    """The space (at the measured resolution) and arch of a subnet row; None if the space is unknown here."""
+    cfg = m.config
+    try:
+        name = cfg["space"]
+        space = default if default is not None and default.name == name else get_space(name)
+        if "resolution" in cfg and int(cfg["resolution"]) != space.resolution:
+            space = space.with_resolution(int(cfg["resolution"]))
+        return space, Arch.from_dict(cfg["arch"])
+    except (KeyError, TypeError, NasBnnError) as e:
+        log.warning("skipping subnet measurement %s: %s", m.key[:60], e)
+        return None

@@ -1,0 +1,112 @@
+"""Active profiling: measure next what the predictor is least sure about.
+
+`select_uncertain` ranks any candidates (layer configs or archs) by the uncertainty a fitted model reports
+and returns the next batch. `active_profile` runs the loop: measure a small random seed set, fit, pick the
+most uncertain batch, measure it through the caller's `measure(items) -> latencies` callback, refit, until
+the measurement budget is spent. The caller owns measuring (a profiler, a device, a simulation).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+from .errors import CostModelError
+
+__all__ = ["select_uncertain", "active_profile", "ActiveRound", "ActiveResult"]
+
+
+def select_uncertain(candidates: Sequence[Hashable], uncertainty: Callable[[list], tuple[np.ndarray, np.ndarray]],
+                     k: int, *, exclude=(), score: str = "relative", weights: Sequence[float] | None = None) -> list:
+    """The `k` candidates (not in `exclude`) with the highest uncertainty, most uncertain first.
+
+    `uncertainty(items) -> (mean, std)`, e.g. `predictor.predict_layers` or a cost model's
+    `costs_with_uncertainty`. score='relative' ranks by std/mean, 'absolute' by std; `weights` (one per
+    candidate, e.g. how often a layer occurs in the space's subnets) multiply the score.
+    """
+    if score not in ("relative", "absolute"):
+        raise CostModelError(f"score={score!r} not allowed (allowed: 'relative', 'absolute')")
+    if not isinstance(k, int) or k < 0:
+        raise CostModelError(f"k must be an int >= 0, got {k!r}")
+    excluded = set(exclude)
+    idx = [i for i, c in enumerate(candidates) if c not in excluded]
+    if not idx or k == 0:
+        return []
+    items = [candidates[i] for i in idx]
+    mean, std = (np.asarray(a, dtype=np.float64) for a in uncertainty(items))
+    s = std / np.maximum(np.abs(mean), 1e-300) if score == "relative" else std.copy()
+    if weights is not None:
+        s = s * np.asarray(weights, dtype=np.float64)[idx]
+    order = np.argsort(-s, kind="stable")[:k]
+    return [items[i] for i in order]
+
+
+@dataclass(frozen=True)
+class ActiveRound:
+    n_measured: int
+    picked: tuple
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class ActiveResult:
+    measured: dict                 # item -> measured latency (s), in measurement order
+    model: object                  # the last fitted model
+    rounds: list[ActiveRound]
+
+
+def _default_fit(items, latencies):
+    from .predictor import LatencyPredictor
+    return LatencyPredictor(n_estimators=32).fit(items, latencies)
+
+
+def active_profile(candidates: Sequence[Hashable], measure: Callable[[list], Sequence[float]], *, budget: int,
+                   initial: int = 16, batch_size: int = 16, strategy: str = "uncertainty", seed: int = 0,
+                   fit: Callable | None = None, uncertainty: Callable | None = None, score: str = "relative",
+                   weights: Sequence[float] | None = None,
+                   evaluate: Callable[[object, dict], dict] | None = None) -> ActiveResult:
+    """Measure at most `budget` of `candidates`, chosen actively (strategy='uncertainty') or uniformly at
+    random (strategy='random', the baseline).
+
+    fit(items, latencies) -> model (default: a `LatencyPredictor` on layer configs); uncertainty(model,
+    items) -> (mean, std) (default: `model.predict_layers(items)`); evaluate(model, measured) -> metrics
+    dict recorded per round (e.g. held-out accuracy).
+    """
+    if strategy not in ("uncertainty", "random"):
+        raise CostModelError(f"strategy={strategy!r} not allowed (allowed: 'uncertainty', 'random')")
+    if budget < 2 or initial < 2 or batch_size < 1:
+        raise CostModelError(f"need budget >= 2, initial >= 2, batch_size >= 1 (got {budget}, {initial}, {batch_size})")
+    fit = fit or _default_fit
+    uncertainty = uncertainty or (lambda model, items: model.predict_layers(items))
+    rng = random.Random(seed)
+    pool = list(dict.fromkeys(candidates))
+    budget = min(budget, len(pool))
+    if weights is not None and len(weights) != len(pool):
+        raise CostModelError(f"weights has {len(weights)} values for {len(pool)} distinct candidates")
+    measured: dict = {}
+    rounds: list[ActiveRound] = []
+
+    def _measure(items):
+        lat = list(measure(list(items)))
+        if len(lat) != len(items):
+            raise CostModelError(f"measure() returned {len(lat)} latencies for {len(items)} items")
+        measured.update(zip(items, lat))
+
+    first = rng.sample(pool, min(initial, budget))
+    _measure(first)
+    model = fit(list(measured), list(measured.values()))
+    rounds.append(ActiveRound(len(measured), tuple(first), evaluate(model, measured) if evaluate else {}))
+    while len(measured) < budget:
+        k = min(batch_size, budget - len(measured))
+        if strategy == "random":
+            rest = [c for c in pool if c not in measured]
+            picked = rng.sample(rest, k)
+        else:
+            picked = select_uncertain(pool, lambda items: uncertainty(model, items), k, exclude=measured,
+                                      score=score, weights=weights)
+        _measure(picked)
+        model = fit(list(measured), list(measured.values()))
+        rounds.append(ActiveRound(len(measured), tuple(picked), evaluate(model, measured) if evaluate else {}))
+    return ActiveResult(measured, model, rounds)

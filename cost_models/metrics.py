@@ -1,0 +1,58 @@
+"""How well predicted costs match measured ones."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["within", "rmse", "mape", "kendall_tau", "spearman", "evaluate", "calibrate_linear"]
+
+
+def _pair(pred, meas):
+    p, m = np.asarray(pred, dtype=np.float64), np.asarray(meas, dtype=np.float64)
+    if p.shape != m.shape or p.ndim != 1:
+        raise ValueError(f"predicted {p.shape} and measured {m.shape} must be 1-D of equal length")
+    return p, m
+
+
+def within(pred, meas, tol: float) -> float:
+    """Fraction of predictions within +-tol (relative) of the measurement."""
+    p, m = _pair(pred, meas)
+    return float(np.mean(np.abs(p - m) <= tol * np.abs(m))) if len(m) else float("nan")
+
+
+def rmse(pred, meas) -> float:
+    p, m = _pair(pred, meas)
+    return float(np.sqrt(np.mean((p - m) ** 2))) if len(m) else float("nan")
+
+
+def mape(pred, meas) -> float:
+    """Mean absolute percentage error, in percent."""
+    p, m = _pair(pred, meas)
+    return float(100 * np.mean(np.abs(p - m) / np.abs(m))) if len(m) else float("nan")
+
+
+def kendall_tau(pred, meas) -> float:
+    from scipy.stats import kendalltau
+    p, m = _pair(pred, meas)
+    return float(kendalltau(p, m).statistic) if len(m) > 1 else float("nan")
+
+
+def spearman(pred, meas) -> float:
+    from scipy.stats import spearmanr
+    p, m = _pair(pred, meas)
+    return float(spearmanr(p, m).statistic) if len(m) > 1 else float("nan")
+
+
+def evaluate(pred, meas) -> dict:
+    """All metrics: acc10/acc5 (fractions), rmse (unit of the inputs), mape (%), kendall_tau, spearman."""
+    return {"n": len(np.asarray(meas)), "acc10": within(pred, meas, 0.10), "acc5": within(pred, meas, 0.05),
+            "rmse": rmse(pred, meas), "mape": mape(pred, meas), "kendall_tau": kendall_tau(pred, meas),
+            "spearman": spearman(pred, meas)}
+
+
+def calibrate_linear(x, meas) -> tuple[float, float]:
+    """Least-squares (slope, intercept) mapping a unitless cost (OPs, FLOPs) to the measured unit."""
+    x, m = _pair(x, meas)
+    if len(m) < 2 or np.ptp(x) == 0:
+        return (float(np.mean(m) / np.mean(x)) if len(m) and np.mean(x) else 1.0), 0.0
+    a, b = np.polyfit(x, m, 1)
+    return float(a), float(b)
