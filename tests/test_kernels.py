@@ -144,3 +144,27 @@ def test_cuda_source_uses_popcount():
     lay = build_layer(LayerConfig("bconv", 48, 48, 3, 2, 2, 8), target="cuda-sm80")
     src = lay.executable.mod.imports[0].inspect_source()
     assert "__popc" in src and "__global__" in src
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
+                    reason="needs the aarch64 cross gcc and qemu-user (installed by .ci/run)")
+def test_aarch64_neon_build_runs_under_qemu(tmp_path):
+    from nasbnn_hw.kernels.harness import build_harness, run_with_harness
+    g = torch.Generator().manual_seed(11)
+    blk = StaticBlock(48, 48, 5, 2, 2, 1, g).eval()
+    x = torch.randn(1, 48, 6, 6, generator=g)
+    with torch.no_grad():
+        ref = blk.half1(x)
+    p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (6, 6))
+    lay = build_layer(LayerConfig("bconv", 48, 48, 5, 2, 2, 6), target="aarch64-neon", params=p)
+    asm = lay.executable.mod.inspect_source("asm")
+    assert "cnt\tv" in asm  # NEON vector popcount
+    lib = lay.export(tmp_path / "bconv_aarch64.so")
+    assert "aarch64" in subprocess.run(["file", "-b", str(lib)], capture_output=True, text=True).stdout.lower()
+    harness = build_harness(tmp_path / "harness", cc="aarch64-linux-gnu-gcc")
+    args = list(lay.args)
+    args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
+    (got,), times = run_with_harness(harness, lib, args, tmp_path / "run",
+                                     prefix=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"], repeat=2)
+    assert len(times) == 2
+    assert_float_close(got, nhwc(ref))
