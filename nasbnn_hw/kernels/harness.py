@@ -1,4 +1,4 @@
-"""Run an exported kernel library without TVM on the target: a small C program (`data/kernel_harness.c`)
+"""Run an exported kernel library without TVM on the target: a small C program (`kernel_harness.c` beside this file)
 loads the library, feeds it raw argument files and writes the outputs. Used to check cross-compiled
 (aarch64) libraries under `qemu-aarch64` and usable on a board that has only a C compiler's output."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ def include_dirs() -> list[str]:
 
 def build_harness(out: str | Path, cc: str = "gcc") -> Path:
     """Compile the harness with `cc` (e.g. aarch64-linux-gnu-gcc) to `out`."""
-    path = Path(__file__).resolve().parent.parent / "data" / "kernel_harness.c"
+    path = Path(__file__).resolve().parent / "kernel_harness.c"
     out = Path(out)
     cmd = [cc, "-O2", *(f"-I{d}" for d in include_dirs()), str(path), "-o", str(out), "-ldl", "-rdynamic"]
     r = subprocess.run(cmd, capture_output=True, text=True)
