@@ -9,6 +9,7 @@ import sys
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (
     "nasbnn_hw.cli_core",
+    "nasbnn_hw.cli_costs",
 )
 
 

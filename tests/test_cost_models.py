@@ -321,3 +321,27 @@ def test_report_files_and_metrics(tmp_path):
     assert lines[0] == "id,measured,ops,predictor" and len(lines) == 61
     with pytest.raises(CostModelError, match="at least one row"):
         write_report(tmp_path / "r2", [])
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def test_cli_fit_and_compare(store, tmp_path, capsys):
+    from nasbnn_hw.cli import main
+    out = tmp_path / "p.json"
+    assert main(["fit", "--device", "simdev", "--store", str(store.path), "--out", str(out),
+                 "--n-estimators", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out layers" in text and "held-out subnets" in text and "n=  16" in text
+    assert LatencyPredictor.load(out, device="simdev").n_train_layers_ == 94
+    rep = tmp_path / "rep"
+    assert main(["compare", "--device", "simdev", "--store", str(store.path), "--subnets", "30",
+                 "--out", str(rep), "--n-estimators", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "30 measured subnets of small on simdev" in text and "the 50 subnets not compared" in text
+    metrics = json.loads((rep / "metrics.json").read_text())
+    assert set(metrics) == {"ops", "flops", "lut", "predictor"}
+    assert metrics["lut"]["acc10"] >= 0.9 and metrics["predictor"]["acc10"] >= 0.9
+    assert (rep / "scatter_lut.png").exists() and len((rep / "points.csv").read_text().splitlines()) == 31
+    assert main(["compare", "--device", "simdev", "--store", str(store.path), "--subnets", "5", "--out",
+                 str(tmp_path / "rep2"), "--predictor", str(out)]) == 0
+    assert main(["fit", "--device", "nodev", "--store", str(store.path), "--out", str(out)]) == 2
+    assert "no measurements for device 'nodev'" in capsys.readouterr().err
