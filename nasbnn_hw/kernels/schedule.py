@@ -17,28 +17,41 @@ def _channel_tile(per_group: int, total: int) -> tuple[int, int]:
     return 1, 1
 
 
-def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int = 7):
-    """Tile an (n, y, x, f, *reduce) accumulation block and fuse its epilogue."""
-    acc = sch.get_sblock(acc_name)
-    loops = sch.get_loops(acc)
-    n, y, x, f = loops[:4]
-    red = loops[4:]
-    wo, fo_ext = int(sch.get(x).extent), int(sch.get(f).extent)
-    xt = _divisor_at_most(wo, pixel_cap)
-    ft, vec = _channel_tile(per_group, fo_ext)
-    xo, xi = sch.split(x, [None, xt])
-    fo, f1, fi = sch.split(f, [None, ft // vec, vec])
-    sch.reorder(n, y, xo, fo, *red, xi, f1, fi)
+def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int = 7, n_reduce: int = 3):
+    """Tile the (n, y, x, f) epilogue block `out_name` and compute its accumulation `acc_name` inside each
+    tile (scheduled from the consumer side: the epilogue may also read tensors produced elsewhere, e.g.
+    the shortcut)."""
     out = sch.get_sblock(out_name)
-    sch.reverse_compute_at(out, fo)
+    n, y, x, f = sch.get_loops(out)
+    wo, f_ext = int(sch.get(x).extent), int(sch.get(f).extent)
+    xt = _divisor_at_most(wo, pixel_cap)
+    ft, vec = _channel_tile(per_group, f_ext)
+    xo, xi = sch.split(x, [None, xt])
+    fo, fi = sch.split(f, [None, ft])
+    sch.reorder(n, y, xo, fo, xi, fi)
+    acc = sch.get_sblock(acc_name)
+    sch.compute_at(acc, fo)
+    # compute_at regenerates the loops and drops unit ones: count the remaining reduction loops
+    n_red = sum(1 for v in sch.get(acc).iter_vars if int(v.iter_type) == 2 and int(v.dom.extent) > 1)
+    own = sch.get_loops(acc)[4:]
+    spatial, red = own[:len(own) - n_red], own[len(own) - n_red:]
+    inner = []
+    if spatial:
+        tile = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        inner = sch.split(tile, [xt, ft // vec, vec])
+        sch.reorder(*red, *inner)
     sch.set_scope(acc, 0, "local")
-    sch.vectorize(sch.get_loops(out)[-1])
-    sch.unroll(xi)
-    sch.unroll(f1)
-    sch.vectorize(fi)
-    sch.unroll(red[-1])
+    if inner:
+        sch.unroll(inner[0])
+        sch.unroll(inner[1])
+        sch.vectorize(inner[2])
+    if red:
+        sch.unroll(red[-1])
+    fi_o, fi_i = sch.split(fi, [None, vec])
+    sch.vectorize(fi_i)
     sch.parallel(sch.fuse(n, y, xo))
-    sch.decompose_reduction(acc, red[0])
+    if red or inner:
+        sch.decompose_reduction(acc, (red or inner)[0])
 
 
 def cpu_binary_half(sch, name: str, groups: int):

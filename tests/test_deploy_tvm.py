@@ -1,0 +1,84 @@
+"""Whole subnets compiled into one TVM function give the logits of the PyTorch subnet."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from _bnn_reference import StaticSubnet
+from nasbnn_hw.deploy_tvm import DeployError, TvmSubnet, compile_random_subnet, compile_subnet, subnet_layers
+from nasbnn_hw.layers import arch_layers
+from nasbnn_hw.sampling import largest, sample_uniform, smallest
+from nasbnn_hw.space import get_space
+
+
+def _check(model, net, space, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, space.in_channels, space.resolution, space.resolution, generator=g)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    got = net(x)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    assert rel <= 1e-4, rel
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "random"])
+def test_standin_subnet_matches_pytorch(which):
+    space = get_space("small16")
+    arch = {"largest": largest, "smallest": smallest}.get(which, lambda s: sample_uniform(s, random.Random(5)))(space)
+    model = StaticSubnet(arch, space, seed=1)
+    layers = subnet_layers(model, space.resolution)
+    assert layers == arch_layers(arch, space)
+    net = compile_subnet(model, batch=2, resolution=space.resolution)
+    _check(model, net, space)
+
+
+def test_real_extracted_subnet_matches_pytorch():
+    sn = pytest.importorskip("nasbnn_hw.supernet")
+    space = get_space("small16")
+    torch.manual_seed(0)
+    sup = sn.SuperBNN(space)
+    arch = sample_uniform(space, random.Random(3))
+    # give BatchNorm statistics away from the identity so the folding is exercised
+    with torch.no_grad():
+        for m in sup.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    sup.eval()
+    model = sn.extract_subnet(sup, arch)
+    net = compile_subnet(model, batch=1)
+    _check(model, net, space, batch=1, seed=2)
+
+
+def test_export_and_load_roundtrip(tmp_path):
+    space = get_space("small16")
+    model = StaticSubnet(smallest(space), space, seed=2)
+    net = compile_subnet(model, batch=1, resolution=space.resolution)
+    path = net.export(tmp_path / "net.so")
+    again = TvmSubnet.load(path)
+    x = np.random.default_rng(0).standard_normal(net.input_shape).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net(x))
+    with pytest.raises(DeployError, match="compiled for"):
+        again(np.zeros((3, 1, 16, 16), np.float32))
+    with pytest.raises(DeployError, match="cannot read"):
+        TvmSubnet.load(tmp_path / "missing.so")
+
+
+def test_random_subnet_args_for_runners():
+    space = get_space("small16")
+    net = compile_random_subnet(largest(space), space)
+    specs = net.arg_specs()
+    assert specs[-1].is_output and specs[-1].shape == (1, space.num_classes)
+    assert len(specs) == len(net.params) + 2 and all(s.data is not None for s in specs[:-1])
+    assert np.isfinite(net(specs[0].data)).all()
+
+
+def test_not_a_subnet_is_rejected():
+    with pytest.raises(DeployError, match="no 'stem'"):
+        compile_subnet(torch.nn.Linear(3, 3))
