@@ -81,15 +81,28 @@ class LayerTableCostModel:
             self._values = new if self._values is None else np.concatenate([self._values, new])
         return self._values
 
-    def _reduce(self, archs: Sequence[Arch]) -> np.ndarray:
-        """Per-arch reduction of the layer table: shape (n,) or (n, n_members)."""
+    def _reduce(self, archs: Sequence[Arch], with_counts: bool = False):
+        """Per-arch reduction of the layer table: shape (n,) or (n, n_members); with_counts: also the number
+        of layers of each arch."""
         archs = list(archs)
         if not archs:
-            return np.zeros(0)
+            return (np.zeros(0), np.zeros(0, dtype=np.int64)) if with_counts else np.zeros(0)
         flat, starts = self._index.index(archs)
-        vals = self._table()[flat]
+        table = self._table()
+        if with_counts:
+            return self._reduce_flat(table, flat, starts, len(archs)), np.diff(np.append(starts, len(flat)))
+        return self._reduce_flat(table, flat, starts, len(archs))
+
+    def _reduce_flat(self, table: np.ndarray, flat: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+        if table.ndim == 2 and self.reduce == "sum":
+            # (archs x layer configs) count matrix times the (configs x members) table: avoids building a
+            # (total layers x members) array, which for 20k ImageNet archs would be hundreds of MB
+            from scipy.sparse import csr_matrix
+            indptr = np.append(starts, len(flat))
+            counts = csr_matrix((np.ones(len(flat)), flat, indptr), shape=(n, len(table)))
+            return np.asarray(counts @ table)
         op = np.maximum if self.reduce == "max" else np.add
-        return op.reduceat(vals, starts, axis=0)
+        return op.reduceat(table[flat], starts, axis=0)
 
     def costs(self, archs: Sequence[Arch]) -> np.ndarray:
         out = self._reduce(archs)

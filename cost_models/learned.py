@@ -38,9 +38,7 @@ class PredictorCostModel(LayerTableCostModel):
         archs = list(archs)
         if not archs:
             return np.zeros((0, len(self.predictor.trees_)))
-        flat, starts = self._index.index(archs)
-        sums = np.add.reduceat(self._table()[flat], starts, axis=0)
-        n_layers = np.diff(np.append(starts, len(flat)))
+        sums, n_layers = self._reduce(archs, with_counts=True)
         return self.predictor.correct(sums, n_layers[:, None])
 
     def costs(self, archs: Sequence[Arch]) -> np.ndarray:

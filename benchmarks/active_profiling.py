@@ -1,0 +1,106 @@
+"""Active vs uniform-random layer profiling on a simulated device.
+
+Every layer config of a space is a candidate measurement. Each strategy measures `--initial` layers at
+random, fits a latency predictor, then adds `--batch` layers per round: the most uncertain ones (relative
+ensemble spread; or absolute spread times how often the layer occurs in random subnets) or random ones.
+After each round the predictor (plus a whole-network correction fitted on the same few calibration
+subnets for every strategy) predicts held-out subnets and the still-unmeasured layers.
+
+    .venv/bin/python benchmarks/active_profiling.py --space imagenet --seeds 3
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cost_models._layers import space_layer_configs  # noqa: E402
+from cost_models.active import active_profile  # noqa: E402
+from cost_models.metrics import evaluate  # noqa: E402
+from cost_models.predictor import LatencyPredictor  # noqa: E402
+from cost_models.synthetic import SimulatedDevice  # noqa: E402
+from nasbnn_hw.layers import arch_layers  # noqa: E402
+from nasbnn_hw.sampling import sample_uniform  # noqa: E402
+from nasbnn_hw.space import get_space  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--space", default="imagenet")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--initial", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--budget", type=int, default=120)
+    ap.add_argument("--held-out", type=int, default=300, help="held-out subnets")
+    ap.add_argument("--calibration", type=int, default=20, help="measured subnets for the correction")
+    ap.add_argument("--n-estimators", type=int, default=32)
+    args = ap.parse_args(argv)
+
+    space = get_space(args.space)
+    dev = SimulatedDevice(name="sim", noise=0.02)
+    pool = space_layer_configs(space)
+    rng = random.Random(1234)
+    held = [sample_uniform(space, rng) for _ in range(args.held_out)]
+    calib = [sample_uniform(space, rng) for _ in range(args.calibration)]
+    held_layers = [arch_layers(a, space) for a in held]
+    held_meas = np.array([dev.measure_subnet(a, space) for a in held])
+    calib_layers = [arch_layers(a, space) for a in calib]
+    calib_meas = [dev.measure_subnet(a, space) for a in calib]
+    freq = Counter(c for ls in held_layers for c in ls)
+    weights = [freq.get(c, 0) + 1 for c in pool]
+    true_layer = {c: dev.true_layer_latency(c) for c in pool}
+    print(f"space {space.name}: {len(pool)} distinct layer configs, {len(held)} held-out subnets, "
+          f"{len(calib)} calibration subnets, seeds {args.seeds}")
+
+    def evaluate_round(model, measured):
+        model.fit_correction(calib_layers, calib_meas)
+        cfgs = sorted({c for ls in held_layers for c in ls})
+        members = model.predict_layer_members(cfgs)
+        row = {c: i for i, c in enumerate(cfgs)}
+        sums = np.array([members[[row[c] for c in ls]].sum(axis=0) for ls in held_layers])
+        nl = np.array([len(ls) for ls in held_layers])[:, None]
+        pred = model.correct(sums, nl).mean(axis=1)
+        sub = evaluate(pred, held_meas)
+        rest = [c for c in pool if c not in measured]
+        lay = evaluate(model.predict_layers(rest)[0], [true_layer[c] for c in rest]) if len(rest) > 1 else {}
+        return {"sub_acc10": sub["acc10"], "sub_acc5": sub["acc5"], "sub_mape": sub["mape"],
+                "layer_acc10": lay.get("acc10", float("nan"))}
+
+    strategies = {"random": dict(strategy="random"),
+                  "active": dict(strategy="uncertainty", score="relative"),
+                  "active-weighted": dict(strategy="uncertainty", score="absolute", weights=weights)}
+    curves: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
+    t0 = time.time()
+    for seed in range(args.seeds):
+        for name, kw in strategies.items():
+            res = active_profile(pool, lambda items: [dev.measure_layer(c) for c in items], budget=args.budget,
+                                 initial=args.initial, batch_size=args.batch, seed=seed,
+                                 fit=lambda xs, ys, s=seed: LatencyPredictor(n_estimators=args.n_estimators,
+                                                                             random_state=s).fit(xs, ys),
+                                 evaluate=evaluate_round, **kw)
+            for r in res.rounds:
+                curves[name].setdefault(r.n_measured, []).append(r.metrics)
+    print(f"({time.time() - t0:.1f} s)\n")
+    names = list(strategies)
+    print("held-out subnets: ±10% / ±5% / MAPE; unmeasured layers: ±10% (mean over seeds)")
+    print("measured | " + " | ".join(f"{n:^31s}" for n in names))
+    for n_meas in sorted(curves["random"]):
+        cells = []
+        for n in names:
+            ms = curves[n][n_meas]
+            m = {k: float(np.nanmean([x[k] for x in ms])) for k in ms[0]}
+            cells.append(f"{100 * m['sub_acc10']:5.1f}% {100 * m['sub_acc5']:5.1f}% {m['sub_mape']:5.2f}% "
+                         f"L{100 * m['layer_acc10']:5.1f}%")
+        print(f"{n_meas:8d} | " + " | ".join(f"{c:^31s}" for c in cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
