@@ -11,26 +11,37 @@ from .sampling import largest, sample_uniform, smallest
 from .space import BUILTIN_SPACES, get_space
 
 
-def _load_arch_arg(args, space) -> Arch:
-    if getattr(args, "official_cand", None):
+def resolve_archs(spec: str | None, space, official_cand: str | None = None, seed: int = 0) -> list[Arch]:
+    """Archs named on the command line: a JSON file (one arch, or a search result's 'best' list),
+    largest, smallest, random:N (N uniform ND samples), or comma-separated combinations."""
+    if official_cand:
         from .checkpoint import load_official_candidate
-        return load_official_candidate(args.official_cand, space)
-    spec = args.arch
-    if spec in ("largest", "smallest"):
-        return largest(space) if spec == "largest" else smallest(space)
-    if spec and spec.startswith("random:"):
-        return sample_uniform(space, random.Random(int(spec.split(":", 1)[1])))
+        return [load_official_candidate(official_cand, space)]
     if not spec:
-        raise ArchError("give --arch FILE|largest|smallest|random:SEED or --official-cand FILE")
-    return validate(Arch.load(spec), space)
+        raise ArchError("give --arch FILE|largest|smallest|random:N (comma-separated) or --official-cand FILE")
+    out: list[Arch] = []
+    rng = random.Random(seed)
+    for part in spec.split(","):
+        if part == "largest":
+            out.append(largest(space))
+        elif part == "smallest":
+            out.append(smallest(space))
+        elif part.startswith("random:"):
+            try:
+                n = int(part.split(":", 1)[1])
+            except ValueError:
+                raise ArchError(f"--arch {part!r}: random:N needs an integer N") from None
+            out.extend(sample_uniform(space, rng) for _ in range(n))
+        else:
+            out.append(validate(Arch.load(part), space))
+    return out
 
 
 def cmd_ops(args) -> int:
     space = get_space(args.space)
-    arch = _load_arch_arg(args, space)
-    validate(arch, space)
-    out = {"space": space.name, "arch": arch.to_dict()["stages"], **count_ops(arch, space).to_dict()}
-    print(json.dumps(out))
+    for arch in resolve_archs(args.arch, space, args.official_cand):
+        validate(arch, space)
+        print(json.dumps({"space": space.name, "arch": arch.to_dict()["stages"], **count_ops(arch, space).to_dict()}))
     return 0
 
 
@@ -79,7 +90,7 @@ def cmd_import_official_search(args) -> int:
 
 def add_arch_args(p) -> None:
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
-    p.add_argument("--arch", help="arch JSON file, or largest | smallest | random:SEED")
+    p.add_argument("--arch", help="arch JSON file, largest, smallest or random:N; comma-separated for several")
     p.add_argument("--official-cand", help="official NAS-BNN candidate (tensor/list of [stage, block, "
                    "channels, kernel, groups1, groups2] rows) saved with torch.save or as JSON")
 

@@ -1,0 +1,76 @@
+"""From a checkpoint to a deployable static subnet: BN recalibration for supernet checkpoints, and the
+file format of fine-tuned subnets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import Arch, validate
+from .checkpoint import load_supernet, safe_load
+from .data import Splits, load_splits
+from .errors import CheckpointError
+from .evaluate import calibration_batches, recalibrate_bn
+from .space import SearchSpace
+from .supernet import StaticSubnet, SuperBNN, extract_subnet
+from .utils import atomic_torch_save
+
+SUBNET_FORMAT = "nasbnn-hw/subnet-v1"
+
+
+@dataclass
+class CalibrationConfig:
+    num_batches: int = 10
+    batch_size: int = 256
+    seed: int = 0
+
+
+def data_for_checkpoint(extra: dict, space: SearchSpace, override: str | None = None) -> Splits:
+    """The splits a supernet was trained on (recorded in its checkpoint), or `override`."""
+    d = extra.get("data_config") or {}
+    source = override or d.get("source")
+    if not source:
+        raise CheckpointError("this checkpoint does not record its training data: pass --data")
+    return load_splits(source, space.resolution, space.in_channels, d.get("val_fraction", 0.1),
+                       d.get("limit_train"), d.get("split_seed", 0))
+
+
+def recalibrated_subnet(supernet: SuperBNN, arch: Arch, splits: Splits,
+                        calib: CalibrationConfig = CalibrationConfig()) -> StaticSubnet:
+    validate(arch, supernet.space)
+    recalibrate_bn(supernet, arch, calibration_batches(splits.train, calib.num_batches, calib.batch_size, calib.seed))
+    return extract_subnet(supernet, arch)
+
+
+def save_subnet(path: str | Path, subnet: StaticSubnet, supernet: SuperBNN, **extra) -> None:
+    atomic_torch_save({"format": SUBNET_FORMAT, "config": supernet.config(), "arch": subnet.arch.to_dict(),
+                       "state_dict": subnet.state_dict(), **extra}, path)
+
+
+def load_subnet(path: str | Path) -> StaticSubnet:
+    obj = safe_load(path)
+    if not isinstance(obj, dict) or obj.get("format") != SUBNET_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a subnet file ({SUBNET_FORMAT})")
+    cfg = obj["config"]
+    space = SearchSpace.from_dict(cfg["space"], source=str(path))
+    arch = Arch.from_dict(obj["arch"])
+    sub = extract_subnet(SuperBNN(space, cfg["weight_norm"], cfg["bi_transformation"]), arch)
+    sub.load_state_dict(obj["state_dict"])
+    return sub.eval()
+
+
+def static_subnet_from(checkpoint: str | Path, arch: Arch | None, data: str | None = None,
+                       calib: CalibrationConfig = CalibrationConfig()) -> StaticSubnet:
+    """A static subnet from a subnet file, or from a supernet checkpoint + arch (with BN recalibration)."""
+    obj = safe_load(checkpoint)
+    if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
+        sub = load_subnet(checkpoint)
+        if arch is not None and arch != sub.arch:
+            raise CheckpointError(f"{checkpoint} holds arch {sub.arch.short()}, not the requested {arch.short()}")
+        return sub
+    if arch is None:
+        raise CheckpointError(f"{checkpoint} is a supernet checkpoint: give --arch")
+    ck = load_supernet(checkpoint)
+    splits = data_for_checkpoint(ck.extra, ck.supernet.space, data)
+    return recalibrated_subnet(ck.supernet, arch, splits, calib)

@@ -1,0 +1,146 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nasbnn_hw import NasBnnError, get_space, largest, smallest
+from nasbnn_hw.checkpoint import load_supernet
+from nasbnn_hw.data import DataError, load_splits
+from nasbnn_hw.evaluate import SubnetEvaluator, accuracy, calibration_batches, recalibrate_bn
+from nasbnn_hw.subnet_io import load_subnet, recalibrated_subnet, save_subnet
+from nasbnn_hw.train import SupernetTrainer, TrainConfig, finetune
+
+SPACE = get_space("small16")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits("digits", 16, 1)
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=32, max_steps_per_epoch=4, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_data_splits_are_deterministic_and_disjoint(digits):
+    again = load_splits("digits", 16, 1)
+    assert torch.equal(digits.val.images, again.val.images)
+    assert digits.train.images.shape[1:] == (1, 16, 16)
+    assert len(digits.train) + len(digits.val) == 1437 and len(digits.test) == 360
+    with pytest.raises(DataError, match="unknown data source 'nope'"):
+        load_splits("nope", 16, 1)
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits("cifar10:/nonexistent", 16, 1)
+
+
+def test_idx_and_cifar_and_imagefolder_loaders(tmp_path):
+    import gzip
+    import pickle
+    import struct
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    d = tmp_path / "idx"
+    d.mkdir()
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        imgs = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(d / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBBIII", 0, 8, 3, n, 28, 28) + imgs.tobytes())
+        with gzip.open(d / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 8, 1, n) + labels.tobytes())
+    s = load_splits(str(d), 16, 1, val_fraction=0.2)
+    assert len(s.train) == 24 and len(s.val) == 6 and len(s.test) == 10
+    c = tmp_path / "cifar-10-batches-py"
+    c.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(c / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    s = load_splits(f"cifar10:{c}", 16, 3)
+    assert s.train.images.shape[1:] == (3, 16, 16) and len(s.test) == 4
+    f = tmp_path / "folder"
+    for cls in ("cat", "dog"):
+        (f / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(f / cls / f"{i}.png")
+    s = load_splits(f"imagefolder:{f}", 16, 1, val_fraction=0.34)
+    assert s.train.num_classes == 2 and len(s.train) + len(s.val) == 6
+
+
+def test_training_learns_and_resume_is_exact(tmp_path, digits):
+    full = SupernetTrainer(SPACE, digits, _cfg(), tmp_path / "a", progress=False)
+    hist = full.fit()
+    assert len(hist) == 2 and hist[1]["teacher_loss"] < hist[0]["teacher_loss"] + 1.0
+
+    # the same run, killed at step 7 (mid-epoch) with a checkpoint every 3 steps, then resumed
+    part = SupernetTrainer(SPACE, digits, _cfg(checkpoint_every=3), tmp_path / "b", progress=False)
+    real_step = part.train_step
+
+    def dying_step(x, y):
+        if part.global_step == 7:
+            raise KeyboardInterrupt
+        return real_step(x, y)
+    part.train_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    resumed = SupernetTrainer(SPACE, digits, _cfg(checkpoint_every=3), tmp_path / "b", progress=False)
+    assert resumed.resume() and (resumed.global_step, resumed.step_in_epoch) == (6, 2)
+    resumed.fit()
+    a, b = full.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(NasBnnError, match="trained with batch_size=32"):
+        SupernetTrainer(SPACE, digits, _cfg(batch_size=16), tmp_path / "b", progress=False).resume()
+
+
+def test_strategy_switches_change_training(tmp_path, digits):
+    a = SupernetTrainer(SPACE, digits, _cfg(epochs=1), tmp_path / "a", progress=False)
+    b = SupernetTrainer(SPACE, digits, _cfg(epochs=1, bi_teacher=False), tmp_path / "b", progress=False)
+    a.fit(), b.fit()
+    assert not torch.equal(a.net.fc.weight, b.net.fc.weight)
+
+
+def test_eval_recalibration_finetune_and_subnet_file(tmp_path, digits):
+    tr = SupernetTrainer(SPACE, digits, _cfg(epochs=2, max_steps_per_epoch=8), tmp_path / "t", progress=False)
+    tr.fit()
+    net = tr.net
+    calib = calibration_batches(digits.train, 2, 64)
+    ev = SubnetEvaluator(net, calib, digits.val)
+    acc_l = ev(largest(SPACE))
+    assert ev(largest(SPACE)) == acc_l and len(ev.cache) == 1
+    assert 0 <= acc_l <= 100
+    sub = recalibrated_subnet(net, smallest(SPACE), digits)
+    recalibrate_bn(net, smallest(SPACE), calibration_batches(digits.train, 10, 256))
+    assert accuracy(sub, digits.test)["top1"] == pytest.approx(accuracy(net, digits.test, arch=smallest(SPACE))["top1"])
+    save_subnet(tmp_path / "s.pt", sub, net)
+    back = load_subnet(tmp_path / "s.pt")
+    x = digits.test.images[:8]
+    with torch.no_grad():
+        assert torch.equal(back(x), sub(x))
+    ft, hist = finetune(net, smallest(SPACE), digits, epochs=1, lr=1e-3, batch_size=64, progress=False,
+                        max_steps_per_epoch=5)
+    assert len(hist) == 1 and ft.arch == smallest(SPACE)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nasbnn_hw.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_train_eval(tmp_path):
+    out = tmp_path / "run"
+    r = _cli("train", "--space", "small16", "--data", "digits", "--epochs", "1", "--batch-size", "64",
+             "--max-steps-per-epoch", "3", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (out / "checkpoint.pt").exists() and json.loads((out / "train.log").read_text().splitlines()[0])["epoch"] == 1
+    r = _cli("train", "--space", "small16", "--data", "digits", "--epochs", "1", "--out", str(out), "--quiet")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = _cli("eval", "--checkpoint", str(out / "checkpoint.pt"), "--arch", "largest,random:2", "--calib-batches", "2")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(rows) == 3 and all(0 <= row["top1"] <= 100 for row in rows)
+    ck = load_supernet(out / "checkpoint.pt")
+    assert ck.extra["data_config"]["source"] == "digits"
