@@ -345,3 +345,40 @@ def test_cli_fit_and_compare(store, tmp_path, capsys):
                  str(tmp_path / "rep2"), "--predictor", str(out)]) == 0
     assert main(["fit", "--device", "nodev", "--store", str(store.path), "--out", str(out)]) == 2
     assert "no measurements for device 'nodev'" in capsys.readouterr().err
+
+
+# --- conformance: every registered model ---------------------------------------------------------
+def _build(name, store, predictor):
+    base = name.split("@")[0]
+    if base in ("lut", "latency"):
+        return get_cost_model(f"{base}@simdev", SMALL, store=store)
+    if base == "predictor":
+        return get_cost_model("predictor@simdev", SMALL, predictor=predictor)
+    return get_cost_model(name, SMALL)
+
+
+@pytest.mark.parametrize("name", [n for n in list_cost_models()])
+def test_every_registered_cost_model_conforms(name, store, predictor):
+    m = _build(name, store, predictor)
+    assert isinstance(m.name, str) and isinstance(m.unit, str)
+    archs = _archs(SMALL, 40, 21)
+    c = m.costs(archs)
+    assert c.shape == (40,) and c.dtype == np.float64 and np.isfinite(c).all() and (c > 0).all()
+    assert m.cost(archs[3]) == pytest.approx(c[3])
+    np.testing.assert_allclose(m.costs(archs[::-1]), c[::-1])           # batch order does not matter
+    np.testing.assert_allclose(_build(name, store, predictor).costs(archs), c)   # fresh instance, same costs
+    assert m.costs([]).shape == (0,)
+    if hasattr(m, "costs_with_uncertainty"):
+        mean, std = m.costs_with_uncertainty(archs)
+        np.testing.assert_allclose(mean, c)
+        assert std.shape == (40,) and (std >= 0).all()
+    if getattr(m, "unit", "") == "s":
+        assert m.device == "simdev"
+
+
+def test_select_uncertain_on_subnets(predictor):
+    model = get_cost_model("latency@simdev", SMALL, predictor=predictor)
+    archs = _archs(SMALL, 200, 22)
+    picked = select_uncertain(archs, model.costs_with_uncertainty, 5, score="absolute")
+    _, std = model.costs_with_uncertainty(archs)
+    assert sorted(std[[archs.index(a) for a in picked]], reverse=True) == sorted(std, reverse=True)[:5]

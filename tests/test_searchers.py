@@ -294,3 +294,24 @@ def test_searcher_plugin_found_by_entry_point(tmp_path, monkeypatch):
     assert "tiny" in list_searchers() and {"evolutionary", "random"} <= set(list_searchers())
     res = run_search(SMALL, SyntheticAccuracy(SMALL), searcher="tiny", searcher_params={"n": 5})
     assert len(res.evaluated) == 5 and res.searcher == "tiny"
+
+
+# --- conformance: every registered searcher -----------------------------------------------------
+_SMALL_PARAMS = {"evolutionary": SMALL_EVO, "random": dict(num_samples=60, batch_size=20)}
+
+
+@pytest.mark.parametrize("name", ["evolutionary", "random"])
+def test_every_builtin_searcher_conforms(name, tmp_path):
+    assert name in list_searchers()
+    kw = dict(constraints=["ops <= 120K"], searcher=name, seed=11, searcher_params=_SMALL_PARAMS[name])
+    ev = SyntheticAccuracy(SMALL, seed=4)
+    res = run_search(SMALL, ev, checkpoint_dir=tmp_path / "a", **kw)
+    assert isinstance(res, SearchResult) and res.searcher == name and res.cost_model == "ops"
+    assert len(res.evaluated) == ev.calls and all(c.costs["ops"] <= 120e3 for c in res.evaluated)
+    assert res == run_search(SMALL, SyntheticAccuracy(SMALL, seed=4), **kw)          # same seed, same result
+    ev2 = SyntheticAccuracy(SMALL, seed=4)
+    assert run_search(SMALL, ev2, checkpoint_dir=tmp_path / "a", **kw) == res        # finished: nothing re-run
+    assert ev2.calls == 0
+    assert res.pareto == tuple(pareto_bins(res.evaluated, "ops", res.bin_width))
+    res.save(tmp_path / "r.json")
+    assert SearchResult.load(tmp_path / "r.json") == res
