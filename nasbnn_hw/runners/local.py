@@ -1,0 +1,62 @@
+"""LocalRunner: load the kernel library into this process and time it with TVM's time_evaluator."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .base import ArgSpec, Timing
+from .errors import KernelError
+from .inputs import DEFAULT_SEED, input_arrays
+
+
+class LocalRunner:
+    """Times kernels on this machine's CPU. `threads` > 0 sizes TVM's thread pool (process-wide)."""
+
+    def __init__(self, device: str = "local", *, threads: int = 0, seed: int = DEFAULT_SEED):
+        self.device = device
+        self.threads = threads
+        self.seed = seed
+        self._threads_set = False
+
+    @classmethod
+    def from_profile(cls, profile, **kw) -> "LocalRunner":
+        return cls(profile.name, threads=profile.threads, **kw)
+
+    def _configure_threads(self, tvm) -> None:
+        if self.threads > 0 and not self._threads_set:
+            # mode 1 = "big cores" in TVM's affinity modes: every core on a homogeneous CPU
+            tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
+            self._threads_set = True
+
+    def time_library(self, lib_path: Path, args: Sequence[ArgSpec], *, warmup: int, repeat: int,
+                     number: int = 1, return_outputs: bool = False) -> Timing:
+        import tvm
+        arrays = input_arrays(args, self.seed)
+        self._configure_threads(tvm)
+        try:
+            lib = tvm.runtime.load_module(str(lib_path))
+            fn = lib["main"]
+        except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
+            raise KernelError(f"cannot load kernel library {lib_path}: {e}") from e
+        dev = tvm.cpu(0)
+        tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+        try:
+            for _ in range(warmup):
+                fn(*tensors)
+            timer = lib.time_evaluator("main", dev, number=number, repeat=repeat)
+            samples = tuple(float(s) for s in timer(*tensors).results)
+        except Exception as e:  # noqa: BLE001
+            raise KernelError(f"kernel {lib_path} failed: {e}") from e
+        outputs = None
+        if return_outputs:
+            outputs = tuple(t.numpy() for t, a in zip(tensors, args) if a.is_output)
+        return Timing(samples, outputs)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,294 @@
+"""SSHRunner: time kernel libraries on a board reached over SSH; the board needs only a C runtime.
+
+Per session the runner makes a private work directory on the board (`mktemp -d`), uploads the C harness
+(cross-compiled here for the board's architecture, cached), and for every kernel uploads the library,
+sends the argument spec on standard input, reads per-repeat times from standard output and downloads the
+outputs if asked. The directory is removed by `close()` (also after failures; use the runner as a context
+manager), and directories left behind by lost connections are removed after the next reconnect.
+
+Failures are sorted into: network/board trouble (lost connection, timeouts, frozen board) → reconnect and
+retry with exponential backoff, then `BoardUnavailable`; a kernel that hangs while the board answers →
+killed by PID (a command without a pty survives the channel's close), retried once, then `KernelTimeout`;
+a kernel that fails → `KernelError`; host-key and authentication problems → raised at once, never retried.
+Every remote shell word is quoted with `shlex.quote`.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import tempfile
+import time
+from pathlib import Path
+from shlex import quote
+from typing import Callable, Sequence
+
+import numpy as np
+import paramiko
+
+from .base import ArgSpec, Timing
+from .errors import BoardUnavailable, KernelError, KernelTimeout, RunnerError
+from .harness import HARNESS_NAME, build_harness, parse_samples, write_spec
+from .inputs import DEFAULT_SEED, input_arrays
+from .sshconn import SSHSettings, open_client, resolve_ssh
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 60.0
+
+
+class _ConnectionLost(Exception):
+    """The board stopped answering during a command (worth a reconnect)."""
+
+
+class _Hung(Exception):
+    """The remote command outlived its timeout but the board answered and it was killed."""
+
+
+_TRANSIENT = (OSError, EOFError, paramiko.SSHException, _ConnectionLost)
+
+
+class SSHRunner:
+    def __init__(self, profile, *, accept_new_host_key: bool = False, seed: int = DEFAULT_SEED,
+                 notify: Callable[[str], None] | None = None, settings: SSHSettings | None = None):
+        self.profile = profile
+        self.device = profile.name
+        self.settings = settings or resolve_ssh(profile)
+        self.accept_new_host_key = accept_new_host_key
+        self.seed = seed
+        self.notify = notify
+        self.reconnects = 0          # sessions opened after the first one (for reports and tests)
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._workdir: str | None = None
+        self._stale: list[tuple[str, int | None]] = []   # (work dir, pid) left by lost sessions
+        self._harness: Path | None = None
+        self._sessions = 0
+
+    # ---- public API ------------------------------------------------------------------------------------
+    def time_library(self, lib_path: Path, args: Sequence[ArgSpec], *, warmup: int, repeat: int,
+                     number: int = 1, return_outputs: bool = False) -> Timing:
+        lib_path = Path(lib_path)
+        if not lib_path.is_file():
+            raise KernelError(f"kernel library {lib_path} does not exist")
+        arrays = input_arrays(args, self.seed)
+        given = {i: f"in{i}.bin" for i, a in enumerate(args) if a.data is not None and not a.is_output}
+        spec = write_spec(args, lib="kernel.so", warmup=warmup, repeat=repeat, number=number,
+                          threads=self.profile.threads, seed=self.seed, outputs=return_outputs, input_files=given)
+
+        def attempt() -> Timing:
+            wd = self._workdir
+            self._put(lib_path.read_bytes(), f"{wd}/kernel.so")
+            for i, name in given.items():
+                self._put(arrays[i].tobytes(), f"{wd}/{name}")
+            rc, out, err = self._exec(self._harness_command("-"), stdin=spec, timeout=self.profile.timeout("command"))
+            if rc != 0:
+                why = "was killed by a signal (crashed?)" if rc == -1 else f"exited with status {rc}"
+                raise KernelError(f"device '{self.device}': kernel {lib_path.name} {why}: {err.strip()[-600:]}")
+            samples = parse_samples(out)
+            if len(samples) != repeat:
+                raise KernelError(f"device '{self.device}': harness printed {len(samples)} samples, expected "
+                                  f"{repeat}: {out[-300:]!r} {err[-300:]!r}")
+            outputs = None
+            if return_outputs:
+                outputs = tuple(np.frombuffer(self._get(f"{wd}/out{i}.bin"), dtype=a.dtype).reshape(a.shape).copy()
+                                for i, a in enumerate(args) if a.is_output)
+            return Timing(samples, outputs)
+
+        return self._with_retries(attempt, f"timing {lib_path.name}")
+
+    def run(self, command: str, timeout: float | None = None) -> tuple[int, str, str]:
+        """Run a shell command (the caller quotes it) on the board, with the runner's retries."""
+        return self._with_retries(lambda: self._exec(command, timeout=timeout or self.profile.timeout("command")),
+                                  "running a command")
+
+    def board_info(self) -> dict:
+        """`uname -m` of the board and what the uploaded harness says about itself (proves it runs)."""
+        def attempt():
+            rc, machine, err = self._exec("uname -m", timeout=self.profile.timeout("connect"))
+            rc2, info, err2 = self._exec(self._harness_command("--info"), timeout=self.profile.timeout("command"))
+            if rc2 != 0:
+                raise KernelError(f"device '{self.device}': the {self.profile.arch} harness does not run on the "
+                                  f"board (status {rc2}): {err2.strip()[-400:]}")
+            fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
+            return {"uname_m": machine.strip(), "harness_arch": fields.get("arch", ""), "cpus": fields.get("cpus", "")}
+        return self._with_retries(attempt, "probing the board")
+
+    def close(self) -> None:
+        """Remove this session's work directories on the board (best effort) and disconnect."""
+        if self._client is not None and self._client.get_transport() is not None \
+                and self._client.get_transport().is_active():
+            dirs = ([self._workdir] if self._workdir else []) + [d for d, _ in self._stale]
+            if dirs:
+                try:
+                    self._exec("rm -rf -- " + " ".join(quote(d) for d in dirs), timeout=self.profile.timeout("connect"))
+                    self._stale.clear()
+                except _TRANSIENT + (_Hung,) as e:
+                    log.warning("%s: could not remove %s on the board: %s", self.device, " ".join(dirs), e)
+        self._drop(keep_workdir=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- session management --------------------------------------------------------------------------
+    def _with_retries(self, fn: Callable, what: str):
+        retries, delay = self.profile.retries, max(self.profile.backoff, 0.0)
+        t0, last, hangs = time.monotonic(), None, 0
+        for attempt in range(retries + 1):
+            try:
+                self._ensure_session()
+                return fn()
+            except _Hung as e:
+                hangs += 1
+                last = e
+                if hangs >= 2 or attempt == retries:
+                    raise KernelTimeout(f"device '{self.device}': {what}: {e}") from None
+            except RunnerError:
+                raise
+            except _TRANSIENT as e:
+                last = e
+                log.warning("%s: %s failed (attempt %d of %d): %s", self.device, what, attempt + 1, retries + 1,
+                            _describe(e))
+                self._drop(keep_workdir=True)
+            if attempt < retries:
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S) if delay else 0.0
+        raise BoardUnavailable(
+            f"device '{self.device}' ({self.settings}) unavailable: {what} failed {retries + 1} times over "
+            f"{time.monotonic() - t0:.0f}s (last: {_describe(last)}); measurements stored so far are kept, "
+            "run again when the board is back to resume")
+
+    def _ensure_session(self) -> None:
+        if self._client is not None and self._client.get_transport() is not None \
+                and self._client.get_transport().is_active() and self._workdir:
+            return
+        self._drop(keep_workdir=True)
+        if self._harness is None:
+            self._harness = build_harness(self.profile.arch, self.profile.cross_compiler)
+        tmo = self.profile.timeout("connect")
+        self._client = open_client(self.settings, timeout=tmo, accept_new=self.accept_new_host_key,
+                                   notify=self.notify)
+        transport = self._client.get_transport()
+        transport.set_keepalive(max(1, int(tmo)))
+        try:   # small request/response exchanges: without this, Nagle + delayed ACKs add ~40 ms to each
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        self._sftp = self._client.open_sftp()
+        self._sftp.get_channel().settimeout(self.profile.timeout("transfer"))
+        if self._sessions:
+            self.reconnects += 1
+        self._sessions += 1
+        self._clean_stale()
+        template = self.profile.remote_dir.rstrip("/") + "/nasbnn-hw.XXXXXX"
+        rc, out, err = self._exec(f"mktemp -d {quote(template)}", timeout=tmo)
+        if rc != 0 or not out.strip():
+            raise RunnerError(f"device '{self.device}': cannot create a work directory under "
+                              f"{self.profile.remote_dir!r} on the board: {err.strip()}")
+        workdir = out.strip().splitlines()[-1]
+        self._put(self._harness.read_bytes(), f"{workdir}/{HARNESS_NAME}")
+        self._sftp.chmod(f"{workdir}/{HARNESS_NAME}", 0o700)
+        self._workdir = workdir
+
+    def _drop(self, keep_workdir: bool) -> None:
+        if keep_workdir and self._workdir:
+            self._stale.append((self._workdir, None))
+        self._workdir = None
+        for c in (self._sftp, self._client):
+            try:
+                if c is not None:
+                    c.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
+                pass
+        self._sftp = self._client = None
+
+    def _clean_stale(self) -> None:
+        """Kill harnesses of lost sessions still running (only if their cwd is that session's directory:
+        a PID may have been reused) and remove their directories."""
+        if not self._stale:
+            return
+        parts = []
+        for d, pid in self._stale:
+            if pid:
+                parts.append(f"(cd {quote(d)} 2>/dev/null && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
+                             f"&& kill -9 {pid}) 2>/dev/null")
+            parts.append(f"rm -rf -- {quote(d)}")
+        self._exec("; ".join(parts) + "; true", timeout=self.profile.timeout("connect"))
+        self._stale.clear()
+
+    # ---- remote primitives ------------------------------------------------------------------------------
+    def _harness_command(self, arg: str) -> str:
+        wrapper = " ".join(quote(w) for w in self.profile.exec_wrapper)
+        script = f"cd {quote(self._workdir)} && echo pid $$ && exec {wrapper} ./{HARNESS_NAME} {quote(arg)}"
+        # through `sh -c`: $$ is then the PID the harness gets by exec, whatever the login shell is
+        return "sh -c " + quote(script)
+
+    def _put(self, data: bytes, remote: str) -> None:
+        self._sftp.putfo(io.BytesIO(data), remote, file_size=len(data), confirm=True)
+
+    def _get(self, remote: str) -> bytes:
+        buf = io.BytesIO()
+        self._sftp.getfo(remote, buf)
+        return buf.getvalue()
+
+    def _exec(self, command: str, *, timeout: float, stdin: str | None = None) -> tuple[int, str, str]:
+        transport = self._client.get_transport()
+        chan = transport.open_session(timeout=self.profile.timeout("connect"))
+        try:
+            chan.settimeout(self.profile.timeout("connect"))
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin.encode())
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while not chan.status_event.is_set():
+                _drain(chan, out, err)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._on_timeout(chan, bytes(out), command, timeout)
+                chan.status_event.wait(min(0.05, max(remaining, 0.001)))
+            _drain(chan, out, err)
+            rc = chan.exit_status
+        finally:
+            chan.close()
+        if rc == -1 and not transport.is_active():
+            raise _ConnectionLost("connection lost while a command ran")
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _on_timeout(self, chan, out: bytes, command: str, timeout: float):
+        pid = None
+        for line in out.decode(errors="replace").splitlines():
+            if line.startswith("pid ") and line[4:].strip().isdigit():
+                pid = int(line[4:])
+                break
+        chan.close()
+        wd = self._workdir
+        if pid is not None and wd:
+            try:
+                rc, _, _ = self._exec(f"cd {quote(wd)} && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
+                                      f"&& kill -9 {pid}", timeout=self.profile.timeout("connect"))
+            except _TRANSIENT:
+                rc = None
+            if rc is not None:
+                raise _Hung(f"no result within {timeout:.0f}s; killed the hung process (pid {pid}) on the board")
+            self._stale.append((wd, pid))
+            self._workdir = None
+        raise _ConnectionLost(f"no answer within {timeout:.0f}s (board frozen or link down)")
+
+
+def _drain(chan, out: bytearray, err: bytearray) -> None:
+    while chan.recv_ready():
+        out += chan.recv(65536)
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return "no error recorded"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return f"timed out ({e})" if str(e) else "timed out"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,0 +1,525 @@
+"""Runners against real servers: an OpenSSH server on 127.0.0.1 and in a network namespace (faults
+injected: killed, frozen, hung command, link down, packet loss, host keys), an emulated aarch64 board
+(qemu-user), a TVM RPC server, and the local runner. Kernels are real TVM builds checked against numpy.
+
+Campaigns here store into a MeasurementStore the way the profiler does (skip stored keys, add each result
+at once), and every fault test checks that the store ends with no lost and no duplicated rows.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_profiles import validate_profile
+from nasbnn_hw.runners import BoardUnavailable, HostKeyError, KernelError, KernelTimeout, get_runner
+from nasbnn_hw.runners.inputs import input_arrays
+from nasbnn_hw.runners.local import LocalRunner
+from nasbnn_hw.runners.ssh import SSHRunner
+from nasbnn_hw.runners.sshconn import fingerprint
+from nasbnn_hw.store import Measurement, MeasurementStore
+
+import runner_kernels as rk
+from sshd_server import SshServer, have_sshd, keygen, login_user, user_pids
+
+IS_ROOT = os.geteuid() == 0
+IN_CI = bool(os.environ.get("CI"))
+HOST_TARGET = {"kind": "llvm", "mcpu": "native"}
+ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+ARM_CC = "aarch64-linux-gnu-gcc"
+DEV, TGT, TVMV = "testboard", "test-target", "test"
+SHAPES = {"k0": (16, 32, 4), "k1": (32, 32, 8), "k2": (8, 64, 2), "big": (256, 256, 32)}
+
+
+def need(ok: bool, reason: str) -> None:
+    """Skip when a tool is missing locally; in CI (which installs everything, as root) fail instead."""
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI installs it through .ci/run and runs as root)")
+        pytest.skip(reason)
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kernels")
+    libs = {k: rk.build_xor_popcount(*s, HOST_TARGET, d / f"{k}.so") for k, s in SHAPES.items()}
+    return libs
+
+
+@pytest.fixture(scope="module")
+def client_key(tmp_path_factory):
+    d = tmp_path_factory.mktemp("client")
+    d.chmod(0o700)
+    return keygen(d / "id_ed25519", "test-client")
+
+
+def _server(request, client_key, **kw) -> SshServer:
+    need(have_sshd(), "openssh-server is not installed (/usr/sbin/sshd)")
+    d = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-sshd-"))
+    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
+    srv = SshServer(d, Path(str(client_key) + ".pub"), user=login_user(), **kw)
+    request.addfinalizer(srv.stop)
+    srv.start()
+    return srv
+
+
+@pytest.fixture
+def board(request, client_key):
+    return _server(request, client_key)
+
+
+@pytest.fixture
+def known_hosts(tmp_path, board):
+    p = tmp_path / "known_hosts"
+    p.write_text(board.known_hosts_line())
+    return p
+
+
+_NETNS_SEQ = [0]
+
+
+@pytest.fixture
+def netns_board(request, client_key, tmp_path):
+    """sshd inside a network namespace, reached at 10.201.X.2 through a veth pair made for the test."""
+    if not IS_ROOT:
+        pytest.skip("network namespaces need root (CI runs as root)")
+    need(shutil.which("ip") is not None, "iproute2 is not installed")
+    _NETNS_SEQ[0] += 1
+    idx = (os.getpid() * 7 + _NETNS_SEQ[0]) % 250
+    ns, host_if, ns_if = f"nbt{idx}", f"nbh{idx}", f"nbb{idx}"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)  # noqa: E731
+    for stale in (["ip", "link", "del", host_if], ["ip", "netns", "del", ns]):
+        subprocess.run(stale, capture_output=True)
+    sh("ip", "netns", "add", ns)
+
+    def teardown():
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    request.addfinalizer(teardown)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+    sh("ip", "link", "set", ns_if, "netns", ns)
+    sh("ip", "addr", "add", f"10.201.{idx}.1/30", "dev", host_if)
+    sh("ip", "link", "set", host_if, "up")
+    sh("ip", "-n", ns, "addr", "add", f"10.201.{idx}.2/30", "dev", ns_if)
+    sh("ip", "-n", ns, "link", "set", ns_if, "up")
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    srv = _server(request, client_key, host=f"10.201.{idx}.2", netns=ns)
+    srv.ns, srv.host_if = ns, host_if
+    kh = tmp_path / "known_hosts"
+    kh.write_text(srv.known_hosts_line())
+    srv.kh = kh
+    return srv
+
+
+def profile_for(srv, client_key, known_hosts, **kw):
+    d = dict(name=DEV, runner="ssh", target=HOST_TARGET, host=srv.host, port=srv.port, user=srv.user,
+             identity_file=str(client_key), known_hosts=str(known_hosts), ssh_config="", threads=1, warmup=1,
+             repeat=3, retries=5, backoff=0.3, timeouts={"connect": 2, "command": 4, "transfer": 4})
+    d.update(kw)
+    return validate_profile(d, "test")
+
+
+def items_for(libs, big_repeat=1):
+    """Campaign items (key, lib, args, reference output, repeats). Small kernels get explicit inputs; the big
+    one runs on the inputs the runner generates (same on every runner), also checked."""
+    rng = np.random.default_rng(7)
+    out = []
+    for key, lib in libs.items():
+        if key == "big":
+            args = rk.xor_popcount_args(*SHAPES[key])
+            a, b, _ = input_arrays(args)
+            out.append((key, lib, args, rk.xor_popcount_ref(a, b), big_repeat))
+        else:
+            args = rk.xor_popcount_args(*SHAPES[key], rng=rng)
+            out.append((key, lib, args, rk.xor_popcount_ref(args[0].data, args[1].data), 3))
+    return out
+
+
+def campaign(runner, items, store, before=None):
+    """What a profiler does: skip stored keys, time, check, store at once. Stops on BoardUnavailable;
+    a kernel that fails or hangs is skipped. Returns (status, message, failed keys)."""
+    failed = []
+    for key, lib, args, ref, repeat in items:
+        if store.has(DEV, TGT, TVMV, "layer", key):
+            continue
+        if before:
+            before(key)
+        try:
+            t = runner.time_library(lib, args, warmup=1, repeat=repeat, return_outputs=True)
+        except BoardUnavailable as e:
+            return "stopped", str(e), failed
+        except (KernelError, KernelTimeout) as e:
+            failed.append((key, str(e)))
+            continue
+        assert len(t.samples) == repeat and all(s > 0 for s in t.samples)
+        np.testing.assert_array_equal(t.outputs[0], ref)
+        assert store.add(Measurement(DEV, TGT, TVMV, "layer", key, {"key": key}, t.median, t.iqr, repeat, t.samples))
+    return "completed", "", failed
+
+
+def assert_rows(store, keys):
+    rows = [m.key for m in store.query(device=DEV)]
+    assert sorted(rows) == sorted(keys), "lost or duplicated rows"
+    assert len(rows) == len(set(rows))
+
+
+def big_repeat_for(seconds: float, libs) -> int:
+    """Repeats of the big kernel that take about `seconds` here (so a fault lands inside the command)."""
+    t = LocalRunner(threads=1).time_library(libs["big"], rk.xor_popcount_args(*SHAPES["big"]), warmup=1, repeat=3)
+    return max(3, int(seconds / t.median))
+
+
+def later(delay: float, fn):
+    t = threading.Timer(delay, fn)
+    t.daemon = True
+    t.start()
+    return t
+
+
+# ---- correctness -------------------------------------------------------------------------------------------
+def test_local_runner_matches_numpy(kernels, tmp_path):
+    store = MeasurementStore(tmp_path / "m.db")
+    with LocalRunner(threads=1) as r:
+        status, _, failed = campaign(r, items_for(kernels), store)
+    assert status == "completed" and not failed
+    assert_rows(store, SHAPES)
+
+
+def test_ssh_runner_matches_numpy_and_local(board, client_key, known_hosts, kernels, tmp_path):
+    store = MeasurementStore(tmp_path / "m.db")
+    prof = profile_for(board, client_key, known_hosts, threads=2)
+    with get_runner(prof) as r:
+        assert isinstance(r, SSHRunner)
+        status, _, failed = campaign(r, items_for(kernels), store)
+        workdir = r._workdir
+        assert workdir and workdir.startswith("/tmp/nasbnn-hw.")
+        # the same generated inputs on both runners: identical outputs
+        args = rk.xor_popcount_args(*SHAPES["k1"])
+        o_ssh = r.time_library(kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
+        o_loc = LocalRunner().time_library(kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
+        np.testing.assert_array_equal(o_ssh, o_loc)
+        # per-measurement cost on loopback vs in-process (printed for the record)
+        n = 5
+        t0 = time.perf_counter()
+        for _ in range(n):
+            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
+        t_ssh = (time.perf_counter() - t0) / n
+    lr = LocalRunner(threads=1)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        lr.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
+    t_loc = (time.perf_counter() - t0) / n
+    print(f"\nper measurement (warmup 10, repeat 30, k0): ssh loopback {t_ssh * 1e3:.1f} ms, local {t_loc * 1e3:.1f} ms")
+    assert status == "completed" and not failed
+    assert_rows(store, SHAPES)
+    assert not Path(workdir).exists(), "the remote work directory must be removed by close()"
+
+
+def test_emulated_aarch64_board(board, client_key, known_hosts, tmp_path):
+    need(shutil.which(ARM_CC) and shutil.which("qemu-aarch64"), "gcc-aarch64-linux-gnu and qemu-user are needed")
+    libs = {k: rk.build_xor_popcount(*SHAPES[k], ARM_TARGET, tmp_path / f"{k}-aarch64.so", cc=ARM_CC)
+            for k in ("k0", "k1")}
+    prof = profile_for(board, client_key, known_hosts, target=ARM_TARGET, cross_compiler=ARM_CC, threads=2,
+                       exec_wrapper=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                       timeouts={"connect": 5, "command": 60, "transfer": 10})
+    store = MeasurementStore(tmp_path / "m.db")
+    with get_runner(prof) as r:
+        info = r.board_info()
+        assert info["harness_arch"] == "aarch64" and info["uname_m"] == os.uname().machine
+        status, _, failed = campaign(r, items_for(libs), store)
+    assert status == "completed" and not failed
+    assert_rows(store, libs)
+    print("\nemulated aarch64 board (qemu-user): outputs match numpy; its times are meaningless as latency")
+
+
+def test_kernel_failure_is_typed_and_workdir_removed(board, client_key, known_hosts, tmp_path, kernels):
+    bad = rk.build_library_without_main(tmp_path / "nomain.so")
+    prof = profile_for(board, client_key, known_hosts)
+    r = get_runner(prof)
+    try:
+        with pytest.raises(KernelError, match="no function 'main'"):
+            r.time_library(bad, rk.xor_popcount_args(*SHAPES["k0"]), warmup=1, repeat=2)
+        workdir = r._workdir
+        assert Path(workdir).is_dir()
+        # the runner still works after a failed kernel
+        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=1, repeat=2)
+    finally:
+        r.close()
+    assert not Path(workdir).exists()
+
+
+def test_hostile_file_and_directory_names(board, client_key, known_hosts, kernels, tmp_path):
+    payload = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"
+    base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-hostile-"))
+    remote_dir = base / payload
+    remote_dir.mkdir()
+    if IS_ROOT:
+        shutil.chown(base, board.user, board.user)
+        shutil.chown(remote_dir, board.user, board.user)
+    lib = tmp_path / f"lib {payload}.so"
+    shutil.copy(kernels["k0"], lib)
+    prof = profile_for(board, client_key, known_hosts, remote_dir=str(remote_dir))
+    try:
+        with get_runner(prof) as r:
+            args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(1))
+            t = r.time_library(lib, args, warmup=1, repeat=2, return_outputs=True)
+            np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
+            assert r._workdir.startswith(str(remote_dir) + "/nasbnn-hw.")
+        assert list(remote_dir.iterdir()) == [], "work directory not removed"
+        home = Path(os.path.expanduser(f"~{board.user}"))
+        for where in (home, base, remote_dir, Path("/tmp"), Path.cwd()):
+            assert not [p for p in where.glob("PWNED*")], f"shell injection happened in {where}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- host keys ----------------------------------------------------------------------------------------------
+def test_unknown_host_key_refused(board, client_key, tmp_path, kernels):
+    kh = tmp_path / "kh" / "known_hosts"
+    prof = profile_for(board, client_key, kh)
+    t0 = time.monotonic()
+    with pytest.raises(HostKeyError, match="not in .*refusing.*--accept-new-host-key"):
+        with get_runner(prof) as r:
+            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    assert time.monotonic() - t0 < 5, "a host-key refusal must not be retried"
+    assert not kh.exists(), "nothing may be recorded without the explicit option"
+
+
+def test_unknown_host_key_accepted_with_option(board, client_key, tmp_path, kernels):
+    kh = tmp_path / "kh" / "known_hosts"
+    prof = profile_for(board, client_key, kh)
+    said = []
+    with get_runner(prof, accept_new_host_key=True, notify=said.append) as r:
+        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    expected_fp = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True,
+                                 text=True, check=True).stdout.split()[1]
+    assert len(said) == 1 and expected_fp in said[0] and expected_fp.startswith("SHA256:")
+    assert kh.read_text() == board.known_hosts_line()
+    with get_runner(prof) as r:          # recorded: the next connection needs no option
+        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+
+
+def test_changed_host_key_refused_even_with_accept_new(board, client_key, known_hosts, kernels):
+    old = known_hosts.read_text()
+    board.new_host_key()
+    prof = profile_for(board, client_key, known_hosts)
+    for accept in (False, True):
+        with pytest.raises(HostKeyError, match="CHANGED.*refusing"):
+            with get_runner(prof, accept_new_host_key=accept) as r:
+                r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    assert known_hosts.read_text() == old
+
+
+def test_fingerprint_matches_ssh_keygen(board):
+    import paramiko
+    key = paramiko.Ed25519Key.from_private_key_file(str(board.host_key))
+    out = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True, text=True).stdout
+    assert fingerprint(key) == out.split()[1]
+
+
+# ---- fault matrix -------------------------------------------------------------------------------------------
+def test_board_killed_mid_campaign_and_back(board, client_key, known_hosts, kernels, tmp_path):
+    items = items_for(kernels, big_repeat=big_repeat_for(1.5, kernels))
+    store = MeasurementStore(tmp_path / "m.db")
+
+    def before(key):
+        if key == "big":
+            later(0.5, board.crash)          # power loss while the big kernel runs
+            later(2.5, board.start)          # back after a reboot (same host key)
+    with get_runner(profile_for(board, client_key, known_hosts)) as r:
+        status, msg, failed = campaign(r, items, store, before)
+        assert r.reconnects >= 1
+    assert status == "completed", msg
+    assert not failed
+    assert_rows(store, SHAPES)
+
+
+def test_board_killed_campaign_stops_then_resumes(board, client_key, known_hosts, kernels, tmp_path):
+    items = items_for(kernels, big_repeat=big_repeat_for(1.5, kernels))
+    store = MeasurementStore(tmp_path / "m.db")
+    prof = profile_for(board, client_key, known_hosts, retries=2, backoff=0.2)
+    done_before = [k for k, *_ in items[:[k for k, *_ in items].index("big")]]
+
+    def before(key):
+        if key == "big":
+            later(0.5, board.crash)          # and stays down
+    t0 = time.monotonic()
+    with get_runner(prof) as r:
+        status, msg, failed = campaign(r, items, store, before)
+    assert status == "stopped"
+    assert f"device '{DEV}'" in msg and "unavailable" in msg and "resume" in msg
+    assert time.monotonic() - t0 < 20
+    assert_rows(store, done_before)
+    board.start()
+    with get_runner(prof) as r:              # later: resume, measuring only what is missing
+        status, msg, failed = campaign(r, items, store)
+    assert status == "completed", msg
+    assert_rows(store, SHAPES)
+
+
+def test_board_frozen_then_resumed(board, client_key, known_hosts, kernels, tmp_path):
+    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
+    store = MeasurementStore(tmp_path / "m.db")
+
+    def before(key):
+        if key == "big":
+            later(0.3, board.freeze)         # SIGSTOP: the kernel still ACKs TCP, nothing answers
+            later(7.0, board.thaw)
+    t0 = time.monotonic()
+    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+        status, msg, failed = campaign(r, items, store, before)
+    assert status == "completed", msg
+    assert time.monotonic() - t0 > 6, "the freeze was not noticed"
+    assert not failed
+    assert_rows(store, SHAPES)
+
+
+def test_hung_remote_command_is_killed_and_retried(board, client_key, known_hosts, kernels, tmp_path):
+    if not IS_ROOT and board.user != os.environ.get("USER", board.user):
+        pytest.skip("needs to signal the login user's processes")
+    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
+    store = MeasurementStore(tmp_path / "m.db")
+    stopped = []
+
+    def stop_harness():
+        for _ in range(200):
+            pids = user_pids(board.user, "nasbnn-harness")
+            if pids:
+                os.kill(pids[0], 19)        # SIGSTOP the harness only: the board itself keeps answering
+                stopped.append(pids[0])
+                return
+            time.sleep(0.01)
+
+    def before(key):
+        if key == "big":
+            later(0.05, stop_harness)
+    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+        status, msg, failed = campaign(r, items, store, before)
+        assert r.reconnects == 0, "a hung command on a live board needs no reconnect"
+    assert stopped, "the harness was not seen running"
+    time.sleep(0.2)
+    assert not Path(f"/proc/{stopped[0]}").exists(), "the hung process must be killed by PID"
+    assert status == "completed" and not failed, (msg, failed)
+    assert_rows(store, SHAPES)
+
+
+def test_kernel_that_never_returns_times_out(board, client_key, known_hosts, kernels, tmp_path):
+    hang = rk.build_hanging_library(tmp_path / "hang.so")
+    libs = {"k0": kernels["k0"], "k1": kernels["k1"]}
+    items = items_for(libs)
+    items.insert(1, ("hang", hang, rk.xor_popcount_args(*SHAPES["k0"]), None, 1))
+    store = MeasurementStore(tmp_path / "m.db")
+    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 2, "transfer": 3})) as r:
+        status, msg, failed = campaign(r, items, store)
+    assert status == "completed"
+    assert [k for k, _ in failed] == ["hang"] and "killed the hung process" in failed[0][1]
+    assert_rows(store, libs)
+    time.sleep(0.2)
+    assert user_pids(board.user, "nasbnn-harness") == []
+
+
+def test_link_down_then_up(netns_board, client_key, kernels, tmp_path):
+    srv = netns_board
+    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
+    store = MeasurementStore(tmp_path / "m.db")
+    link = lambda state: subprocess.run(["ip", "link", "set", srv.host_if, state], check=True)  # noqa: E731
+
+    def before(key):
+        if key == "big":
+            later(0.3, lambda: link("down"))
+            later(5.0, lambda: link("up"))
+    try:
+        with get_runner(profile_for(srv, client_key, srv.kh, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+            status, msg, failed = campaign(r, items, store, before)
+    finally:
+        link("up")
+    assert status == "completed", msg
+    assert not failed
+    assert_rows(store, SHAPES)
+
+
+def test_packet_loss_5_percent(netns_board, client_key, kernels, tmp_path):
+    srv = netns_board
+    need(shutil.which("nft") is not None, "nftables is not installed")
+    rules = f"""table inet nasbnnloss {{
+      chain i {{ type filter hook input priority 0; policy accept; tcp dport {srv.port} numgen random mod 100 < 5 counter drop; }}
+      chain o {{ type filter hook output priority 0; policy accept; tcp sport {srv.port} numgen random mod 100 < 5 counter drop; }}
+    }}"""
+    subprocess.run(["ip", "netns", "exec", srv.ns, "nft", "-f", "-"], input=rules, text=True, check=True)
+    store = MeasurementStore(tmp_path / "m.db")
+    prof = profile_for(srv, client_key, srv.kh, retries=6, timeouts={"connect": 10, "command": 20, "transfer": 20})
+    t0 = time.monotonic()
+    with get_runner(prof) as r:
+        status, msg, failed = campaign(r, items_for(kernels), store)
+    listing = subprocess.run(["ip", "netns", "exec", srv.ns, "nft", "list", "table", "inet", "nasbnnloss"],
+                             capture_output=True, text=True).stdout
+    dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+    print(f"\n5% loss each way: campaign of {len(SHAPES)} in {time.monotonic() - t0:.1f}s, {dropped} packets dropped")
+    assert status == "completed", msg
+    assert not failed
+    assert dropped > 0
+    assert_rows(store, SHAPES)
+
+
+# ---- TVM RPC ------------------------------------------------------------------------------------------------
+def test_rpc_runner_against_local_server(kernels, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "rpc.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                             "--port-end", str(port + 1)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "bind to" not in (tmp_path / "rpc.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "rpc.log").read_text()
+            time.sleep(0.2)
+        prof = validate_profile(dict(name=DEV, runner="tvm-rpc", target=HOST_TARGET, host="127.0.0.1", port=port,
+                                     retries=1, backoff=0.1), "test")
+        store = MeasurementStore(tmp_path / "m.db")
+        with get_runner(prof) as r:
+            status, msg, failed = campaign(r, items_for({k: kernels[k] for k in ("k0", "k1")}), store)
+            assert status == "completed" and not failed
+            assert_rows(store, ["k0", "k1"])
+            os.killpg(proc.pid, 9)           # the server and its forked session process
+            proc.wait()
+            with pytest.raises(BoardUnavailable, match="TVM RPC .* unavailable"):
+                r.time_library(kernels["k2"], rk.xor_popcount_args(*SHAPES["k2"]), warmup=0, repeat=1)
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+def test_cli_devices_check_over_ssh(board, client_key, known_hosts, tmp_path, capsys):
+    from nasbnn_hw.cli import main
+    d = tmp_path / "devices"
+    d.mkdir()
+    base = (f'runner = "ssh"\nhost = "{board.host}"\nport = {board.port}\nuser = "{board.user}"\n'
+            f'identity_file = "{client_key}"\nknown_hosts = "{known_hosts}"\nssh_config = ""\n')
+    (d / "mybox.toml").write_text(base + 'target = {kind = "llvm", mcpu = "native"}\n')
+    (d / "wrongarch.toml").write_text(base + f'cross_compiler = "{ARM_CC}"\ntarget = {{kind = "llvm", '
+                                      'mtriple = "aarch64-linux-gnu"}\n')
+    assert main(["devices", "--devices-dir", str(d)]) == 0
+    assert "mybox" in capsys.readouterr().out
+    assert main(["devices", "--devices-dir", str(d), "check", "mybox"]) == 0
+    out = capsys.readouterr().out
+    assert f"uname -m: {os.uname().machine}" in out and "matches" in out
+    if shutil.which(ARM_CC):
+        assert main(["devices", "--devices-dir", str(d), "check", "wrongarch"]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "aarch64" in err
