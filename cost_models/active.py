@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CostModelError
 
-__all__ = ["select_uncertain", "active_profile", "ActiveRound", "ActiveResult"]
+__all__ = ["select_uncertain", "next_batch", "plan_next_layers", "active_profile", "ActiveRound", "ActiveResult"]
 
 
 def select_uncertain(candidates: Sequence[Hashable], uncertainty: Callable[[list], tuple[np.ndarray, np.ndarray]],
@@ -41,6 +41,58 @@ def select_uncertain(candidates: Sequence[Hashable], uncertainty: Callable[[list
         s = s * np.asarray(weights, dtype=np.float64)[idx]
     order = np.argsort(-s, kind="stable")[:k]
     return [items[i] for i in order]
+
+
+def next_batch(model, candidates: Sequence, k: int, *, exclude=(), score: str = "relative",
+               weights: Sequence[float] | None = None) -> list:
+    """The next `k` items to measure: layer configs ranked by a fitted `LatencyPredictor`
+    (`predict_layers`), or archs ranked by a cost model's `costs_with_uncertainty`."""
+    if hasattr(model, "predict_layers"):
+        unc = model.predict_layers
+    elif hasattr(model, "costs_with_uncertainty"):
+        unc = model.costs_with_uncertainty
+    else:
+        raise CostModelError(f"{type(model).__name__} reports no uncertainty (needs predict_layers or "
+                             f"costs_with_uncertainty)")
+    return select_uncertain(list(candidates), unc, k, exclude=exclude, score=score, weights=weights)
+
+
+def plan_next_layers(space, store, device: str, k: int, *, seed: int = 0, n_estimators: int = 32,
+                     frequency_samples: int = 2000) -> list:
+    """The `k` layer configs of `space` to profile next on `device`, for a `profile --active` command.
+
+    Unmeasured layers are ranked by the predictor's absolute uncertainty times how often the layer occurs
+    in uniformly sampled subnets (the layers that move subnet latency most). With fewer than 2 layers
+    measured there is nothing to fit, and the pick is random (seeded).
+    """
+    from collections import Counter
+
+    from nasbnn_hw.sampling import sample_uniform
+    from nasbnn_hw.space import get_space
+
+    from ._layers import LayerIndex, space_layer_configs
+    from ._store import load_device_measurements
+    from .errors import CostModelError as _E
+    from .predictor import LatencyPredictor
+    space = get_space(space)
+    pool = space_layer_configs(space)
+    try:
+        data = load_device_measurements(store, device)
+        done = {key: m for key, m in data.layers.items()}
+    except _E:
+        done = {}
+    todo = [c for c in pool if c.key() not in done]
+    if len(done) < 2 or not todo:
+        return random.Random(seed).sample(todo, min(k, len(todo)))
+    rng = random.Random(seed)
+    index = LayerIndex(space)
+    freq = Counter(i for _ in range(frequency_samples) for i in index.arch_ids(sample_uniform(space, rng)))
+    count = {index.configs[i]: n for i, n in freq.items()}
+    from nasbnn_hw.layers import LayerConfig
+    layers = [LayerConfig(**m.config) for m in done.values()]
+    model = LatencyPredictor(n_estimators=n_estimators, random_state=seed).fit(layers, [m.median_s for m in done.values()])
+    return select_uncertain(todo, model.predict_layers, k, score="absolute",
+                            weights=[count.get(c, 0) + 1 for c in todo])
 
 
 @dataclass(frozen=True)

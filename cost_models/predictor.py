@@ -49,15 +49,37 @@ class LatencyPredictor:
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in ("n_estimators", "max_features", "min_samples_leaf", "random_state")}
+
+    def set_params(self, **params) -> "LatencyPredictor":
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise CostModelError(f"LatencyPredictor has no parameter {k!r} (parameters: "
+                                     f"{', '.join(self.get_params())})")
+            setattr(self, k, v)
+        return self
+
+    def _validate_params(self) -> None:
+        own = "LatencyPredictor"
+        if isinstance(self.n_estimators, bool) or not isinstance(self.n_estimators, int) or self.n_estimators < 2:
+            raise CostModelError(f"The 'n_estimators' parameter of {own} must be an int in [2, inf). "
+                                 f"Got {self.n_estimators!r}.")
+        if not isinstance(self.max_features, (int, float)) or not 0 < self.max_features <= 1:
+            raise CostModelError(f"The 'max_features' parameter of {own} must be a float in (0, 1]. "
+                                 f"Got {self.max_features!r}.")
+        if isinstance(self.min_samples_leaf, bool) or not isinstance(self.min_samples_leaf, int) \
+                or self.min_samples_leaf < 1:
+            raise CostModelError(f"The 'min_samples_leaf' parameter of {own} must be an int in [1, inf). "
+                                 f"Got {self.min_samples_leaf!r}.")
+
     # --- fitting ---------------------------------------------------------------------------------
     def fit(self, layers: Sequence[LayerConfig], latencies_s: Sequence[float], *,
             subnet_layer_lists: Sequence[Sequence[LayerConfig]] = (), subnet_latencies_s: Sequence[float] = (),
             device: str | None = None, target: str | None = None, tvm_version: str | None = None):
         from scipy.optimize import nnls
         from sklearn.ensemble import RandomForestRegressor
-        if not isinstance(self.n_estimators, int) or self.n_estimators < 2:
-            raise CostModelError(f"The 'n_estimators' parameter of LatencyPredictor must be an int in [2, inf). "
-                                 f"Got {self.n_estimators!r}.")
+        self._validate_params()
         layers = list(layers)
         y = np.asarray(latencies_s, dtype=np.float64)
         if len(layers) != len(y) or len(layers) < 2:
@@ -77,7 +99,7 @@ class LatencyPredictor:
         self.base_coef_ = coef
         self.base_floor_ = float(y.min() * 0.5)
         resid = np.log(y) - np.log(base)
-        forest = RandomForestRegressor(n_estimators=self.n_estimators, max_features=self.max_features,
+        forest = RandomForestRegressor(n_estimators=self.n_estimators, max_features=float(self.max_features),
                                        min_samples_leaf=self.min_samples_leaf, bootstrap=True,
                                        random_state=self.random_state, n_jobs=1)
         forest.fit(layer_features(layers), resid)

@@ -382,3 +382,35 @@ def test_select_uncertain_on_subnets(predictor):
     picked = select_uncertain(archs, model.costs_with_uncertainty, 5, score="absolute")
     _, std = model.costs_with_uncertainty(archs)
     assert sorted(std[[archs.index(a) for a in picked]], reverse=True) == sorted(std, reverse=True)[:5]
+
+
+def test_next_batch_and_plan_next_layers(tmp_path, predictor):
+    from cost_models.active import next_batch, plan_next_layers
+    pool = space_layer_configs(SMALL)
+    assert next_batch(predictor, pool, 3) == select_uncertain(pool, predictor.predict_layers, 3)
+    with pytest.raises(CostModelError, match="reports no uncertainty"):
+        next_batch(get_cost_model("ops", SMALL), _archs(SMALL, 5, 0), 2)
+    st = MeasurementStore(tmp_path / "m.db")
+    first = plan_next_layers(SMALL, st, "simdev", 12, seed=1)        # nothing measured yet: random pick
+    assert len(first) == len(set(first)) == 12 and set(first) <= set(pool)
+    DEV.fill_store(st, first)
+    nxt = plan_next_layers(SMALL, st, "simdev", 10, seed=1, n_estimators=8)
+    assert len(nxt) == 10 and not set(nxt) & set(first)
+    DEV.fill_store(st, [c for c in pool if c not in nxt])
+    assert sorted(plan_next_layers(SMALL, st, "simdev", 50, n_estimators=8)) == sorted(nxt)  # only those left
+
+
+def test_predictor_parameters_validated():
+    cfgs = space_layer_configs(SMALL)[:10]
+    lat = [DEV.measure_layer(c) for c in cfgs]
+    with pytest.raises(CostModelError, match=r"'n_estimators' parameter of LatencyPredictor must be an int in \[2, inf\)"
+                                             r". Got 1."):
+        LatencyPredictor(n_estimators=1).fit(cfgs, lat)
+    with pytest.raises(CostModelError, match="'max_features'"):
+        LatencyPredictor(max_features=0).fit(cfgs, lat)
+    with pytest.raises(CostModelError, match="no parameter 'depth'"):
+        LatencyPredictor().set_params(depth=3)
+    p = LatencyPredictor().set_params(n_estimators=4)
+    assert p.get_params()["n_estimators"] == 4 and len(p.fit(cfgs, lat).trees_) == 4
+    with pytest.raises(CostModelError, match="finite and > 0"):
+        LatencyPredictor().fit(cfgs, [0.0] * 10)
