@@ -29,6 +29,7 @@ class TargetSpec:
     name: str
     config: dict = field(compare=False)
     cross_cc: str | None = None
+    key: str | None = None  # text for the store's target column (default: the TVM target string)
 
     @property
     def is_gpu(self) -> bool:
@@ -37,7 +38,7 @@ class TargetSpec:
     @property
     def runs_here(self) -> bool:
         """Whether a library built for this target can be loaded by this process."""
-        return self.name == "local"
+        return self.config.get("kind") == "llvm" and not self.cross_cc and not self.config.get("mtriple")
 
     def tvm_target(self):
         import tvm
@@ -45,7 +46,7 @@ class TargetSpec:
 
     def description(self) -> str:
         """Stable text for the measurement store (the full TVM target string)."""
-        return str(self.tvm_target())
+        return self.key or str(self.tvm_target())
 
 
 def _named(name: str) -> TargetSpec:
@@ -74,6 +75,14 @@ def resolve_target(target) -> TargetSpec:
         return _named("local")
     if isinstance(target, str):
         return _named(target)
+    if hasattr(target, "target_dict") and hasattr(target, "target_key"):  # a device_profiles.DeviceProfile
+        cfg = dict(target.target_dict())
+        if target.host_target:
+            host = dict(target.host_target)
+            if host.get("mcpu") == "native":
+                host["mcpu"] = host_cpu_name()
+            cfg["host"] = host
+        return TargetSpec(target.name, cfg, cross_cc=target.cross_compiler or None, key=target.target_key())
     if isinstance(target, dict):
         cfg = dict(target)
     else:  # a tvm.target.Target

@@ -1,0 +1,161 @@
+"""Subcommands `profile` (measure layers / subnets of a space on a device into the store) and `export`
+(a subnet of a trained supernet as a compiled TVM library or an ONNX file)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from .errors import NasBnnError
+
+
+def _device(name: str, devices_dir=None):
+    """(device name, runner, target) for --device: a device profile when `device_profiles` is installed;
+    without it only 'local' is known."""
+    try:
+        from device_profiles import load_profile
+    except ImportError:
+        if name != "local":
+            raise NasBnnError(f"unknown device {name!r}: without device profiles only 'local' is available") from None
+        from .profiler import default_runner
+        return "local", default_runner(), "local", None
+    profile = load_profile(name, [devices_dir] if devices_dir else [])
+    from .runners import get_runner
+    return profile.name, get_runner(profile), profile, profile
+
+
+def _target(name: str, devices_dir=None):
+    """What to compile for on --device, without connecting to it."""
+    if name == "local":
+        return "local"
+    try:
+        from device_profiles import load_profile
+    except ImportError:
+        raise NasBnnError(f"unknown device {name!r}: without device profiles only 'local' is available") from None
+    return load_profile(name, [devices_dir] if devices_dir else [])
+
+
+def cmd_profile(args) -> int:
+    from .profiler import TimingSettings, profile_layers, profile_subnets
+    from .space import get_space
+    from .store import MeasurementStore
+    if not args.layers and not args.subnets:
+        raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
+    if args.subnets < 0:
+        raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
+    space = get_space(args.space)
+    if args.resolution:
+        space = space.with_resolution(args.resolution)
+    device, runner, target, profile = _device(args.device, args.devices_dir)
+    timing = TimingSettings(
+        warmup=args.warmup if args.warmup is not None else (profile.warmup if profile else 5),
+        repeat=args.repeat if args.repeat is not None else (profile.repeat if profile else 20),
+        number=args.number if args.number is not None else 0)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    reports = []
+    try:
+        with MeasurementStore(args.store) as store:
+            if args.layers:
+                reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
+                                                         batch=args.batch, progress=not args.quiet)))
+            if args.subnets:
+                reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
+                                                           seed=args.seed, timing=timing, batch=args.batch,
+                                                           progress=not args.quiet)))
+    finally:
+        runner.close()
+    failed = 0
+    for what, rep in reports:
+        print(f"{what}: {rep.summary()}")
+        for key, why in rep.failed.items():
+            print(f"  failed {key}: {why}", file=sys.stderr)
+        failed += len(rep.failed)
+    return 1 if failed else 0
+
+
+def _load_model(args):
+    from .checkpoint import load_supernet
+    from .cli_core import resolve_archs
+    from .supernet import extract_subnet
+    ck = load_supernet(args.checkpoint, args.space)
+    sup = ck.supernet
+    archs = resolve_archs(args.arch, sup.space, getattr(args, "official_cand", None))
+    if len(archs) != 1:
+        raise NasBnnError(f"--arch names {len(archs)} archs; export takes exactly one")
+    return extract_subnet(sup, archs[0]).eval(), sup.space
+
+
+def cmd_export(args) -> int:
+    import numpy as np
+    import torch
+    model, space = _load_model(args)
+    shape = (args.batch, space.in_channels, space.resolution, space.resolution)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if args.format == "onnx":
+        got = export_onnx(model, x, args.out)
+        how = "onnxruntime"
+    else:
+        from .deploy_tvm import compile_subnet
+        from .kernels import resolve_target
+        target = _target(args.device, args.devices_dir)
+        net = compile_subnet(model, target=target, batch=args.batch)
+        net.export(args.out)
+        if not net.target.runs_here:
+            print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; not verified here (other device)")
+            return 0
+        got = net(x.numpy())
+        how = "TVM"
+    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+    same_top1 = bool((got.argmax(1) == ref.argmax(1)).all())
+    print(f"wrote {args.out}; {how} vs PyTorch: max rel err {rel:.2e}, same top-1: {same_top1}")
+    if rel > 1e-4 or not same_top1:
+        raise NasBnnError(f"exported model disagrees with PyTorch (max rel err {rel:.2e}, same top-1 {same_top1})")
+    return 0
+
+
+def export_onnx(model, x, out) -> "np.ndarray":
+    """torch.onnx.export (TorchScript exporter, opset 17), then run the file with onnxruntime on `x`."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+
+    from .utils import atomic_write_bytes
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    atomic_write_bytes(out, buf.getvalue())
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"input": x.numpy()})[0]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
+    p.add_argument("--device", default="local", help="device profile name or .toml file (default: local)")
+    p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
+    p.add_argument("--resolution", type=int, help="override the space's input resolution")
+    p.add_argument("--layers", action="store_true", help="measure every distinct layer the space can produce")
+    p.add_argument("--subnets", type=int, default=0, metavar="N", help="measure N random whole subnets")
+    p.add_argument("--store", required=True, help="measurement store (SQLite file; created if missing)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subnets (same seed: same subnets)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, help="warm-up calls (default: the device profile's)")
+    p.add_argument("--repeat", type=int, help="timed samples (default: the device profile's)")
+    p.add_argument("--number", type=int, help="calls per sample (default: enough for 20 ms per sample)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library or ONNX)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--space", help="space of the checkpoint (default: the one stored in it)")
+    p.add_argument("--arch", help="arch JSON file, largest or smallest")
+    p.add_argument("--official-cand", help="official NAS-BNN candidate file instead of --arch")
+    p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
+    p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
+    p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it)")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,283 @@
+"""The profiler: compile every layer a space can produce (and whole random subnets), time each on a
+device through a runner, and store the results.
+
+    with MeasurementStore("lat.db") as store:
+        profile_layers(get_space("small"), "local", store, LocalRunner(), target="local")
+        profile_subnets(get_space("small"), 20, "local", store, LocalRunner(), target="local")
+
+Resumable: an item is skipped when the store already has it for (device, target, TVM version), and each
+result is written in its own transaction right after it is measured, so a run killed at any moment loses
+at most the item in flight and never duplicates one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .arch import Arch
+from .errors import NasBnnError
+from .layers import LayerConfig, arch_layers
+from .sampling import sample_uniform
+from .space import SearchSpace, get_space
+from .store import Measurement, MeasurementStore
+
+__all__ = ["enumerate_layers", "random_subnets", "profile_layers", "profile_subnets", "ProfileReport",
+           "TimingSettings", "ProfileError"]
+
+log = logging.getLogger(__name__)
+
+
+class ProfileError(NasBnnError):
+    """Bad profiler input (space, count, settings)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What to measure
+
+def _next_width(choices: tuple[int, ...], at_least: int) -> int | None:
+    ok = [c for c in choices if c >= at_least]
+    return min(ok) if ok else None
+
+
+def _completable(space: SearchSpace, stage: int, width: int) -> bool:
+    """Whether a block of `stage` with output `width` can be followed by a non-decreasing completion."""
+    w = width
+    for st in space.stages[stage + 1:]:
+        w = _next_width(st.channels, w)
+        if w is None:
+            return False
+    return True
+
+
+def enumerate_layers(space: SearchSpace) -> list[LayerConfig]:
+    """Every distinct `LayerConfig` that some arch of `space` (under the ND constraint) contains."""
+    space = get_space(space)
+    res_in = space.stage_resolutions()
+    stem = space.stages[0]
+    widths = {c for c in stem.channels if _completable(space, 0, c)}
+    out: set[LayerConfig] = {LayerConfig("stem", space.in_channels, c, k, 1, stem.stride, space.resolution)
+                             for c in widths for k in stem.kernel}
+    for si in range(1, len(space.stages)):
+        st, res = space.stages[si], res_in[si]
+        # first block: stride of the stage at the stage's input resolution; later blocks: stride 1
+        positions = [(st.stride, res)] + [(1, res // st.stride)] * (st.max_depth - 1)
+        reach = set(widths)     # widths entering the current block
+        after: set[int] = set()  # widths that can leave this stage (after any allowed depth)
+        for bi, (s, r) in enumerate(positions):
+            nxt = set()
+            for c_in in reach:
+                for c_out in st.channels:
+                    if c_out < c_in or not _completable(space, si, c_out):
+                        continue
+                    nxt.add(c_out)
+                    for k in st.kernel:
+                        for g1 in st.groups1:
+                            out.add(LayerConfig("bconv", c_in, c_in, k, g1, s, r))
+                    for g2 in st.groups2:
+                        out.add(LayerConfig("bconv", c_in, c_out, 1, g2, 1, r // s))
+            reach = nxt
+            if bi + 1 in st.depth:
+                after |= nxt
+        widths = after
+    final_res = space.resolution
+    for st in space.stages:
+        final_res //= st.stride
+    out |= {LayerConfig("head", c, space.num_classes, 1, 1, 1, final_res) for c in widths}
+    return sorted(out)
+
+
+def random_subnets(space: SearchSpace, n: int, seed: int = 0, max_tries: int = 1000) -> list[Arch]:
+    """`n` distinct uniform ND archs, the same list for the same (space, n, seed)."""
+    if n < 0:
+        raise ProfileError(f"the number of subnets must be >= 0 (got {n})")
+    rng, seen, out = random.Random(seed), set(), []
+    tries = 0
+    while len(out) < n and tries < max_tries + n:
+        tries += 1
+        a = sample_uniform(space, rng)
+        if a not in seen:
+            seen.add(a)
+            out.append(a)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """warmup calls, `repeat` timed samples, each the mean of `number` calls; number=0: choose `number`
+    so that one sample lasts at least `min_sample_ms`."""
+    warmup: int = 5
+    repeat: int = 20
+    number: int = 0
+    min_sample_ms: float = 20.0
+
+    def __post_init__(self):
+        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms < 0:
+            raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number} "
+                               f"must be >= 0, >= 1, >= 0")
+
+
+class _TimeEvaluatorRunner:
+    """Fallback local runner (TVM `time_evaluator` in this process) for when `nasbnn_hw.runners.local` is
+    not available."""
+    device = "local"
+
+    def time_library(self, lib_path, args, *, warmup, repeat, number=1, return_outputs=False):
+        import numpy as np
+        import tvm
+
+        from .runners.base import Timing
+        lib = tvm.runtime.load_module(str(lib_path))
+        dev = tvm.cpu(0)
+        rng = np.random.default_rng(0)
+        tensors = []
+        for a in args:
+            if a.is_output:
+                tensors.append(tvm.runtime.empty(a.shape, a.dtype, dev))
+            else:
+                data = a.data if a.data is not None else rng.standard_normal(a.shape).astype(a.dtype)
+                tensors.append(tvm.runtime.tensor(np.ascontiguousarray(data, a.dtype), dev))
+        for _ in range(warmup):
+            lib["main"](*tensors)
+        r = lib.time_evaluator("main", dev, number=number, repeat=repeat)(*tensors)
+        outs = tuple(t.numpy() for t, a in zip(tensors, args) if a.is_output) if return_outputs else None
+        return Timing(tuple(float(s) for s in r.results), outs)
+
+    def close(self):
+        pass
+
+
+def default_runner():
+    """`LocalRunner` when the runners package has it, else an equivalent in-process timer."""
+    try:
+        from .runners.local import LocalRunner
+    except ImportError:
+        return _TimeEvaluatorRunner()
+    return LocalRunner()
+
+
+def _time(runner, lib: Path, args, t: TimingSettings):
+    number = t.number
+    if number == 0:  # calibrate: one short run decides how many calls make a sample long enough
+        probe = runner.time_library(lib, args, warmup=1, repeat=1, number=1)
+        number = max(1, min(10_000, math.ceil(t.min_sample_ms / 1e3 / max(probe.median, 1e-7))))
+    return runner.time_library(lib, args, warmup=t.warmup, repeat=t.repeat, number=number), number
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiling loops
+
+@dataclass
+class ProfileReport:
+    measured: list[str] = field(default_factory=list)
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        s = f"{len(self.measured)} measured, {self.skipped} already stored"
+        return s + (f", {len(self.failed)} failed" if self.failed else "")
+
+
+def _tvm_version() -> str:
+    import tvm
+    return str(tvm.__version__)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+
+
+def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
+         timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool) -> ProfileReport:
+    version, target_key = _tvm_version(), spec.description()
+    report = ProfileReport()
+    todo = []
+    for key, config, build in items:
+        if store.has(device, target_key, version, kind, key):
+            report.skipped += 1
+        else:
+            todo.append((key, config, build))
+    if report.skipped:
+        log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
+    with tempfile.TemporaryDirectory(prefix="nasbnn-profile-", dir=workdir) as tmp, \
+            _progress(len(todo), f"{kind}s on {device}", progress) as bar:
+        for key, config, build in todo:
+            bar.set_postfix_str(key if kind == "layer" else f"#{len(report.measured) + 1}", refresh=False)
+            try:
+                lib_path, args = build(Path(tmp))
+                res, number = _time(runner, lib_path, args, timing)
+            except NasBnnError as e:
+                if stop_on_error:
+                    raise
+                report.failed[key] = str(e)
+                log.warning("%s %s failed: %s", kind, key, e)
+                bar.update(1)
+                continue
+            store.add(Measurement(device, target_key, version, kind, key, config, median_s=res.median,
+                                  iqr_s=res.iqr, repeats=len(res.samples), samples=res.samples, created=time.time()))
+            report.measured.append(key)
+            Path(lib_path).unlink(missing_ok=True)
+            bar.update(1)
+    return report
+
+
+def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
+                   timing: TimingSettings = TimingSettings(), batch: int = 1, layers: Iterable[LayerConfig] | None = None,
+                   progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False) -> ProfileReport:
+    """Measure every layer of `space` (or the given `layers`) on `device` and store each one."""
+    from .kernels import build_layer, resolve_target
+    space = get_space(space)
+    spec = resolve_target(target)
+    runner = runner or default_runner()
+    cfgs = list(layers) if layers is not None else enumerate_layers(space)
+
+    def _builder(cfg):
+        def build(tmp: Path):
+            lay = build_layer(cfg, spec, batch=batch)
+            return lay.export(tmp / f"{cfg.key()}.so"), lay.args
+        return build
+
+    items = [(c.key(), c.to_dict(), _builder(c)) for c in cfgs]
+    return _run(items, "layer", device, store, runner, spec, timing, progress, workdir, stop_on_error)
+
+
+def subnet_key(arch: Arch) -> str:
+    return arch.to_json()
+
+
+def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
+                    seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
+                    batch: int = 1, progress: bool = True, workdir: Path | None = None,
+                    stop_on_error: bool = False) -> ProfileReport:
+    """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights."""
+    from .deploy_tvm import compile_random_subnet
+    from .kernels import resolve_target
+    space = get_space(space)
+    spec = resolve_target(target)
+    runner = runner or default_runner()
+    chosen = list(archs) if archs is not None else random_subnets(space, n, seed)
+
+    def _builder(arch, i):
+        def build(tmp: Path):
+            net = compile_random_subnet(arch, space, spec, batch=batch, seed=i)
+            return net.export(tmp / f"subnet{i}.so"), net.arg_specs()
+        return build
+
+    items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict()},
+              _builder(a, i)) for i, a in enumerate(chosen)]
+    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error)
+
+
+def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:
+    """Layers of `archs` missing from `enumerate_layers(space)` (empty when the enumeration is complete)."""
+    known = set(enumerate_layers(space))
+    return {l for a in archs for l in arch_layers(a, space)} - known

@@ -1,0 +1,159 @@
+"""The profiler: exact layer enumeration, stored measurements, skip-if-stored, resume after SIGKILL."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nasbnn_hw.layers import LayerConfig, arch_layers
+from nasbnn_hw.profiler import (ProfileError, TimingSettings, _TimeEvaluatorRunner, enumerate_layers,
+                                profile_layers, profile_subnets, random_subnets)
+from nasbnn_hw.sampling import sample_uniform
+from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.store import MeasurementStore
+
+TINY = {"name": "tiny", "resolution": 8, "in_channels": 1, "num_classes": 4, "stage": [
+    {"channels": [8], "depth": [1], "kernel": [3], "groups1": [1], "groups2": [1], "stride": 2},
+    {"channels": [8, 16], "depth": [1, 2], "kernel": [3], "groups1": [1], "groups2": [1], "stride": 1},
+    {"channels": [16, 24], "depth": [1], "kernel": [3, 5], "groups1": [1, 2], "groups2": [1], "stride": 2},
+]}
+FAST = TimingSettings(warmup=1, repeat=3, number=2)
+
+
+def _brute_force_layers(space: SearchSpace) -> set[LayerConfig]:
+    out = set()
+    for depths in itertools.product(*(st.depth for st in space.stages)):
+        per_block = [st.channels for st, d in zip(space.stages, depths) for _ in range(d)]
+        for widths in itertools.product(*per_block):
+            if any(b < a for a, b in zip(widths, widths[1:])):
+                continue
+            it = iter(widths)
+            stages = [[next(it) for _ in range(d)] for d in depths]
+            res = space.resolution
+            stem = space.stages[0]
+            out |= {LayerConfig("stem", space.in_channels, stages[0][0], k, 1, stem.stride, res) for k in stem.kernel}
+            res //= stem.stride
+            c = stages[0][0]
+            for si in range(1, len(space.stages)):
+                st = space.stages[si]
+                for bi, w in enumerate(stages[si]):
+                    s = st.stride if bi == 0 else 1
+                    out |= {LayerConfig("bconv", c, c, k, g, s, res) for k in st.kernel for g in st.groups1}
+                    res //= s
+                    out |= {LayerConfig("bconv", c, w, 1, g, 1, res) for g in st.groups2}
+                    c = w
+            out.add(LayerConfig("head", c, space.num_classes, 1, 1, 1, res))
+    return out
+
+
+@pytest.mark.parametrize("space", [SearchSpace.from_dict(TINY), get_space("small16")], ids=["tiny", "small16"])
+def test_enumerate_layers_is_exact(space):
+    assert set(enumerate_layers(space)) == _brute_force_layers(space)
+
+
+def test_enumerate_layers_covers_sampled_imagenet_archs():
+    space = get_space("imagenet")
+    layers = set(enumerate_layers(space))
+    rng = random.Random(0)
+    for _ in range(300):
+        assert set(arch_layers(sample_uniform(space, rng), space)) <= layers
+    assert len(layers) == len(enumerate_layers(space))
+
+
+def test_random_subnets_are_distinct_and_reproducible():
+    space = get_space("small16")
+    a, b = random_subnets(space, 6, seed=3), random_subnets(space, 6, seed=3)
+    assert a == b and len(set(a)) == 6
+    with pytest.raises(ProfileError):
+        random_subnets(space, -1)
+
+
+def test_profile_layers_then_skip(tmp_path):
+    space = SearchSpace.from_dict(TINY)
+    layers = enumerate_layers(space)[:4]
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
+                             progress=False)
+        assert len(rep.measured) == 4 and rep.skipped == 0 and not rep.failed
+        rows = store.query(device="cpu-test", kind="layer")
+        assert sorted(r.key for r in rows) == sorted(l.key() for l in layers)
+        for r in rows:
+            assert LayerConfig(**r.config).key() == r.key
+            assert len(r.samples) == 3 and r.median_s > 0 and r.iqr_s >= 0 and r.repeats == 3
+        rep2 = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
+                              progress=False)
+        assert rep2.measured == [] and rep2.skipped == 4
+        assert store.count(device="cpu-test") == 4
+
+
+def test_profile_subnets_stores_arch_json(tmp_path):
+    space = SearchSpace.from_dict(TINY)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_subnets(space, 2, "cpu-test", store, _TimeEvaluatorRunner(), timing=FAST, progress=False)
+        assert len(rep.measured) == 2
+        rows = store.query(kind="subnet")
+        archs = random_subnets(space, 2)
+        assert [r.key for r in rows] == [a.to_json() for a in archs]
+        assert rows[0].config == {"space": "tiny", "resolution": 8, "arch": archs[0].to_dict()}
+        assert profile_subnets(space, 2, "cpu-test", store, _TimeEvaluatorRunner(), timing=FAST,
+                               progress=False).skipped == 2
+
+
+def _rows(db: Path) -> dict:
+    con = sqlite3.connect(str(db))
+    try:
+        return {r[0]: r[1:] for r in con.execute("SELECT key, median_s, created, kind FROM measurements")}
+    finally:
+        con.close()
+
+
+def test_killed_profiler_resumes_without_loss_or_duplicates(tmp_path):
+    """SIGKILL a real `nasbnn-hw profile` run mid-way, run it again: every item stored exactly once and
+    the rows written before the kill unchanged."""
+    space_file = tmp_path / "tiny.toml"
+    lines = [f'name = "tiny"', "resolution = 8", "in_channels = 1", "num_classes = 4"]
+    for st in TINY["stage"]:
+        lines.append("[[stage]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in st.items()]
+    space_file.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "m.db"
+    cmd = [sys.executable, "-m", "nasbnn_hw.cli", "profile", "--device", "local", "--space", str(space_file),
+           "--layers", "--subnets", "2", "--store", str(db), "--warmup", "1", "--repeat", "3", "--number", "2",
+           "--quiet"]
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    total = len(enumerate_layers(SearchSpace.from_dict(TINY))) + 2
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if db.exists() and len(_rows(db)) >= 3:
+                    break
+            except sqlite3.OperationalError:  # the file exists, its table not yet
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = _rows(db)
+    assert 3 <= len(before) < total
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{len(before) - sum(v[2] == 'subnet' for v in before.values())} already stored" in r.stdout
+    after = _rows(db)
+    assert len(after) == total
+    con = sqlite3.connect(str(db))
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT kind || key) FROM measurements").fetchone() == (total, total)
+    con.close()
+    for key, val in before.items():
+        assert after[key] == val
