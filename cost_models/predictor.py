@@ -34,9 +34,13 @@ PREDICTOR_FORMAT = "nasbnn-hw/latency-predictor-v1"
 def _versions() -> dict:
     import sklearn
 
-    from nasbnn_hw import __version__
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        own = version("nasbnn-hw")
+    except PackageNotFoundError:
+        own = "unknown"
     return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "nasbnn-hw": __version__}
+            "nasbnn-hw": own}
 
 
 class LatencyPredictor:

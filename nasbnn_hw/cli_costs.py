@@ -17,7 +17,7 @@ def _fmt_metrics(name: str, m: dict) -> str:
 
 
 def cmd_fit(args) -> int:
-    from cost_models import fit_predictor
+    from cost_models.learned import fit_predictor
     from cost_models.errors import CostModelError
     if not 0 <= args.test_fraction < 1:
         raise CostModelError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
@@ -36,7 +36,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cost_models import LatencyPredictor, get_cost_model
+    from cost_models.predictor import LatencyPredictor
+    from cost_models.registry import get_cost_model
     from cost_models._store import load_device_measurements, subnet_space_arch
     from cost_models.errors import CostModelError, MissingMeasurementError
     from cost_models.learned import PredictorCostModel

@@ -1,6 +1,6 @@
 """Search strategies behind one protocol (evolutionary NAS-BNN flavour, random), resumable, all returning a
 `SearchResult`. No torch import here: a search over a predictor runs without a supernet."""
-from ._run import run_search
+from .run import run_search
 from .base import Searcher
 from .constraints import Constraint, format_cost, parse_constraint
 from .errors import (ConstraintError, ConstraintUnsatisfiableError, InvalidParameterError, SearchError,

@@ -57,7 +57,7 @@ class Session:
         for c in self.constraints:
             self.models.setdefault(c.model_name, c.model)
         if "ops" not in self.models:
-            from cost_models import get_cost_model
+            from cost_models.registry import get_cost_model
             self.models["ops"] = get_cost_model("ops", space)
         self.rng = random.Random(self.seed)
         self.evaluated: dict[Arch, Candidate] = {}

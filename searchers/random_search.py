@@ -32,7 +32,7 @@ class RandomSearcher:
     def search(self, space: SearchSpace | str, evaluate: Callable[[Arch], float], cost_model,
                constraints: Sequence = (), budget: int | None = None, seed: int = 0,
                checkpoint_dir: str | Path | None = None) -> SearchResult:
-        from ._run import prepare
+        from .run import prepare
         space = get_space(space)
         cost_model, constraints = prepare(space, cost_model, constraints)
         s = Session(self.name, self.params(), space, evaluate, cost_model, constraints, budget, seed, checkpoint_dir)

@@ -15,7 +15,7 @@ __all__ = ["prepare", "run_search"]
 
 
 def _resolver(space: SearchSpace, known: dict, cost_kwargs: dict):
-    from cost_models import get_cost_model
+    from cost_models.registry import get_cost_model
     from cost_models.registry import split_name
 
     def resolve(name: str):
