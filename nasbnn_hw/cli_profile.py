@@ -122,8 +122,11 @@ def export_onnx(model, x, out) -> "np.ndarray":
     import torch
 
     from .utils import atomic_write_bytes
+    import warnings
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # shapes are static in a subnet: the tracer's notes about Python-side shape checks do not apply
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     atomic_write_bytes(out, buf.getvalue())
