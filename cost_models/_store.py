@@ -15,7 +15,18 @@ from .errors import CostModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceMeasurements", "load_device_measurements", "subnet_space_arch"]
+__all__ = ["DeviceMeasurements", "load_device_measurements", "subnet_space_arch", "layer_from_config"]
+
+_LAYER_FIELDS = ("kind", "in_channels", "out_channels", "kernel", "groups", "stride", "resolution")
+
+
+def layer_from_config(cfg: dict, source: str = "a layer measurement") -> LayerConfig:
+    """The `LayerConfig` of a stored layer row (extra keys a profiler may add are ignored)."""
+    try:
+        return LayerConfig(str(cfg["kind"]), *(int(cfg[k]) for k in _LAYER_FIELDS[1:]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CostModelError(f"{source}: config {cfg!r} is not a layer config (needs {', '.join(_LAYER_FIELDS)}): "
+                             f"{e}") from None
 
 
 @dataclass(frozen=True)
@@ -28,7 +39,7 @@ class DeviceMeasurements:
     source: str
 
     def layer_config(self, key: str) -> LayerConfig:
-        return LayerConfig(**self.layers[key].config)
+        return layer_from_config(self.layers[key].config)
 
 
 def open_store(store) -> tuple[MeasurementStore, bool]:
@@ -62,7 +73,8 @@ def load_device_measurements(store, device: str, target: str | None = None,
         raise CostModelError(f"device {device!r} has measurements for several (target, TVM version) pairs "
                              f"{combos}; choose one with target= and tvm_version=")
     tgt, ver = combos[0]
-    layers = {m.key: m for m in rows if m.kind == "layer"}
+    # keyed by the config's own key, so a profiler's choice of row key cannot break lookups
+    layers = {layer_from_config(m.config, f"{source} row {m.key!r}").key(): m for m in rows if m.kind == "layer"}
     subnets = tuple(m for m in rows if m.kind == "subnet")
     return DeviceMeasurements(device, tgt, ver, layers, subnets, source)
 

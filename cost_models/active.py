@@ -88,8 +88,8 @@ def plan_next_layers(space, store, device: str, k: int, *, seed: int = 0, n_esti
     index = LayerIndex(space)
     freq = Counter(i for _ in range(frequency_samples) for i in index.arch_ids(sample_uniform(space, rng)))
     count = {index.configs[i]: n for i, n in freq.items()}
-    from nasbnn_hw.layers import LayerConfig
-    layers = [LayerConfig(**m.config) for m in done.values()]
+    from ._store import layer_from_config
+    layers = [layer_from_config(m.config) for m in done.values()]
     model = LatencyPredictor(n_estimators=n_estimators, random_state=seed).fit(layers, [m.median_s for m in done.values()])
     return select_uncertain(todo, model.predict_layers, k, score="absolute",
                             weights=[count.get(c, 0) + 1 for c in todo])

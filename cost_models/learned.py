@@ -11,7 +11,7 @@ from nasbnn_hw.arch import Arch
 from nasbnn_hw.layers import LayerConfig, arch_layers
 from nasbnn_hw.space import SearchSpace
 
-from ._store import load_device_measurements, subnet_space_arch
+from ._store import layer_from_config, load_device_measurements, subnet_space_arch
 from .base import TIME_UNIT, LayerTableCostModel
 from .metrics import evaluate
 from .predictor import LatencyPredictor
@@ -52,7 +52,7 @@ class PredictorCostModel(LayerTableCostModel):
 def store_training_data(store, device: str, target: str | None = None, tvm_version: str | None = None):
     """(layer configs, layer latencies, [(space, arch, latency) of measured subnets], DeviceMeasurements)."""
     data = load_device_measurements(store, device, target, tvm_version)
-    layers = [LayerConfig(**m.config) for m in data.layers.values()]
+    layers = [layer_from_config(m.config) for m in data.layers.values()]
     lat = [m.median_s for m in data.layers.values()]
     subnets = []
     for m in data.subnets:

@@ -414,3 +414,18 @@ def test_predictor_parameters_validated():
     assert p.get_params()["n_estimators"] == 4 and len(p.fit(cfgs, lat).trees_) == 4
     with pytest.raises(CostModelError, match="finite and > 0"):
         LatencyPredictor().fit(cfgs, [0.0] * 10)
+
+
+def test_lut_reads_rows_by_config_not_row_key(tmp_path):
+    from nasbnn_hw.store import Measurement
+    st = MeasurementStore(tmp_path / "m.db")
+    layers = space_layer_configs(SMALL)
+    st.add_many(Measurement("d", "llvm", "0.27", "layer", f"row{n}", {**c.to_dict(), "dtype": "int32"},
+                            median_s=1e-5 * (n + 1), iqr_s=0.0, repeats=3, samples=(1e-5,))
+                for n, c in enumerate(layers))
+    lut = get_cost_model("lut@d", SMALL, store=st)
+    a = smallest(SMALL)
+    assert lut.cost(a) == pytest.approx(sum(1e-5 * (layers.index(c) + 1) for c in arch_layers(a, SMALL)))
+    st.add(Measurement("d", "llvm", "0.27", "layer", "bad", {"kind": "bconv"}, median_s=1.0))
+    with pytest.raises(CostModelError, match=r"row 'bad'.*is not a layer config"):
+        get_cost_model("lut@d", SMALL, store=st)
