@@ -22,7 +22,7 @@ def cmd_fit(args) -> int:
     if not 0 <= args.test_fraction < 1:
         raise CostModelError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     p = fit_predictor(args.store, args.device, test_fraction=args.test_fraction, seed=args.seed,
-                      n_estimators=args.n_estimators)
+                      n_estimators=args.n_estimators, target=args.target, tvm_version=args.tvm_version)
     p.save(args.out)
     ho = p.held_out_
     print(f"fitted latency predictor for {args.device} on {p.n_train_layers_} layers and "
@@ -44,7 +44,7 @@ def cmd_compare(args) -> int:
     from cost_models.report import write_report
     from .layers import arch_layers
 
-    data = load_device_measurements(args.store, args.device)
+    data = load_device_measurements(args.store, args.device, args.target, args.tvm_version)
     subnets = [(m, sa) for m in data.subnets if (sa := subnet_space_arch(m)) is not None]
     if not subnets:
         raise CostModelError(f"no measured subnets for device {args.device!r} in {args.store}; measure some with "
@@ -63,7 +63,8 @@ def cmd_compare(args) -> int:
     archs = [sa[1] for _, sa in test]
     preds: dict[str, list[float]] = {"ops": list(get_cost_model("ops", space).costs(archs)),
                                      "flops": list(get_cost_model("flops", space).costs(archs))}
-    lut = get_cost_model(f"lut@{args.device}", space, store=args.store, overhead_s=0.0)
+    lut = get_cost_model(f"lut@{args.device}", space, store=args.store, overhead_s=0.0, target=data.target,
+                         tvm_version=data.tvm_version)
     try:
         layer_sums = lut.costs(archs)
         gaps = [m.median_s - lut.cost(sa[1]) for m, sa in train if not lut.missing_layers(arch_layers(sa[1], space))]
@@ -76,10 +77,11 @@ def cmd_compare(args) -> int:
         note = f"predictor {args.predictor}"
     else:
         from cost_models.learned import store_training_data
-        layers, lat, _, _ = store_training_data(args.store, args.device)
+        layers, lat, _, _ = store_training_data(args.store, args.device, data.target, data.tvm_version)
         p = LatencyPredictor(n_estimators=args.n_estimators).fit(
             layers, lat, subnet_layer_lists=[arch_layers(sa[1], space) for _, sa in train],
-            subnet_latencies_s=[m.median_s for m, _ in train], device=args.device)
+            subnet_latencies_s=[m.median_s for m, _ in train], device=args.device, target=data.target,
+            tvm_version=data.tvm_version)
         note = f"predictor fitted here on {len(layers)} layers and the {len(train)} subnets not compared"
     preds["predictor"] = list(PredictorCostModel(space, p, args.device).costs(archs))
     rows = [{"id": n, "arch": sa[1].to_dict()["stages"], "measured": m.median_s, **{k: float(v[n]) for k, v in preds.items()}}
@@ -94,18 +96,23 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("fit", help="fit a latency predictor on a device's measurements; print held-out quality")
+def _add_store_args(p) -> None:
     p.add_argument("--device", required=True)
     p.add_argument("--store", required=True, help="measurement store (SQLite)")
+    p.add_argument("--target", help="TVM target string, when the device was measured under several")
+    p.add_argument("--tvm-version", help="TVM version, when the device was measured under several")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fit", help="fit a latency predictor on a device's measurements; print held-out quality")
+    _add_store_args(p)
     p.add_argument("--out", required=True, help="predictor file to write (.json)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held out for the quality figures (default 0.2)")
     p.add_argument("--n-estimators", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("compare", help="OPs, FLOPs, lookup table and predictor vs measured subnets: a report")
-    p.add_argument("--device", required=True)
-    p.add_argument("--store", required=True)
+    _add_store_args(p)
     p.add_argument("--subnets", type=int, default=100, help="how many measured subnets to compare (default 100)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--predictor", help="a fitted predictor (.json); default: fit one on the other measurements")

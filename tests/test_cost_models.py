@@ -429,3 +429,20 @@ def test_lut_reads_rows_by_config_not_row_key(tmp_path):
     st.add(Measurement("d", "llvm", "0.27", "layer", "bad", {"kind": "bconv"}, median_s=1.0))
     with pytest.raises(CostModelError, match=r"row 'bad'.*is not a layer config"):
         get_cost_model("lut@d", SMALL, store=st)
+
+
+def test_cli_several_tvm_versions_need_a_choice(tmp_path, capsys):
+    from nasbnn_hw.cli import main
+    st = MeasurementStore(tmp_path / "m.db")
+    layers = space_layer_configs(SMALL)
+    subnets = [(SMALL, a) for a in _archs(SMALL, 12, 31)]
+    SimulatedDevice(name="d", tvm_version="0.26").fill_store(st, layers, subnets)
+    SimulatedDevice(name="d", tvm_version="0.27").fill_store(st, layers, subnets)
+    out = str(tmp_path / "p.json")
+    assert main(["fit", "--device", "d", "--store", str(st.path), "--out", out]) == 2
+    assert "several (target, TVM version) pairs" in capsys.readouterr().err
+    assert main(["fit", "--device", "d", "--store", str(st.path), "--out", out, "--tvm-version", "0.27",
+                 "--n-estimators", "4"]) == 0
+    assert LatencyPredictor.load(out).tvm_version_ == "0.27"
+    assert main(["compare", "--device", "d", "--store", str(st.path), "--tvm-version", "0.26", "--subnets", "4",
+                 "--out", str(tmp_path / "r"), "--n-estimators", "4"]) == 0
