@@ -282,6 +282,20 @@ def test_hostile_file_and_directory_names(board, client_key, known_hosts, kernel
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_ssh_config_alias(board, client_key, known_hosts, kernels, tmp_path):
+    """`host` is an alias: HostName, User, Port and IdentityFile come from the SSH config file."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host mypi\n  HostName {board.host}\n  User {board.user}\n  Port {board.port}\n"
+                   f"  IdentityFile {client_key}\n")
+    prof = validate_profile(dict(name=DEV, runner="ssh", target=HOST_TARGET, host="mypi", ssh_config=str(cfg),
+                                 known_hosts=str(known_hosts), threads=1, timeouts={"connect": 3}), "test")
+    with get_runner(prof) as r:
+        assert (r.settings.hostname, r.settings.port, r.settings.user) == (board.host, board.port, board.user)
+        args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(3))
+        t = r.time_library(kernels["k0"], args, warmup=0, repeat=2, return_outputs=True)
+    np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
+
+
 # ---- host keys ----------------------------------------------------------------------------------------------
 def test_unknown_host_key_refused(board, client_key, tmp_path, kernels):
     kh = tmp_path / "kh" / "known_hosts"

@@ -143,6 +143,7 @@ class SSHRunner:
             except _Hung as e:
                 hangs += 1
                 last = e
+                log.warning("%s: %s: %s", self.device, what, e)
                 if hangs >= 2 or attempt == retries:
                     raise KernelTimeout(f"device '{self.device}': {what}: {e}") from None
             except RunnerError:
