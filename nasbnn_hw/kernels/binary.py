@@ -119,8 +119,9 @@ def sign_pack(x, move, groups: int, pad: int, name: str):
 
 
 def xnor_popcount_conv(xp, wp, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
-                       acc_dtype: str = "int32"):
-    """popcount(x XOR w) summed over taps and words: (N, Ho, Wo, F) int32."""
+                       acc_dtype: str = "int64"):
+    """popcount(x XOR w) summed over taps and words: (N, Ho, Wo, F). The accumulator is 64-bit like the
+    words, so a vector popcount adds straight into it (an int32 one costs a narrowing shuffle per word)."""
     import tvm
     from tvm import te
     n_, _, _, groups, nw = (int(v) for v in xp.shape)

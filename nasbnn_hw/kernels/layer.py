@@ -169,10 +169,7 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
 
     def _sched(sch):
-        pack = sch.get_sblock("l0_pack")
-        loops = sch.get_loops(pack)
-        sch.parallel(sch.fuse(loops[0], loops[1]))
-        sch.unroll(loops[-1])
+        schedule.cpu_pack(sch, "l0")
         schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups)
 
     ex = compile_function([x, *placeholders.values(), out], spec, _sched)

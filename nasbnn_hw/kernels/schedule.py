@@ -8,23 +8,30 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
+# CPU register tile of the binary conv: output pixels x output channels, vector lanes (tuned on x86
+# AVX-512 and AVX2; benchmarks/binary_conv.py measures it).
+CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8}
+
+
 def _channel_tile(per_group: int, total: int) -> tuple[int, int]:
     """(tile, vector) for the output-channel axis: the tile divides the per-group channel count so one
     tile never straddles two groups (its input words are then shared by all its lanes)."""
-    for tile in (16, 8, 4, 2, 1):
+    tile = CPU_TILE["channels"]
+    while tile > 1:
         if per_group % tile == 0 and total % tile == 0:
-            return tile, min(tile, 8)
+            return tile, min(tile, CPU_TILE["vector"])
+        tile //= 2
     return 1, 1
 
 
-def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int = 7, n_reduce: int = 3):
+def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int | None = None, n_reduce: int = 3):
     """Tile the (n, y, x, f) epilogue block `out_name` and compute its accumulation `acc_name` inside each
     tile (scheduled from the consumer side: the epilogue may also read tensors produced elsewhere, e.g.
     the shortcut)."""
     out = sch.get_sblock(out_name)
     n, y, x, f = sch.get_loops(out)
     wo, f_ext = int(sch.get(x).extent), int(sch.get(f).extent)
-    xt = _divisor_at_most(wo, pixel_cap)
+    xt = _divisor_at_most(wo, pixel_cap or CPU_TILE["pixels"])
     ft, vec = _channel_tile(per_group, f_ext)
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
@@ -54,11 +61,15 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
         sch.decompose_reduction(acc, (red or inner)[0])
 
 
-def cpu_binary_half(sch, name: str, groups: int):
-    pack = sch.get_sblock(f"{name}_pack")
-    loops = sch.get_loops(pack)
+def cpu_pack(sch, name: str):
+    """Rows in parallel; the 64-bit loop stays a loop: LLVM vectorises it (compare -> mask -> word),
+    about 7x faster than unrolling it into scalar shifts."""
+    loops = sch.get_loops(sch.get_sblock(f"{name}_pack"))
     sch.parallel(sch.fuse(loops[0], loops[1]))
-    sch.unroll(loops[-1])
+
+
+def cpu_binary_half(sch, name: str, groups: int):
+    cpu_pack(sch, name)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
     _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups)
