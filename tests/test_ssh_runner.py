@@ -178,6 +178,13 @@ def big_repeat_for(seconds: float, libs) -> int:
     return max(3, int(seconds / t.median))
 
 
+def work_dirs(user: str) -> set[Path]:
+    """The runner's work directories on the (loopback) board that belong to `user`."""
+    import pwd
+    uid = pwd.getpwnam(user).pw_uid
+    return {p for p in Path("/tmp").glob("nasbnn-hw.*") if p.stat().st_uid == uid}
+
+
 def later(delay: float, fn):
     t = threading.Timer(delay, fn)
     t.daemon = True
@@ -257,6 +264,22 @@ def test_kernel_failure_is_typed_and_workdir_removed(board, client_key, known_ho
     assert not Path(workdir).exists()
 
 
+def test_day_old_orphaned_work_dirs_are_swept(board, client_key, known_hosts, kernels, tmp_path):
+    base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-sweep-"))
+    try:
+        old, fresh = base / "nasbnn-hw.old123", base / "nasbnn-hw.new123"
+        for d in (base, old, fresh):
+            d.mkdir(exist_ok=True)
+            if IS_ROOT:
+                shutil.chown(d, board.user, board.user)
+        os.utime(old, (time.time() - 2 * 86400,) * 2)
+        with get_runner(profile_for(board, client_key, known_hosts, remote_dir=str(base))) as r:
+            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+        assert sorted(p.name for p in base.iterdir()) == ["nasbnn-hw.new123"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_hostile_file_and_directory_names(board, client_key, known_hosts, kernels, tmp_path):
     payload = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"
     base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-hostile-"))
@@ -310,6 +333,9 @@ def test_unknown_host_key_refused(board, client_key, tmp_path, kernels):
 
 def test_unknown_host_key_accepted_with_option(board, client_key, tmp_path, kernels):
     kh = tmp_path / "kh" / "known_hosts"
+    kh.parent.mkdir()
+    other = "otherhost " + " ".join(Path(str(client_key) + ".pub").read_text().split()[:2])
+    kh.write_text(other)                 # an existing file without a final newline
     prof = profile_for(board, client_key, kh)
     said = []
     with get_runner(prof, accept_new_host_key=True, notify=said.append) as r:
@@ -317,7 +343,7 @@ def test_unknown_host_key_accepted_with_option(board, client_key, tmp_path, kern
     expected_fp = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True,
                                  text=True, check=True).stdout.split()[1]
     assert len(said) == 1 and expected_fp in said[0] and expected_fp.startswith("SHA256:")
-    assert kh.read_text() == board.known_hosts_line()
+    assert kh.read_text() == other + "\n" + board.known_hosts_line()
     with get_runner(prof) as r:          # recorded: the next connection needs no option
         r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
 
@@ -343,6 +369,7 @@ def test_fingerprint_matches_ssh_keygen(board):
 # ---- fault matrix -------------------------------------------------------------------------------------------
 def test_board_killed_mid_campaign_and_back(board, client_key, known_hosts, kernels, tmp_path):
     items = items_for(kernels, big_repeat=big_repeat_for(1.5, kernels))
+    dirs_before = work_dirs(board.user)
     store = MeasurementStore(tmp_path / "m.db")
 
     def before(key):
@@ -355,6 +382,7 @@ def test_board_killed_mid_campaign_and_back(board, client_key, known_hosts, kern
     assert status == "completed", msg
     assert not failed
     assert_rows(store, SHAPES)
+    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
 
 
 def test_board_killed_campaign_stops_then_resumes(board, client_key, known_hosts, kernels, tmp_path):
@@ -382,6 +410,7 @@ def test_board_killed_campaign_stops_then_resumes(board, client_key, known_hosts
 
 def test_board_frozen_then_resumed(board, client_key, known_hosts, kernels, tmp_path):
     items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
+    dirs_before = work_dirs(board.user)
     store = MeasurementStore(tmp_path / "m.db")
 
     def before(key):
@@ -395,12 +424,14 @@ def test_board_frozen_then_resumed(board, client_key, known_hosts, kernels, tmp_
     assert time.monotonic() - t0 > 6, "the freeze was not noticed"
     assert not failed
     assert_rows(store, SHAPES)
+    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
 
 
 def test_hung_remote_command_is_killed_and_retried(board, client_key, known_hosts, kernels, tmp_path):
     if not IS_ROOT and board.user != os.environ.get("USER", board.user):
         pytest.skip("needs to signal the login user's processes")
     items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
+    dirs_before = work_dirs(board.user)
     store = MeasurementStore(tmp_path / "m.db")
     stopped = []
 
@@ -424,6 +455,7 @@ def test_hung_remote_command_is_killed_and_retried(board, client_key, known_host
     assert not Path(f"/proc/{stopped[0]}").exists(), "the hung process must be killed by PID"
     assert status == "completed" and not failed, (msg, failed)
     assert_rows(store, SHAPES)
+    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
 
 
 def test_kernel_that_never_returns_times_out(board, client_key, known_hosts, kernels, tmp_path):
@@ -431,12 +463,14 @@ def test_kernel_that_never_returns_times_out(board, client_key, known_hosts, ker
     libs = {"k0": kernels["k0"], "k1": kernels["k1"]}
     items = items_for(libs)
     items.insert(1, ("hang", hang, rk.xor_popcount_args(*SHAPES["k0"]), None, 1))
+    dirs_before = work_dirs(board.user)
     store = MeasurementStore(tmp_path / "m.db")
     with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 2, "transfer": 3})) as r:
         status, msg, failed = campaign(r, items, store)
     assert status == "completed"
     assert [k for k, _ in failed] == ["hang"] and "killed the hung process" in failed[0][1]
     assert_rows(store, libs)
+    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
     time.sleep(0.2)
     assert user_pids(board.user, "nasbnn-harness") == []
 
@@ -537,3 +571,10 @@ def test_cli_devices_check_over_ssh(board, client_key, known_hosts, tmp_path, ca
         assert main(["devices", "--devices-dir", str(d), "check", "wrongarch"]) == 2
         err = capsys.readouterr().err
         assert "error:" in err and "aarch64" in err
+    if shutil.which(ARM_CC) and shutil.which("qemu-aarch64"):
+        (d / "emu.toml").write_text(base + f'cross_compiler = "{ARM_CC}"\ntarget = {{kind = "llvm", '
+                                    'mtriple = "aarch64-linux-gnu"}\n'
+                                    'exec_wrapper = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]\n')
+        assert main(["devices", "--devices-dir", str(d), "check", "emu"]) == 0
+        captured = capsys.readouterr()
+        assert "harness runs as aarch64" in captured.out and "emulation" in captured.err

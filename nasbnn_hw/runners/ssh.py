@@ -183,8 +183,12 @@ class SSHRunner:
             self.reconnects += 1
         self._sessions += 1
         self._clean_stale()
-        template = self.profile.remote_dir.rstrip("/") + "/nasbnn-hw.XXXXXX"
-        rc, out, err = self._exec(f"mktemp -d {quote(template)}", timeout=tmo)
+        base = self.profile.remote_dir.rstrip("/") or "/"
+        template = base.rstrip("/") + "/nasbnn-hw.XXXXXX"
+        # orphans of sessions whose board went down for good (untouched for a day) go first
+        sweep = (f"find {quote(base)} -maxdepth 1 -type d -name 'nasbnn-hw.*' -user \"$(id -u)\" -mmin +1440 "
+                 "-exec rm -rf {} + 2>/dev/null")
+        rc, out, err = self._exec(f"{sweep}; mktemp -d {quote(template)}", timeout=tmo)
         if rc != 0 or not out.strip():
             raise RunnerError(f"device '{self.device}': cannot create a work directory under "
                               f"{self.profile.remote_dir!r} on the board: {err.strip()}")

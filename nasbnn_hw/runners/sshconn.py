@@ -90,9 +90,11 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 "connect. Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the board, then "
                 "re-run with --accept-new-host-key (accept_new_host_key=True) to record it")
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        needs_newline = self.known_hosts.is_file() and not self.known_hosts.read_bytes().endswith(b"\n") \
+            and self.known_hosts.stat().st_size > 0
         fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a") as f:
-            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            f.write(("\n" if needs_newline else "") + f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.notify(f"accepted new host key for {hostname}: {key.get_name()} {fp} (recorded in {self.known_hosts})")
 
