@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -82,3 +83,27 @@ def test_random_subnet_args_for_runners():
 def test_not_a_subnet_is_rejected():
     with pytest.raises(DeployError, match="no 'stem'"):
         compile_subnet(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
+                    reason="needs the aarch64 cross gcc and qemu-user (installed by .ci/run)")
+def test_whole_subnet_for_aarch64_runs_under_qemu(tmp_path):
+    from nasbnn_hw.kernels.harness import build_harness, run_with_harness
+    space = get_space("small16")
+    model = StaticSubnet(sample_uniform(space, random.Random(8)), space, seed=3)
+    net = compile_subnet(model, target="aarch64-neon", resolution=space.resolution)
+    lib = net.export(tmp_path / "net_aarch64.so")
+    x = np.random.default_rng(1).standard_normal(net.input_shape).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    harness = build_harness(tmp_path / "harness", cc="aarch64-linux-gnu-gcc")
+    (got,), _ = run_with_harness(harness, lib, net.arg_specs(x), tmp_path / "run",
+                                 prefix=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4 and (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_whole_subnet_cuda_source():
+    space = get_space("small16")
+    net = compile_random_subnet(smallest(space), space, target="cuda-sm80")
+    src = net.executable.mod.imports[0].inspect_source()
+    assert src.count("__global__") >= 3 * len(net.layers) - 3 and "__popc" in src
