@@ -147,7 +147,7 @@ def _module_params(model, layers: list[LayerConfig]) -> list[dict]:
 def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch: int, seed: int) -> TvmSubnet:
     from tvm import te
 
-    from .kernels.layer import KernelError, _shape_dtype, compile_function, layer_input_shape, layer_te, \
+    from .kernels.layer import KernelBuildError, _shape_dtype, compile_function, layer_input_shape, layer_te, \
         schedule_layer, supports
     from .kernels.params import random_arrays
     from .kernels.targets import resolve_target
@@ -155,7 +155,7 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
     for cfg in layers:
         ok, why = supports(cfg)
         if not ok:
-            raise KernelError(f"cannot compile layer {cfg.key()}: {why}")
+            raise KernelBuildError(f"cannot compile layer {cfg.key()}: {why}")
     x = te.placeholder(layer_input_shape(layers[0], batch), "float32", name="x")
     h, names, tensors, values = x, [], [], []
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from _bnn_reference import StaticBlock, StaticStem, shortcut
-from nasbnn_hw.kernels import KernelError, TargetError, build_layer, resolve_target, supports
+from nasbnn_hw.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
 from nasbnn_hw.kernels.binary import border_classes, pack_weights, padding_correction
 from nasbnn_hw.kernels.layer import build_binary_conv
 from nasbnn_hw.kernels.params import binary_half_params, head_params, stem_params
@@ -130,13 +130,13 @@ def test_head_matches_pytorch():
 def test_bad_layers_and_targets_raise_clear_errors():
     ok, why = supports(LayerConfig("bconv", 48, 48, 3, 5, 1, 8))
     assert not ok and "groups=5" in why
-    with pytest.raises(KernelError, match="groups=5"):
+    with pytest.raises(KernelBuildError, match="groups=5"):
         build_layer(LayerConfig("bconv", 48, 48, 3, 5, 1, 8))
-    with pytest.raises(KernelError, match="kind 'pool'"):
+    with pytest.raises(KernelBuildError, match="kind 'pool'"):
         build_layer(LayerConfig("pool", 48, 48, 3, 1, 1, 8))
     with pytest.raises(TargetError, match="unknown target 'tpu'"):
         resolve_target("tpu")
-    with pytest.raises(KernelError, match="shape"):
+    with pytest.raises(KernelBuildError, match="shape"):
         build_layer(LayerConfig("head", 16, 10, 1, 1, 1, 2)).run({"x": np.zeros((1, 3, 3, 16), np.float32)})
 
 

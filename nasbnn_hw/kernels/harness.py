@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..runners.base import ArgSpec
-from .layer import KernelError
+from .layer import KernelBuildError
 
 _DL_CODES = {"i": 0, "u": 1, "f": 2}
 
@@ -33,7 +33,7 @@ def build_harness(out: str | Path, cc: str = "gcc") -> Path:
     cmd = [cc, "-O2", *(f"-I{d}" for d in include_dirs()), str(path), "-o", str(out), "-ldl", "-rdynamic"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        raise KernelError(f"compiling the kernel harness with {cc} failed: {r.stderr.strip().splitlines()[-1:]}")
+        raise KernelBuildError(f"compiling the kernel harness with {cc} failed: {r.stderr.strip().splitlines()[-1:]}")
     return out
 
 
@@ -50,7 +50,7 @@ def run_with_harness(harness: str | Path, lib: str | Path, args: Sequence[ArgSpe
         path = workdir / f"arg{i}.bin"
         if not a.is_output:
             if a.data is None:
-                raise KernelError(f"argument {i} needs data to run through the harness")
+                raise KernelBuildError(f"argument {i} needs data to run through the harness")
             np.ascontiguousarray(a.data, dt).tofile(path)
         lines.append(" ".join(["out" if a.is_output else "in", str(_DL_CODES[dt.kind]), str(dt.itemsize * 8),
                                str(len(a.shape)), *map(str, a.shape), str(path)]))
@@ -59,7 +59,7 @@ def run_with_harness(harness: str | Path, lib: str | Path, args: Sequence[ArgSpe
     r = subprocess.run([*prefix, str(harness), str(lib), str(spec), str(repeat)], capture_output=True, text=True,
                        timeout=timeout, env=env)
     if r.returncode:
-        raise KernelError(f"kernel harness failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+        raise KernelBuildError(f"kernel harness failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
     times = [float(v) for v in r.stdout.split("seconds:")[-1].split()]
     outs = [np.fromfile(workdir / f"arg{i}.bin", a.dtype).reshape(a.shape) for i, a in enumerate(args) if a.is_output]
     return outs, times

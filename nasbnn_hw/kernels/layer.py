@@ -21,7 +21,7 @@ from .targets import TargetSpec, export_library, resolve_target
 LAYER_KINDS = ("stem", "bconv", "head")
 
 
-class KernelError(NasBnnError):
+class KernelBuildError(NasBnnError):
     """A layer the kernels cannot build (bad shape, unsupported kind)."""
 
 
@@ -107,7 +107,7 @@ class CompiledLayer:
         """Call once here (local targets only) on the stored arguments, overridden by `inputs`."""
         import tvm
         if not self.target.runs_here:
-            raise KernelError(f"a module built for target {self.target.name!r} cannot run on this machine")
+            raise KernelBuildError(f"a module built for target {self.target.name!r} cannot run on this machine")
         dev = tvm.cpu(0)
         inputs = inputs or {}
         tensors = []
@@ -117,7 +117,7 @@ class CompiledLayer:
             else:
                 data = np.ascontiguousarray(inputs.get(nm, a.data), dtype=a.dtype)
                 if data.shape != a.shape:
-                    raise KernelError(f"argument {nm!r} has shape {data.shape}; the kernel needs {a.shape}")
+                    raise KernelBuildError(f"argument {nm!r} has shape {data.shape}; the kernel needs {a.shape}")
                 tensors.append(tvm.runtime.tensor(data, dev))
         self.executable["main"](*tensors)
         return tensors[-1].numpy()
@@ -128,7 +128,7 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
     """Compile `cfg` for `target` with random (or given) parameters and a random input."""
     ok, why = supports(cfg)
     if not ok:
-        raise KernelError(f"cannot build layer {cfg.key()}: {why}")
+        raise KernelBuildError(f"cannot build layer {cfg.key()}: {why}")
     from tvm import te
 
     from .params import random_arrays
@@ -139,7 +139,7 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
     for key, val in (params or {}).items():
         if key not in placeholders:
-            raise KernelError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
+            raise KernelBuildError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
         data[key] = np.asarray(val)
     ex = compile_function([x, *placeholders.values(), out], spec, lambda s: schedule_layer(s, cfg, "l0", spec))
     names = ["x", *placeholders, "out"]
@@ -161,7 +161,7 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     ok, why = supports(LayerConfig("bconv", in_channels, max(in_channels, out_channels), kernel, groups, stride,
                                    resolution))
     if not ok:
-        raise KernelError(f"cannot build binary conv {cfg.key()}: {why}")
+        raise KernelBuildError(f"cannot build binary conv {cfg.key()}: {why}")
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
     placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0")
