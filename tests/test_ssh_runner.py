@@ -201,6 +201,32 @@ def test_local_runner_matches_numpy(kernels, tmp_path):
     assert_rows(store, SHAPES)
 
 
+def test_local_runner_reloads_a_rewritten_path(kernels, tmp_path):
+    """The dynamic loader caches by path: a new library at a used path must still be the one timed."""
+    lib = tmp_path / "layer.so"
+    with LocalRunner() as r:
+        for key in ("k0", "k1"):
+            shutil.copy(kernels[key], lib)
+            args = rk.xor_popcount_args(*SHAPES[key], rng=np.random.default_rng(5))
+            t = r.time_library(lib, args, warmup=0, repeat=1, return_outputs=True)
+            np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
+
+
+def test_project_layers_over_ssh_match_local(board, client_key, known_hosts, tmp_path):
+    """Real layers of the kernels package (8-bit stem, binary conv block) through the harness."""
+    from nasbnn_hw.kernels.layer import build_layer
+    from nasbnn_hw.layers import LayerConfig
+    prof = profile_for(board, client_key, known_hosts, threads=2)
+    with get_runner(prof) as r, LocalRunner(threads=2) as lr:
+        for cfg in (LayerConfig("stem", 3, 16, 3, 1, 2, 16), LayerConfig("bconv", 32, 64, 3, 2, 2, 8)):
+            lay = build_layer(cfg, target=prof)
+            lib = lay.export(tmp_path / f"{cfg.key()}.so")
+            remote = r.time_library(lib, lay.args, warmup=1, repeat=3, return_outputs=True)
+            local = lr.time_library(lib, lay.args, warmup=1, repeat=3, return_outputs=True)
+            np.testing.assert_array_equal(remote.outputs[0], local.outputs[0])
+            np.testing.assert_array_equal(local.outputs[0], lay.run())
+
+
 def test_ssh_runner_matches_numpy_and_local(board, client_key, known_hosts, kernels, tmp_path):
     store = MeasurementStore(tmp_path / "m.db")
     prof = profile_for(board, client_key, known_hosts, threads=2)

@@ -1,6 +1,9 @@
 """LocalRunner: load the kernel library into this process and time it with TVM's time_evaluator."""
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +20,20 @@ class LocalRunner:
         self.threads = threads
         self.seed = seed
         self._threads_set = False
+        self._copies: tempfile.TemporaryDirectory | None = None
+        self._modules: dict[str, object] = {}
+
+    def _load(self, tvm, lib_path: Path):
+        """Load through a copy named by content: the dynamic loader caches libraries by path, so a new
+        library written to a path loaded before would otherwise silently run the old code."""
+        digest = hashlib.sha256(lib_path.read_bytes()).hexdigest()[:24]
+        if digest not in self._modules:
+            if self._copies is None:
+                self._copies = tempfile.TemporaryDirectory(prefix="nasbnn-local-")
+            copy = Path(self._copies.name) / f"{digest}.so"
+            shutil.copyfile(lib_path, copy)
+            self._modules[digest] = tvm.runtime.load_module(str(copy))
+        return self._modules[digest]
 
     @classmethod
     def from_profile(cls, profile, **kw) -> "LocalRunner":
@@ -34,7 +51,7 @@ class LocalRunner:
         arrays = input_arrays(args, self.seed)
         self._configure_threads(tvm)
         try:
-            lib = tvm.runtime.load_module(str(lib_path))
+            lib = self._load(tvm, Path(lib_path))
             fn = lib["main"]
         except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
             raise KernelError(f"cannot load kernel library {lib_path}: {e}") from e
@@ -53,7 +70,10 @@ class LocalRunner:
         return Timing(samples, outputs)
 
     def close(self) -> None:
-        pass
+        self._modules.clear()
+        if self._copies is not None:     # loaded libraries stay mapped; only the files go
+            self._copies.cleanup()
+            self._copies = None
 
     def __enter__(self):
         return self
