@@ -67,6 +67,8 @@ class DynamicBatchNorm2d(nn.Module):
 
     def forward(self, x):
         bn, c = self.bn, x.size(1)
+        if bn.training and _distributed_world() > 1:
+            return self._sync_forward(x)
         if bn.training:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
@@ -74,6 +76,48 @@ class DynamicBatchNorm2d(nn.Module):
             factor = 0.0
         return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], bn.weight[:c], bn.bias[:c],
                             bn.training, factor, bn.eps)
+
+
+    def _sync_forward(self, x):
+        """Batch statistics over the global batch of all ranks (differentiable all-reduce), so that a
+        distributed step equals a single-process step on the same global batch."""
+        bn, c = self.bn, x.size(1)
+        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)),
+                           x.new_tensor([x.numel() / c])])
+        tot = _AllReduceSum.apply(local)
+        n = tot[-1]
+        mean = tot[:c] / n
+        var = (tot[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean[:c].mul_(1 - f).add_(mean.detach(), alpha=f)
+            bn.running_var[:c].mul_(1 - f).add_(var.detach() * n / (n - 1), alpha=f)
+        inv = torch.rsqrt(var + bn.eps) * bn.weight[:c]
+        return (x - mean.view(1, -1, 1, 1)) * inv.view(1, -1, 1, 1) + bn.bias[:c].view(1, -1, 1, 1)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum over ranks is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, t):
+        import torch.distributed as dist
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, g):
+        import torch.distributed as dist
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def _distributed_world() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class DynamicPReLU(nn.Module):

@@ -144,3 +144,35 @@ def test_cli_train_eval(tmp_path):
     assert len(rows) == 3 and all(0 <= row["top1"] <= 100 for row in rows)
     ck = load_supernet(out / "checkpoint.pt")
     assert ck.extra["data_config"]["source"] == "digits"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single_process(tmp_path):
+    import os
+    import shutil
+    common = ["train", "--space", "small16", "--data", "digits", "--epochs", "1", "--batch-size", "64",
+              "--max-steps-per-epoch", "3", "--quiet", "--threads", "1"]
+    r = _cli(*common, "--out", str(tmp_path / "single"))
+    assert r.returncode == 0, r.stderr
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "nasbnn_hw.cli", *common,
+                        "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_supernet(tmp_path / "single" / "checkpoint.pt").supernet.state_dict()
+    b = load_supernet(tmp_path / "ddp" / "checkpoint.pt").supernet.state_dict()
+    init = SupernetTrainer(SPACE, load_splits("digits", 16, 1), _cfg(seed=0), tmp_path / "x", progress=False)
+    init_sd = init.net.state_dict()
+    # binarisation makes float reduction order visible (a sign may flip), so compare the two runs'
+    # difference with how far training moved the weights: they must agree far better than that.
+    diff = moved = 0.0
+    for k in a:
+        if a[k].dtype.is_floating_point and "running" not in k:
+            diff += (a[k] - b[k]).pow(2).sum().item()
+            moved += (a[k] - init_sd[k]).pow(2).sum().item()
+    assert moved > 0
+    assert diff < 0.01 * moved, (diff, moved)
