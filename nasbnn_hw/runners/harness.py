@@ -23,6 +23,9 @@ from .inputs import dl_type
 HARNESS_NAME = "nasbnn-harness"
 HARNESS_VERSION = 1
 # ELF e_machine values of the architectures we can name
+# libm is linked (not as-needed) so that kernels calling expf, tanhf, ... find it in the process
+CFLAGS = ("-O2", "-std=gnu11")
+LDFLAGS = ("-rdynamic", "-ldl", "-Wl,--no-as-needed", "-lm", "-Wl,--as-needed", "-lpthread")
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183, "arm": 40, "riscv64": 243, "x86": 3}
 
 
@@ -50,7 +53,7 @@ def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> P
         raise RunnerError(f"compiler {cmd[0]!r} for {arch} not found; install it (Debian: gcc-{arch}-linux-gnu) "
                           "or set cross_compiler in the device profile")
     src = harness_source()
-    key = hashlib.sha256(src + b"\0" + " ".join(cmd).encode() + b"\0" + arch.encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([src, " ".join(cmd + list(CFLAGS + LDFLAGS)).encode(), arch.encode()])).hexdigest()[:16]
     out_dir = (cache or cache_dir()) / "harness" / f"{arch}-{key}"
     exe = out_dir / HARNESS_NAME
     if exe.is_file():
@@ -60,8 +63,8 @@ def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> P
         c_file = Path(tmp) / "harness.c"
         c_file.write_bytes(src)
         tmp_exe = Path(tmp) / HARNESS_NAME
-        r = subprocess.run([*cmd, "-O2", "-std=gnu11", "-o", str(tmp_exe), str(c_file), "-rdynamic", "-ldl",
-                            "-lpthread"], capture_output=True, text=True, timeout=300)
+        r = subprocess.run([*cmd, *CFLAGS, "-o", str(tmp_exe), str(c_file), *LDFLAGS], capture_output=True, text=True,
+                           timeout=300)
         if r.returncode:
             raise RunnerError(f"building the harness with {' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
         want = _ELF_MACHINE.get(arch)
