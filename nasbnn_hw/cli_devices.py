@@ -51,8 +51,11 @@ def cmd_check(args) -> int:
                                    f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
         print(f"{p.name}: TVM RPC server at {p.host}:{p.port or 9090} answers")
         return 0
+    import dataclasses
+
     from .runners.ssh import SSHRunner
-    with SSHRunner(p, accept_new_host_key=args.accept_new_host_key) as runner:
+    quick = dataclasses.replace(p, retries=min(p.retries, 1))      # a check should not wait long
+    with SSHRunner(quick, accept_new_host_key=args.accept_new_host_key) as runner:
         info = runner.board_info()
     machine = normalize_arch(info["uname_m"])
     print(f"{p.name}: connected to {runner.settings}; uname -m: {info['uname_m']}; harness runs as "

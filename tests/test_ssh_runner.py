@@ -385,6 +385,21 @@ def test_changed_host_key_refused_even_with_accept_new(board, client_key, known_
     assert known_hosts.read_text() == old
 
 
+def test_hashed_known_hosts_and_revoked_keys(board, client_key, known_hosts, kernels):
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known_hosts)], check=True, capture_output=True)
+    assert known_hosts.read_text().startswith("|1|")
+    prof = profile_for(board, client_key, known_hosts)
+    with get_runner(prof) as r:          # a hashed entry still matches
+        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    kind, b64 = Path(str(board.host_key) + ".pub").read_text().split()[:2]
+    for text in (f"@cert-authority * {kind} {b64}\n@revoked * {kind} {b64}\n",
+                 board.known_hosts_line() + f"@revoked * {kind} {b64}\n"):
+        known_hosts.write_text(text)
+        with pytest.raises(HostKeyError, match="@revoked"):
+            with get_runner(prof, accept_new_host_key=True) as r:
+                r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+
+
 def test_fingerprint_matches_ssh_keygen(board):
     import paramiko
     key = paramiko.Ed25519Key.from_private_key_file(str(board.host_key))

@@ -68,6 +68,36 @@ def resolve_ssh(profile) -> SSHSettings:
                        Path(profile.known_hosts).expanduser())
 
 
+def load_known_hosts(path: Path, into: paramiko.HostKeys) -> set[str]:
+    """Add the plain entries of an OpenSSH known_hosts file to `into`; return the base64 blobs of keys
+    marked `@revoked`. `@cert-authority` lines are skipped (certificates are not supported), as are
+    lines paramiko cannot parse (other key types)."""
+    revoked: set[str] = set()
+    if not path.is_file():
+        return revoked
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        raise RunnerError(f"cannot read known_hosts file {path}: {e}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            fields = line.split()
+            if fields[0] == "@revoked" and len(fields) >= 4:
+                revoked.add(fields[3])
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, n)
+        except Exception:  # noqa: BLE001 - a malformed line is ignored, as OpenSSH does
+            entry = None
+        if entry is not None:
+            for name in entry.hostnames:
+                into.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's SHA256 fingerprint: `SHA256:` + unpadded base64 of the key blob's hash."""
     digest = hashlib.sha256(key.asbytes()).digest()
@@ -82,8 +112,13 @@ class HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         self.accept_new = accept_new
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr))
 
+    revoked: set[str] = set()
+
     def missing_host_key(self, client, hostname, key):
         fp = fingerprint(key)
+        if key.get_base64() in self.revoked:
+            raise HostKeyError(f"host key of {hostname} ({key.get_name()} {fp}) is marked @revoked in "
+                               f"{self.known_hosts}; refusing to connect")
         if not self.accept_new:
             raise HostKeyError(
                 f"host key of {hostname} ({key.get_name()} {fp}) is not in {self.known_hosts}; refusing to "
@@ -104,12 +139,10 @@ def open_client(s: SSHSettings, *, timeout: float, accept_new: bool,
     """A connected, authenticated client; host-key and authentication problems raise RunnerErrors,
     network problems raise OSError / paramiko.SSHException (worth retrying)."""
     client = paramiko.SSHClient()
-    if s.known_hosts.is_file():
-        try:
-            client.load_host_keys(str(s.known_hosts))
-        except (OSError, paramiko.SSHException) as e:
-            raise RunnerError(f"cannot read known_hosts file {s.known_hosts}: {e}") from None
-    client.set_missing_host_key_policy(HostKeyPolicy(s.known_hosts, accept_new, notify))
+    revoked = load_known_hosts(s.known_hosts, client.get_host_keys())
+    policy = HostKeyPolicy(s.known_hosts, accept_new, notify)
+    policy.revoked = revoked
+    client.set_missing_host_key_policy(policy)
     try:
         client.connect(s.hostname, s.port, username=s.user, key_filename=list(s.identity_files),
                        allow_agent=False, look_for_keys=False, timeout=timeout, banner_timeout=timeout,
@@ -132,4 +165,9 @@ def open_client(s: SSHSettings, *, timeout: float, accept_new: bool,
     except BaseException:
         client.close()
         raise
+    key = client.get_transport().get_remote_server_key()
+    if key.get_base64() in revoked:      # listed as trusted too: @revoked wins, as in OpenSSH
+        client.close()
+        raise HostKeyError(f"host key of {s.known_hosts_name} ({key.get_name()} {fingerprint(key)}) is marked "
+                           f"@revoked in {s.known_hosts}; refusing to connect")
     return client
