@@ -160,7 +160,7 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
     h, names, tensors, values = x, [], [], []
     rng = np.random.default_rng(seed)
     for i, cfg in enumerate(layers):
-        ph, h = layer_te(cfg, h, f"l{i}")
+        ph, h = layer_te(cfg, h, f"l{i}", spec)
         given = params[i] if params is not None else random_arrays({k: _shape_dtype(v) for k, v in ph.items()}, rng)
         for key, t in ph.items():
             shape, dtype = _shape_dtype(t)

@@ -167,8 +167,8 @@ def rprelu(v, alpha, bias_after):
     return tvm.tirx.Select(v >= 0, v, v * alpha) + bias_after
 
 
-def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, name: str, corr_shape=None,
-                      n_words=None):
+def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, name: str,
+                      acc_dtype: str = "int64"):
     """One half of a binary block, all fused into one output stage.
 
     out = rprelu(dot * mul + add + shortcut(x)) with mul = weight scale * BN scale, add = BN shift + move12.
@@ -190,7 +190,7 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
     packed = sign_pack(x, p["move_in"], groups, pad, name)
-    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name)
+    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name, acc_dtype)
     dot = binary_dot(acc, k * k * cg, p.get("corr"), rows, cols)
     sc = shortcut_value(x, stride, out_channels)
 
@@ -202,7 +202,7 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
     return p, out
 
 
-def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str):
+def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64"):
     """The integer +-1 conv of sign(x) alone (no epilogue): for exactness tests and benchmarks."""
     from tvm import te
     n_, h, w, c_in = (int(v) for v in x.shape)
@@ -216,7 +216,7 @@ def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name
         rows, cols = border_classes(h, ho, k, stride, pad), border_classes(w, wo, k, stride, pad)
         p["corr"] = te.placeholder((rows.count, cols.count, out_channels), "int32", name=f"{name}_corr")
     packed = sign_pack(x, p["move_in"], groups, pad, name)
-    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name)
+    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name, acc_dtype)
     dot = binary_dot(acc, k * k * cg, p.get("corr"), rows, cols)
     out = te.compute((n_, ho, wo, out_channels), dot, name=f"{name}_out")
     return p, out

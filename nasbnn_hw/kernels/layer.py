@@ -50,13 +50,19 @@ def layer_input_shape(cfg: LayerConfig, batch: int = 1) -> tuple[int, ...]:
     return (batch, cfg.in_channels, r, r) if cfg.kind == "stem" else (batch, r, r, cfg.in_channels)
 
 
-def layer_te(cfg: LayerConfig, x, name: str):
+def _acc_dtype(spec: TargetSpec | None) -> str:
+    from .schedule import cpu_tile
+    return "int32" if spec is not None and spec.is_gpu else cpu_tile(spec)["acc_dtype"]
+
+
+def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None):
     """TE of `cfg` applied to tensor `x`: (placeholders dict, output tensor)."""
     from . import binary, float_ops
     if cfg.kind == "stem":
         return float_ops.stem_conv(x, cfg.out_channels, cfg.kernel, cfg.stride, name)
     if cfg.kind == "bconv":
-        return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name)
+        return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
+                                        _acc_dtype(spec))
     return float_ops.pool_classifier(x, cfg.out_channels, name)
 
 
@@ -64,10 +70,11 @@ def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec) -> None:
     from . import schedule
     if spec.is_gpu:
         return  # GPU: one generic pass over the whole function (see `compile_function`)
+    tile = schedule.cpu_tile(spec)
     if cfg.kind == "stem":
-        schedule.cpu_stem(sch, name)
+        schedule.cpu_stem(sch, name, tile)
     elif cfg.kind == "bconv":
-        schedule.cpu_binary_half(sch, name, cfg.groups)
+        schedule.cpu_binary_half(sch, name, cfg.groups, tile)
     else:
         schedule.cpu_head(sch, name)
 
@@ -134,7 +141,7 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
     from .params import random_arrays
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
-    placeholders, out = layer_te(cfg, x, "l0")
+    placeholders, out = layer_te(cfg, x, "l0", spec)
     rng = np.random.default_rng(seed)
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
     for key, val in (params or {}).items():
@@ -164,13 +171,13 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
         raise KernelBuildError(f"cannot build binary conv {cfg.key()}: {why}")
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
-    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0")
+    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", _acc_dtype(spec))
     rng = np.random.default_rng(seed)
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
 
     def _sched(sch):
         schedule.cpu_pack(sch, "l0")
-        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups)
+        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=schedule.cpu_tile(spec))
 
     ex = compile_function([x, *placeholders.values(), out], spec, _sched)
     names = ["x", *placeholders, "out"]

@@ -8,31 +8,42 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-# CPU register tile of the binary conv: output pixels x output channels, vector lanes (tuned on x86
-# AVX-512 and AVX2; benchmarks/binary_conv.py measures it).
-CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8}
+# CPU register tile of the binary conv: output pixels x output channels, vector lanes, accumulator type.
+# x86: tuned with benchmarks/binary_conv.py (AVX-512 VPOPCNTDQ; 64-bit lanes take the vector popcount
+# without a narrowing shuffle). aarch64 NEON has 32 128-bit registers and a per-byte `cnt`: a smaller
+# tile that fits them, 32-bit lanes (one widening add less per word); not timed on a board yet.
+CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8, "acc_dtype": "int64"}
+ARM_TILE = {"pixels": 4, "channels": 8, "vector": 4, "acc_dtype": "int32"}
 
 
-def _channel_tile(per_group: int, total: int) -> tuple[int, int]:
+def cpu_tile(spec) -> dict:
+    """The register tile for a target (a `TargetSpec`)."""
+    triple = str(spec.config.get("mtriple", "")) if spec is not None else ""
+    return ARM_TILE if triple.startswith(("aarch64", "arm")) else CPU_TILE
+
+
+def _channel_tile(per_group: int, total: int, tile_cfg: dict) -> tuple[int, int]:
     """(tile, vector) for the output-channel axis: the tile divides the per-group channel count so one
     tile never straddles two groups (its input words are then shared by all its lanes)."""
-    tile = CPU_TILE["channels"]
+    tile = tile_cfg["channels"]
     while tile > 1:
         if per_group % tile == 0 and total % tile == 0:
-            return tile, min(tile, CPU_TILE["vector"])
+            return tile, min(tile, tile_cfg["vector"])
         tile //= 2
     return 1, 1
 
 
-def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int | None = None, n_reduce: int = 3):
+def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int | None = None, n_reduce: int = 3,
+               tile_cfg: dict | None = None):
     """Tile the (n, y, x, f) epilogue block `out_name` and compute its accumulation `acc_name` inside each
     tile (scheduled from the consumer side: the epilogue may also read tensors produced elsewhere, e.g.
     the shortcut)."""
     out = sch.get_sblock(out_name)
     n, y, x, f = sch.get_loops(out)
     wo, f_ext = int(sch.get(x).extent), int(sch.get(f).extent)
-    xt = _divisor_at_most(wo, pixel_cap or CPU_TILE["pixels"])
-    ft, vec = _channel_tile(per_group, f_ext)
+    tile_cfg = tile_cfg or CPU_TILE
+    xt = _divisor_at_most(wo, pixel_cap or tile_cfg["pixels"])
+    ft, vec = _channel_tile(per_group, f_ext, tile_cfg)
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
@@ -68,20 +79,20 @@ def cpu_pack(sch, name: str):
     sch.parallel(sch.fuse(loops[0], loops[1]))
 
 
-def cpu_binary_half(sch, name: str, groups: int):
+def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     cpu_pack(sch, name)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
-    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups)
+    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups, tile_cfg=tile_cfg)
 
 
-def cpu_stem(sch, name: str):
+def cpu_stem(sch, name: str, tile_cfg: dict | None = None):
     pad = sch.get_sblock(f"{name}_pad")
     loops = sch.get_loops(pad)
     sch.parallel(sch.fuse(loops[0], loops[1]))
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
-    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext, pixel_cap=4)
+    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext, pixel_cap=4, tile_cfg=tile_cfg)
 
 
 def cpu_head(sch, name: str):
