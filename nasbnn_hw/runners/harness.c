@@ -63,14 +63,44 @@ void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int
   for (int32_t i = 0; i < n; ++i) fputs(parts[i] ? parts[i] : "", stderr);
   fputc('\n', stderr);
 }
+/* Workspace: kernels allocate their intermediate buffers on every call. Freed blocks are kept and handed
+ * out again for the same size (as TVM's workspace pool does), so repeated calls do not pay for fresh pages.
+ * Each block carries its size in a 64-byte header, which keeps the returned pointer 64-byte aligned. */
+#define WS_HEADER 64
+#define WS_CACHE 256
+static pthread_mutex_t ws_mu = PTHREAD_MUTEX_INITIALIZER;
+static void* ws_free_list[WS_CACHE];
+static int ws_free_count;
+
 void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int dtype_code, int dtype_bits) {
-  void* p = NULL;
   (void)device_type; (void)device_id; (void)dtype_code; (void)dtype_bits;
-  return posix_memalign(&p, 64, nbytes ? nbytes : 1) ? NULL : p;
+  void* base = NULL;
+  pthread_mutex_lock(&ws_mu);
+  for (int i = ws_free_count - 1; i >= 0; --i) {
+    if (*(uint64_t*)ws_free_list[i] == nbytes) {
+      base = ws_free_list[i];
+      ws_free_list[i] = ws_free_list[--ws_free_count];
+      break;
+    }
+  }
+  pthread_mutex_unlock(&ws_mu);
+  if (!base) {
+    if (posix_memalign(&base, 64, WS_HEADER + (nbytes ? nbytes : 1))) return NULL;
+    *(uint64_t*)base = nbytes;
+  }
+  return (char*)base + WS_HEADER;
 }
 int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
   (void)device_type; (void)device_id;
-  free(ptr);
+  if (!ptr) return 0;
+  void* base = (char*)ptr - WS_HEADER;
+  pthread_mutex_lock(&ws_mu);
+  if (ws_free_count < WS_CACHE) {
+    ws_free_list[ws_free_count++] = base;
+    base = NULL;
+  }
+  pthread_mutex_unlock(&ws_mu);
+  free(base);
   return 0;
 }
 
