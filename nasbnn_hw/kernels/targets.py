@@ -77,6 +77,9 @@ def resolve_target(target) -> TargetSpec:
         return _named(target)
     if hasattr(target, "target_dict") and hasattr(target, "target_key"):  # a device_profiles.DeviceProfile
         cfg = dict(target.target_dict())
+        if cfg.get("kind") not in ("llvm", "cuda"):
+            raise TargetError(f"device '{target.name}': target kind {cfg.get('kind')!r} not supported by the "
+                              f"kernels (allowed: llvm, cuda)")
         if target.host_target:
             host = dict(target.host_target)
             if host.get("mcpu") == "native":
