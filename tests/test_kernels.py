@@ -168,3 +168,18 @@ def test_aarch64_neon_build_runs_under_qemu(tmp_path):
                                      prefix=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"], repeat=2)
     assert len(times) == 2
     assert_float_close(got, nhwc(ref))
+
+
+def test_every_shipped_device_profile_builds(tmp_path):
+    from device_profiles import list_profiles
+    profiles = list_profiles()
+    assert {"local", "rpi4", "jetson-orin"} <= set(profiles)
+    for name, prof in profiles.items():
+        spec = resolve_target(prof)
+        assert spec.description() == prof.target_key()
+        lay = build_layer(LayerConfig("bconv", 24, 48, 1, 2, 1, 4), target=prof)
+        lib = lay.export(tmp_path / f"{name}.so")
+        elf = subprocess.run(["file", "-b", str(lib)], capture_output=True, text=True).stdout.lower()
+        assert ("aarch64" in elf) == (prof.arch == "aarch64"), (name, elf)
+        if spec.is_gpu:
+            assert "__popc" in lay.executable.mod.imports[0].inspect_source()
