@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "nasbnn_hw.cli_core",
     "nasbnn_hw.cli_costs",
     "nasbnn_hw.cli_train",
+    "nasbnn_hw.cli_search",
     "nasbnn_hw.cli_devices",
     "nasbnn_hw.cli_profile",
 )

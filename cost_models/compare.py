@@ -1,0 +1,77 @@
+"""Cost models against measured latency: the report behind `nasbnn-hw compare`."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+
+def format_metrics(name: str, m: dict) -> str:
+    return (f"{name:8s} n={m['n']:4d}  ±10% {100 * m['acc10']:5.1f}%  ±5% {100 * m['acc5']:5.1f}%  "
+            f"MAPE {m['mape']:6.2f}%  RMSE {1e3 * m['rmse']:.4f}ms  Kendall {m['kendall_tau']:.3f}  "
+            f"Spearman {m['spearman']:.3f}")
+
+
+def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor=None, space: str | None = None,
+                     n_estimators: int = 48, seed: int = 0, target: str | None = None,
+                     tvm_version: str | None = None, log=print) -> dict:
+    """OPs, FLOPs, lookup table and predictor against `n_subnets` measured subnets of `device` read from
+    `store`; writes the report (markdown, PNG scatter plots, CSV) into `out` and returns the metrics."""
+    from cost_models.predictor import LatencyPredictor
+    from cost_models.registry import get_cost_model
+    from cost_models._store import load_device_measurements, subnet_space_arch
+    from cost_models.errors import CostModelError, MissingMeasurementError
+    from cost_models.learned import PredictorCostModel
+    from cost_models.report import write_report
+    from nasbnn_hw.layers import arch_layers
+
+    data = load_device_measurements(store, device, target, tvm_version)
+    subnets = [(m, sa) for m in data.subnets if (sa := subnet_space_arch(m)) is not None]
+    if not subnets:
+        raise CostModelError(f"no measured subnets for device {device!r} in {store}; measure some with "
+                             f"`nasbnn-hw profile --device {device} --subnets N`")
+    space_name = space or Counter(sa[0].name for _, sa in subnets).most_common(1)[0][0]
+    subnets = [(m, sa) for m, sa in subnets if sa[0].name == space_name]
+    if not subnets:
+        raise CostModelError(f"no measured subnets of space {space_name!r} for device {device!r}")
+    space = subnets[0][1][0]
+    rng = random.Random(seed)
+    idx = list(range(len(subnets)))
+    rng.shuffle(idx)
+    chosen = set(idx[:min(n_subnets, len(idx))])
+    test = [subnets[i] for i in sorted(chosen)]
+    train = [subnets[i] for i in range(len(subnets)) if i not in chosen]
+    archs = [sa[1] for _, sa in test]
+    preds: dict[str, list[float]] = {"ops": list(get_cost_model("ops", space).costs(archs)),
+                                     "flops": list(get_cost_model("flops", space).costs(archs))}
+    lut = get_cost_model(f"lut@{device}", space, store=store, overhead_s=0.0, target=data.target,
+                         tvm_version=data.tvm_version)
+    try:
+        layer_sums = lut.costs(archs)
+        gaps = [m.median_s - lut.cost(sa[1]) for m, sa in train if not lut.missing_layers(arch_layers(sa[1], space))]
+        lut.overhead_s = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+        preds["lut"] = list(layer_sums + lut.overhead_s)
+    except MissingMeasurementError as e:
+        log(f"lut: skipped ({e})")
+    if predictor:
+        p = LatencyPredictor.load(predictor, device=device)
+        note = f"predictor {predictor}"
+    else:
+        from cost_models.learned import store_training_data
+        layers, lat, _, _ = store_training_data(store, device, data.target, data.tvm_version)
+        p = LatencyPredictor(n_estimators=n_estimators).fit(
+            layers, lat, subnet_layer_lists=[arch_layers(sa[1], space) for _, sa in train],
+            subnet_latencies_s=[m.median_s for m, _ in train], device=device, target=data.target,
+            tvm_version=data.tvm_version)
+        note = f"predictor fitted here on {len(layers)} layers and the {len(train)} subnets not compared"
+    preds["predictor"] = list(PredictorCostModel(space, p, device).costs(archs))
+    rows = [{"id": n, "arch": sa[1].to_dict()["stages"], "measured": m.median_s, **{k: float(v[n]) for k, v in preds.items()}}
+            for n, (m, sa) in enumerate(test)]
+    metrics = write_report(out, rows, title=f"Cost models vs measured latency on {device} "
+                                                 f"({space.name}, {len(rows)} subnets)")
+    log(f"{len(rows)} measured subnets of {space.name} on {device}; {note}; "
+          f"LUT overhead from {len(train)} other subnets")
+    for name, m in metrics.items():
+        log(format_metrics(name, m) + ("" if m["unit"] == "s" else "  (linear fit to seconds)"))
+    return metrics
+
+

@@ -1,0 +1,154 @@
+"""Search and the end-to-end main job: `search`, `quickstart`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import NasBnnError
+
+
+def parse_budgets(text: str | None, unit: str) -> list[float]:
+    """'1ms,2ms' or '50M' → SI values of the cost model's unit."""
+    if not text:
+        return []
+    from searchers.constraints import parse_constraint
+    out = []
+    for part in text.split(","):
+        out.append(parse_constraint(f"x <= {part.strip()}").value)
+    return out
+
+
+def write_best_archs(result, out_dir: Path, budgets: list[float]) -> list[dict]:
+    """best/<i>.json: the most accurate Pareto arch under each budget (default: 3 budgets along the front)."""
+    from searchers.errors import SearchError
+
+    from .arch import Arch
+    pareto = sorted(result.pareto, key=lambda c: c.costs[result.cost_model])
+    if not pareto:
+        raise NasBnnError("the search found no arch that meets the constraints")
+    if not budgets:
+        costs = [c.costs[result.cost_model] for c in pareto]
+        budgets = sorted({costs[int(round(q * (len(costs) - 1)))] for q in (0.25, 0.5, 1.0)})
+    rows = []
+    best_dir = out_dir / "best"
+    best_dir.mkdir(parents=True, exist_ok=True)
+    for i, b in enumerate(budgets):
+        try:
+            c = result.best(b)
+        except SearchError:
+            continue
+        path = best_dir / f"budget{i}.json"
+        Arch.save(c.arch, path)
+        rows.append({"budget": b, "unit": result.cost_unit, "arch_file": str(path), "accuracy": c.accuracy,
+                     "costs": c.costs})
+    from .utils import atomic_write_text
+    atomic_write_text(out_dir / "best.json", json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def run_search_with_checkpoint(checkpoint, cost: str, constraints, out_dir, *, searcher="evolutionary",
+                               budget=None, seed=0, store=None, predictor=None, data=None, calib_batches=4,
+                               calib_batch_size=256, val_limit=None, searcher_params=None, progress=True):
+    from searchers.plot import plot_pareto_fronts
+    from searchers.run import run_search
+
+    from .checkpoint import load_supernet
+    from .evaluate import SubnetEvaluator, calibration_batches
+    from .subnet_io import data_for_checkpoint
+    ck = load_supernet(checkpoint)
+    net, space = ck.supernet, ck.supernet.space
+    splits = data_for_checkpoint(ck.extra, space, data)
+    val = splits.val if not val_limit else splits.val.subset(range(min(val_limit, len(splits.val))))
+    evaluator = SubnetEvaluator(net, calibration_batches(splits.train, calib_batches, calib_batch_size), val)
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc="search: evaluated", unit="arch", dynamic_ncols=True)
+
+        def evaluate(arch):
+            acc = evaluator(arch)
+            bar.update(1)
+            bar.set_postfix(best=f"{max(evaluator.cache.values()):.2f}")
+            return acc
+    else:
+        evaluate = evaluator
+    out_dir = Path(out_dir)
+    try:
+        result = run_search(space, evaluate, cost=cost, constraints=list(constraints), searcher=searcher,
+                            budget=budget, seed=seed, checkpoint_dir=out_dir / "state", store=store,
+                            predictor=predictor, searcher_params=searcher_params)
+    finally:
+        if progress:
+            bar.close()
+    result.save(out_dir / "result.json")
+    plots = plot_pareto_fronts(result, out_dir)
+    return result, plots, space
+
+
+def cmd_search(args) -> int:
+    params = {}
+    if args.searcher == "evolutionary":
+        params = {k: v for k, v in (("population_size", args.population), ("generations", args.generations),
+                                    ("mutations", args.mutations), ("crossovers", args.crossovers)) if v is not None}
+    elif args.population:
+        params = {"num_samples": args.population}
+    out = Path(args.out)
+    result, plots, space = run_search_with_checkpoint(
+        args.checkpoint, args.cost, args.constraint or [], out, searcher=args.searcher, budget=args.budget,
+        seed=args.seed, store=args.store, predictor=args.predictor, data=args.data,
+        calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, val_limit=args.val_limit,
+        searcher_params=params, progress=not args.quiet)
+    rows = write_best_archs(result, out, parse_budgets(args.budgets, result.cost_unit))
+    print(f"evaluated {len(result.evaluated)} archs; Pareto set {len(result.pareto)}")
+    for r in rows:
+        print(f"  budget {r['budget']:.6g} {r['unit']}: accuracy {r['accuracy']:.2f}  -> {r['arch_file']}")
+    print(f"plots: {', '.join(str(p) for p in plots)}")
+    print(f"result: {out / 'result.json'}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import QuickstartConfig, run_quickstart
+    cfg = QuickstartConfig(out=Path(args.out), data=args.data, space=args.space, epochs=args.epochs,
+                           steps_per_epoch=args.steps_per_epoch, subnets=args.subnets, threads=args.threads,
+                           budget_fraction=args.budget_fraction)
+    report = run_quickstart(cfg)
+    print(report)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="search subnets of a trained supernet under cost constraints")
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (nasbnn-hw train)")
+    p.add_argument("--cost", default="ops", help="Pareto axis: ops, flops, bops, params, peak_memory, "
+                   "lut@DEVICE, latency@DEVICE, predictor@DEVICE or a plug-in name")
+    p.add_argument("--constraint", action="append", help="e.g. 'latency@local <= 2ms', 'ops <= 100M' (repeatable)")
+    p.add_argument("--searcher", default="evolutionary", help="evolutionary | random | a plug-in name")
+    p.add_argument("--budget", type=int, help="maximum number of evaluated archs")
+    p.add_argument("--population", type=int)
+    p.add_argument("--generations", type=int)
+    p.add_argument("--mutations", type=int)
+    p.add_argument("--crossovers", type=int)
+    p.add_argument("--store", help="measurement store (for lut@/latency@ cost models)")
+    p.add_argument("--predictor", help="latency predictor JSON (nasbnn-hw fit)")
+    p.add_argument("--budgets", help="write the best arch under each of these costs, e.g. '1ms,2ms,3ms'")
+    p.add_argument("--data", help="override the data recorded in the checkpoint")
+    p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images only")
+    p.add_argument("--calib-batches", type=int, default=4)
+    p.add_argument("--calib-batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("quickstart", help="the whole journey on the embedded default data: train, profile, "
+                       "fit, search, export, report")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--data", help="default: Fashion-MNIST if installed, else scikit-learn digits")
+    p.add_argument("--space", default="small16")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--subnets", type=int, default=24, help="whole subnets to measure for the predictor")
+    p.add_argument("--budget-fraction", type=float, default=0.5,
+                   help="latency budget as a fraction of the largest subnet's predicted latency")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_quickstart)
