@@ -219,11 +219,12 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
             try:
                 lib_path, args = build(Path(tmp))
                 res, number = _time(runner, lib_path, args, timing)
-            except NasBnnError as e:
+            except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
                 if stop_on_error:
                     raise
-                report.failed[key] = str(e)
-                log.warning("%s %s failed: %s", kind, key, e)
+                why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+                log.warning("%s %s failed: %s", kind, key, report.failed[key])
                 bar.update(1)
                 continue
             store.add(Measurement(device, target_key, version, kind, key, config, median_s=res.median,

@@ -157,3 +157,27 @@ def test_killed_profiler_resumes_without_loss_or_duplicates(tmp_path):
     con.close()
     for key, val in before.items():
         assert after[key] == val
+
+
+def test_a_failing_item_is_reported_and_the_rest_measured(tmp_path):
+    space = SearchSpace.from_dict(TINY)
+    good = enumerate_layers(space)[0]
+    bad = LayerConfig("bconv", 24, 24, 3, 5, 1, 8)  # groups do not divide the channels
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=[bad, good], timing=FAST,
+                             progress=False)
+        assert rep.measured == [good.key()] and list(rep.failed) == [bad.key()] and "groups=5" in rep.failed[bad.key()]
+        assert not store.has("cpu-test", rep_target(), tvm_version(), "layer", bad.key())
+        with pytest.raises(Exception, match="groups=5"):
+            profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=[bad], timing=FAST,
+                           progress=False, stop_on_error=True)
+
+
+def rep_target():
+    from nasbnn_hw.kernels import resolve_target
+    return resolve_target("local").description()
+
+
+def tvm_version():
+    import tvm
+    return tvm.__version__
