@@ -200,6 +200,16 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
 
 
+def _device_level(e: Exception) -> bool:
+    """Errors that concern the device, not the item (unreachable board, refused host key): stop the run;
+    everything measured so far is stored and the same command resumes later."""
+    try:
+        from .runners.errors import BoardUnavailable, HostKeyError
+    except ImportError:
+        return False
+    return isinstance(e, (BoardUnavailable, HostKeyError))
+
+
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
          timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool) -> ProfileReport:
     version, target_key = _tvm_version(), spec.description()
@@ -220,7 +230,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                 lib_path, args = build(Path(tmp))
                 res, number = _time(runner, lib_path, args, timing)
             except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
-                if stop_on_error:
+                if stop_on_error or _device_level(e):
                     raise
                 why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
                 report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"

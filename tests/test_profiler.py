@@ -181,3 +181,25 @@ def rep_target():
 def tvm_version():
     import tvm
     return tvm.__version__
+
+
+def test_an_unreachable_device_stops_the_run(tmp_path):
+    from nasbnn_hw.runners.errors import BoardUnavailable
+
+    class DownRunner:
+        device = "board"
+        calls = 0
+
+        def time_library(self, *a, **kw):
+            DownRunner.calls += 1
+            raise BoardUnavailable("device 'board' unreachable")
+
+        def close(self):
+            pass
+
+    space = SearchSpace.from_dict(TINY)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        with pytest.raises(BoardUnavailable):
+            profile_layers(space, "board", store, DownRunner(), layers=enumerate_layers(space)[:3], timing=FAST,
+                           progress=False)
+        assert DownRunner.calls == 1 and store.count() == 0
