@@ -49,7 +49,7 @@ def test_generated_inputs_match_python(harness, tmp_path):
 
 
 def test_threads_and_samples(harness, tmp_path):
-    lib = rk.build_xor_popcount(64, 48, 8, {"kind": "llvm"}, tmp_path / "k.so")
+    rk.build_xor_popcount(64, 48, 8, {"kind": "llvm"}, tmp_path / "k.so")
     a = np.random.default_rng(0).integers(0, 2**64, (64, 8), dtype=np.uint64)
     b = np.random.default_rng(1).integers(0, 2**64, (48, 8), dtype=np.uint64)
     a.tofile(tmp_path / "in0.bin")

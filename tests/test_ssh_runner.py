@@ -1,18 +1,13 @@
-"""Runners against real servers: an OpenSSH server on 127.0.0.1 and in a network namespace (faults
-injected: killed, frozen, hung command, link down, packet loss, host keys), an emulated aarch64 board
-(qemu-user), a TVM RPC server, and the local runner. Kernels are real TVM builds checked against numpy.
-
-Campaigns here store into a MeasurementStore the way the profiler does (skip stored keys, add each result
-at once), and every fault test checks that the store ends with no lost and no duplicated rows.
-"""
+"""Runners against real servers: correctness over SSH (loopback, non-root login) and on an emulated
+aarch64 board (qemu-user), hostile names, host keys, SSH config aliases, a TVM RPC server, the local
+runner and `devices check`. Kernels are real TVM builds checked against numpy. The fault matrix is in
+test_ssh_faults.py."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,176 +15,19 @@ import numpy as np
 import pytest
 
 from device_profiles import validate_profile
-from nasbnn_hw.runners import BoardUnavailable, HostKeyError, KernelError, KernelTimeout, get_runner
-from nasbnn_hw.runners.inputs import input_arrays
+from nasbnn_hw.runners import BoardUnavailable, HostKeyError, KernelError, get_runner
 from nasbnn_hw.runners.local import LocalRunner
 from nasbnn_hw.runners.ssh import SSHRunner
 from nasbnn_hw.runners.sshconn import fingerprint
-from nasbnn_hw.store import Measurement, MeasurementStore
+from nasbnn_hw.store import MeasurementStore
 
 import runner_kernels as rk
-from sshd_server import SshServer, have_sshd, keygen, login_user, user_pids
 
-IS_ROOT = os.geteuid() == 0
-IN_CI = bool(os.environ.get("CI"))
-HOST_TARGET = {"kind": "llvm", "mcpu": "native"}
-ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
-ARM_CC = "aarch64-linux-gnu-gcc"
-DEV, TGT, TVMV = "testboard", "test-target", "test"
-SHAPES = {"k0": (16, 32, 4), "k1": (32, 32, 8), "k2": (8, 64, 2), "big": (256, 256, 32)}
+pytest.register_assert_rewrite("ssh_fixtures")     # its helpers assert too
+from ssh_fixtures import (ARM_CC, ARM_TARGET, DEV, HOST_TARGET, IS_ROOT, SHAPES, assert_rows, campaign, items_for,
+                          need, profile_for)
 
-
-def need(ok: bool, reason: str) -> None:
-    """Skip when a tool is missing locally; in CI (which installs everything, as root) fail instead."""
-    if not ok:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI installs it through .ci/run and runs as root)")
-        pytest.skip(reason)
-
-
-# ---- fixtures ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    d = tmp_path_factory.mktemp("kernels")
-    libs = {k: rk.build_xor_popcount(*s, HOST_TARGET, d / f"{k}.so") for k, s in SHAPES.items()}
-    return libs
-
-
-@pytest.fixture(scope="module")
-def client_key(tmp_path_factory):
-    d = tmp_path_factory.mktemp("client")
-    d.chmod(0o700)
-    return keygen(d / "id_ed25519", "test-client")
-
-
-def _server(request, client_key, **kw) -> SshServer:
-    need(have_sshd(), "openssh-server is not installed (/usr/sbin/sshd)")
-    d = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-sshd-"))
-    request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
-    srv = SshServer(d, Path(str(client_key) + ".pub"), user=login_user(), **kw)
-    request.addfinalizer(srv.stop)
-    srv.start()
-    return srv
-
-
-@pytest.fixture
-def board(request, client_key):
-    return _server(request, client_key)
-
-
-@pytest.fixture
-def known_hosts(tmp_path, board):
-    p = tmp_path / "known_hosts"
-    p.write_text(board.known_hosts_line())
-    return p
-
-
-_NETNS_SEQ = [0]
-
-
-@pytest.fixture
-def netns_board(request, client_key, tmp_path):
-    """sshd inside a network namespace, reached at 10.201.X.2 through a veth pair made for the test."""
-    if not IS_ROOT:
-        pytest.skip("network namespaces need root (CI runs as root)")
-    need(shutil.which("ip") is not None, "iproute2 is not installed")
-    _NETNS_SEQ[0] += 1
-    idx = (os.getpid() * 7 + _NETNS_SEQ[0]) % 250
-    ns, host_if, ns_if = f"nbt{idx}", f"nbh{idx}", f"nbb{idx}"
-    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)  # noqa: E731
-    for stale in (["ip", "link", "del", host_if], ["ip", "netns", "del", ns]):
-        subprocess.run(stale, capture_output=True)
-    sh("ip", "netns", "add", ns)
-
-    def teardown():
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    request.addfinalizer(teardown)
-    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-    sh("ip", "link", "set", ns_if, "netns", ns)
-    sh("ip", "addr", "add", f"10.201.{idx}.1/30", "dev", host_if)
-    sh("ip", "link", "set", host_if, "up")
-    sh("ip", "-n", ns, "addr", "add", f"10.201.{idx}.2/30", "dev", ns_if)
-    sh("ip", "-n", ns, "link", "set", ns_if, "up")
-    sh("ip", "-n", ns, "link", "set", "lo", "up")
-    srv = _server(request, client_key, host=f"10.201.{idx}.2", netns=ns)
-    srv.ns, srv.host_if = ns, host_if
-    kh = tmp_path / "known_hosts"
-    kh.write_text(srv.known_hosts_line())
-    srv.kh = kh
-    return srv
-
-
-def profile_for(srv, client_key, known_hosts, **kw):
-    d = dict(name=DEV, runner="ssh", target=HOST_TARGET, host=srv.host, port=srv.port, user=srv.user,
-             identity_file=str(client_key), known_hosts=str(known_hosts), ssh_config="", threads=1, warmup=1,
-             repeat=3, retries=5, backoff=0.3, timeouts={"connect": 2, "command": 4, "transfer": 4})
-    d.update(kw)
-    return validate_profile(d, "test")
-
-
-def items_for(libs, big_repeat=1):
-    """Campaign items (key, lib, args, reference output, repeats). Small kernels get explicit inputs; the big
-    one runs on the inputs the runner generates (same on every runner), also checked."""
-    rng = np.random.default_rng(7)
-    out = []
-    for key, lib in libs.items():
-        if key == "big":
-            args = rk.xor_popcount_args(*SHAPES[key])
-            a, b, _ = input_arrays(args)
-            out.append((key, lib, args, rk.xor_popcount_ref(a, b), big_repeat))
-        else:
-            args = rk.xor_popcount_args(*SHAPES[key], rng=rng)
-            out.append((key, lib, args, rk.xor_popcount_ref(args[0].data, args[1].data), 3))
-    return out
-
-
-def campaign(runner, items, store, before=None):
-    """What a profiler does: skip stored keys, time, check, store at once. Stops on BoardUnavailable;
-    a kernel that fails or hangs is skipped. Returns (status, message, failed keys)."""
-    failed = []
-    for key, lib, args, ref, repeat in items:
-        if store.has(DEV, TGT, TVMV, "layer", key):
-            continue
-        if before:
-            before(key)
-        try:
-            t = runner.time_library(lib, args, warmup=1, repeat=repeat, return_outputs=True)
-        except BoardUnavailable as e:
-            return "stopped", str(e), failed
-        except (KernelError, KernelTimeout) as e:
-            failed.append((key, str(e)))
-            continue
-        assert len(t.samples) == repeat and all(s > 0 for s in t.samples)
-        np.testing.assert_array_equal(t.outputs[0], ref)
-        assert store.add(Measurement(DEV, TGT, TVMV, "layer", key, {"key": key}, t.median, t.iqr, repeat, t.samples))
-    return "completed", "", failed
-
-
-def assert_rows(store, keys):
-    rows = [m.key for m in store.query(device=DEV)]
-    assert sorted(rows) == sorted(keys), "lost or duplicated rows"
-    assert len(rows) == len(set(rows))
-
-
-def big_repeat_for(seconds: float, libs) -> int:
-    """Repeats of the big kernel that take about `seconds` here (so a fault lands inside the command)."""
-    t = LocalRunner(threads=1).time_library(libs["big"], rk.xor_popcount_args(*SHAPES["big"]), warmup=1, repeat=3)
-    return max(3, int(seconds / t.median))
-
-
-def work_dirs(user: str) -> set[Path]:
-    """The runner's work directories on the (loopback) board that belong to `user`."""
-    import pwd
-    uid = pwd.getpwnam(user).pw_uid
-    return {p for p in Path("/tmp").glob("nasbnn-hw.*") if p.stat().st_uid == uid}
-
-
-def later(delay: float, fn):
-    t = threading.Timer(delay, fn)
-    t.daemon = True
-    t.start()
-    return t
+pytest_plugins = ["ssh_fixtures"]     # fixtures: kernels, client_key, board, known_hosts
 
 
 # ---- correctness -------------------------------------------------------------------------------------------
@@ -405,158 +243,6 @@ def test_fingerprint_matches_ssh_keygen(board):
     key = paramiko.Ed25519Key.from_private_key_file(str(board.host_key))
     out = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True, text=True).stdout
     assert fingerprint(key) == out.split()[1]
-
-
-# ---- fault matrix -------------------------------------------------------------------------------------------
-def test_board_killed_mid_campaign_and_back(board, client_key, known_hosts, kernels, tmp_path):
-    items = items_for(kernels, big_repeat=big_repeat_for(1.5, kernels))
-    dirs_before = work_dirs(board.user)
-    store = MeasurementStore(tmp_path / "m.db")
-
-    def before(key):
-        if key == "big":
-            later(0.5, board.crash)          # power loss while the big kernel runs
-            later(2.5, board.start)          # back after a reboot (same host key)
-    with get_runner(profile_for(board, client_key, known_hosts)) as r:
-        status, msg, failed = campaign(r, items, store, before)
-        assert r.reconnects >= 1
-    assert status == "completed", msg
-    assert not failed
-    assert_rows(store, SHAPES)
-    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
-
-
-def test_board_killed_campaign_stops_then_resumes(board, client_key, known_hosts, kernels, tmp_path):
-    items = items_for(kernels, big_repeat=big_repeat_for(1.5, kernels))
-    store = MeasurementStore(tmp_path / "m.db")
-    prof = profile_for(board, client_key, known_hosts, retries=2, backoff=0.2)
-    done_before = [k for k, *_ in items[:[k for k, *_ in items].index("big")]]
-
-    def before(key):
-        if key == "big":
-            later(0.5, board.crash)          # and stays down
-    t0 = time.monotonic()
-    with get_runner(prof) as r:
-        status, msg, failed = campaign(r, items, store, before)
-    assert status == "stopped"
-    assert f"device '{DEV}'" in msg and "unavailable" in msg and "resume" in msg
-    assert time.monotonic() - t0 < 20
-    assert_rows(store, done_before)
-    board.start()
-    with get_runner(prof) as r:              # later: resume, measuring only what is missing
-        status, msg, failed = campaign(r, items, store)
-    assert status == "completed", msg
-    assert_rows(store, SHAPES)
-
-
-def test_board_frozen_then_resumed(board, client_key, known_hosts, kernels, tmp_path):
-    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
-    dirs_before = work_dirs(board.user)
-    store = MeasurementStore(tmp_path / "m.db")
-
-    def before(key):
-        if key == "big":
-            later(0.3, board.freeze)         # SIGSTOP: the kernel still ACKs TCP, nothing answers
-            later(7.0, board.thaw)
-    t0 = time.monotonic()
-    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
-        status, msg, failed = campaign(r, items, store, before)
-    assert status == "completed", msg
-    assert time.monotonic() - t0 > 6, "the freeze was not noticed"
-    assert not failed
-    assert_rows(store, SHAPES)
-    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
-
-
-def test_hung_remote_command_is_killed_and_retried(board, client_key, known_hosts, kernels, tmp_path):
-    if not IS_ROOT and board.user != os.environ.get("USER", board.user):
-        pytest.skip("needs to signal the login user's processes")
-    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
-    dirs_before = work_dirs(board.user)
-    store = MeasurementStore(tmp_path / "m.db")
-    stopped = []
-
-    def stop_harness():
-        for _ in range(200):
-            pids = user_pids(board.user, "nasbnn-harness")
-            if pids:
-                os.kill(pids[0], 19)        # SIGSTOP the harness only: the board itself keeps answering
-                stopped.append(pids[0])
-                return
-            time.sleep(0.01)
-
-    def before(key):
-        if key == "big":
-            later(0.05, stop_harness)
-    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
-        status, msg, failed = campaign(r, items, store, before)
-        assert r.reconnects == 0, "a hung command on a live board needs no reconnect"
-    assert stopped, "the harness was not seen running"
-    time.sleep(0.2)
-    assert not Path(f"/proc/{stopped[0]}").exists(), "the hung process must be killed by PID"
-    assert status == "completed" and not failed, (msg, failed)
-    assert_rows(store, SHAPES)
-    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
-
-
-def test_kernel_that_never_returns_times_out(board, client_key, known_hosts, kernels, tmp_path):
-    hang = rk.build_hanging_library(tmp_path / "hang.so")
-    libs = {"k0": kernels["k0"], "k1": kernels["k1"]}
-    items = items_for(libs)
-    items.insert(1, ("hang", hang, rk.xor_popcount_args(*SHAPES["k0"]), None, 1))
-    dirs_before = work_dirs(board.user)
-    store = MeasurementStore(tmp_path / "m.db")
-    with get_runner(profile_for(board, client_key, known_hosts, timeouts={"connect": 2, "command": 2, "transfer": 3})) as r:
-        status, msg, failed = campaign(r, items, store)
-    assert status == "completed"
-    assert [k for k, _ in failed] == ["hang"] and "killed the hung process" in failed[0][1]
-    assert_rows(store, libs)
-    assert work_dirs(board.user) == dirs_before, "work directories left on the board"
-    time.sleep(0.2)
-    assert user_pids(board.user, "nasbnn-harness") == []
-
-
-def test_link_down_then_up(netns_board, client_key, kernels, tmp_path):
-    srv = netns_board
-    items = items_for(kernels, big_repeat=big_repeat_for(1.0, kernels))
-    store = MeasurementStore(tmp_path / "m.db")
-    link = lambda state: subprocess.run(["ip", "link", "set", srv.host_if, state], check=True)  # noqa: E731
-
-    def before(key):
-        if key == "big":
-            later(0.3, lambda: link("down"))
-            later(5.0, lambda: link("up"))
-    try:
-        with get_runner(profile_for(srv, client_key, srv.kh, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
-            status, msg, failed = campaign(r, items, store, before)
-    finally:
-        link("up")
-    assert status == "completed", msg
-    assert not failed
-    assert_rows(store, SHAPES)
-
-
-def test_packet_loss_5_percent(netns_board, client_key, kernels, tmp_path):
-    srv = netns_board
-    need(shutil.which("nft") is not None, "nftables is not installed")
-    rules = f"""table inet nasbnnloss {{
-      chain i {{ type filter hook input priority 0; policy accept; tcp dport {srv.port} numgen random mod 100 < 5 counter drop; }}
-      chain o {{ type filter hook output priority 0; policy accept; tcp sport {srv.port} numgen random mod 100 < 5 counter drop; }}
-    }}"""
-    subprocess.run(["ip", "netns", "exec", srv.ns, "nft", "-f", "-"], input=rules, text=True, check=True)
-    store = MeasurementStore(tmp_path / "m.db")
-    prof = profile_for(srv, client_key, srv.kh, retries=6, timeouts={"connect": 10, "command": 20, "transfer": 20})
-    t0 = time.monotonic()
-    with get_runner(prof) as r:
-        status, msg, failed = campaign(r, items_for(kernels), store)
-    listing = subprocess.run(["ip", "netns", "exec", srv.ns, "nft", "list", "table", "inet", "nasbnnloss"],
-                             capture_output=True, text=True).stdout
-    dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
-    print(f"\n5% loss each way: campaign of {len(SHAPES)} in {time.monotonic() - t0:.1f}s, {dropped} packets dropped")
-    assert status == "completed", msg
-    assert not failed
-    assert dropped > 0
-    assert_rows(store, SHAPES)
 
 
 # ---- TVM RPC ------------------------------------------------------------------------------------------------

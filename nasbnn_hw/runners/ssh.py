@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import logging
 import socket
-import tempfile
 import time
 from pathlib import Path
 from shlex import quote
