@@ -8,14 +8,15 @@ def stem_conv(x, out_channels: int, kernel: int, stride: int, name: str):
     """8-bit-weight conv on float NCHW input, fused BN + RPReLU; output NHWC.
 
     out = rprelu(conv(x, w_int8) * mul + add): mul = per-channel weight step * BN scale, add = BN shift +
-    move1. Placeholders: weight (F, C, k, k) int8, mul/add/alpha/bias2 (F,) float32.
+    move1. Placeholders: weight (k, k, C, F) int8 (output channels contiguous: vector lanes), mul/add/alpha/
+    bias2 (F,) float32.
     """
     import tvm
     from tvm import te
     n_, c, h, w = (int(v) for v in x.shape)
     pad = kernel // 2
     ho, wo = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
-    p = {"weight": te.placeholder((out_channels, c, kernel, kernel), "int8", name=f"{name}_weight")}
+    p = {"weight": te.placeholder((kernel, kernel, c, out_channels), "int8", name=f"{name}_weight")}
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
     xpad = te.compute(
@@ -30,7 +31,7 @@ def stem_conv(x, out_channels: int, kernel: int, stride: int, name: str):
     acc = te.compute(
         (n_, ho, wo, out_channels),
         lambda n, y, xx, o: te.sum(xpad[n, y * stride + ky, xx * stride + kx, rc]
-                                   * p["weight"][o, rc, ky, kx].astype("float32"), axis=[ky, kx, rc]),
+                                   * p["weight"][ky, kx, rc, o].astype("float32"), axis=[ky, kx, rc]),
         name=f"{name}_acc")
     out = te.compute((n_, ho, wo, out_channels),
                      lambda n, y, xx, o: rprelu(acc[n, y, xx, o] * p["mul"][o] + p["add"][o], p["alpha"][o],

@@ -41,7 +41,7 @@ def stem_params(stem) -> dict:
     w = stem.weight_int.detach().cpu().numpy()
     a, b = fold_bn(stem.bn)
     c = w.shape[0]
-    return {"weight": np.ascontiguousarray(w.astype(np.int8)),
+    return {"weight": np.ascontiguousarray(w.astype(np.int8).transpose(2, 3, 1, 0)),  # (k, k, C, F)
             "mul": (_np(stem.weight_scale).reshape(-1) * a).astype(np.float32),
             "add": (b + _np(stem.move1).reshape(-1)).astype(np.float32),
             "alpha": _channels(stem.prelu.weight, c), "bias2": _channels(stem.move2, c)}
