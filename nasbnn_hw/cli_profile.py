@@ -56,10 +56,10 @@ def cmd_profile(args) -> int:
         with MeasurementStore(args.store) as store:
             if args.layers:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
-                                                         batch=args.batch, progress=not args.quiet)))
+                                                         progress=not args.quiet)))
             if args.subnets:
                 reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
-                                                           seed=args.seed, timing=timing, batch=args.batch,
+                                                           seed=args.seed, timing=timing,
                                                            progress=not args.quiet)))
     finally:
         runner.close()
@@ -144,7 +144,6 @@ def register(sub) -> None:
     p.add_argument("--subnets", type=int, default=0, metavar="N", help="measure N random whole subnets")
     p.add_argument("--store", required=True, help="measurement store (SQLite file; created if missing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subnets (same seed: same subnets)")
-    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, help="warm-up calls (default: the device profile's)")
     p.add_argument("--repeat", type=int, help="timed samples (default: the device profile's)")
     p.add_argument("--number", type=int, help="calls per sample (default: enough for 20 ms per sample)")
@@ -159,6 +158,6 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
     p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
     p.add_argument("--devices-dir", help="extra directory of device profiles")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="batch size the TVM library is compiled for")
     p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it)")
     p.set_defaults(func=cmd_export)

@@ -5,9 +5,9 @@ device through a runner, and store the results.
         profile_layers(get_space("small"), "local", store, LocalRunner(), target="local")
         profile_subnets(get_space("small"), 20, "local", store, LocalRunner(), target="local")
 
-Resumable: an item is skipped when the store already has it for (device, target, TVM version), and each
-result is written in its own transaction right after it is measured, so a run killed at any moment loses
-at most the item in flight and never duplicates one.
+Batch size 1 (the store's keys carry no batch size). Resumable: an item is skipped when the store already
+has it for (device, target, TVM version), and each result is written in its own transaction right after it
+is measured, so a run killed at any moment loses at most the item in flight and never duplicates one.
 """
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
 
 
 def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
-                   timing: TimingSettings = TimingSettings(), batch: int = 1, layers: Iterable[LayerConfig] | None = None,
+                   timing: TimingSettings = TimingSettings(), layers: Iterable[LayerConfig] | None = None,
                    progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False) -> ProfileReport:
     """Measure every layer of `space` (or the given `layers`) on `device` and store each one."""
     from .kernels import build_layer, resolve_target
@@ -257,7 +257,7 @@ def profile_layers(space, device: str, store: MeasurementStore, runner=None, tar
 
     def _builder(cfg):
         def build(tmp: Path):
-            lay = build_layer(cfg, spec, batch=batch)
+            lay = build_layer(cfg, spec, batch=1)
             return lay.export(tmp / f"{cfg.key()}.so"), lay.args
         return build
 
@@ -271,7 +271,7 @@ def subnet_key(arch: Arch) -> str:
 
 def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
                     seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
-                    batch: int = 1, progress: bool = True, workdir: Path | None = None,
+                    progress: bool = True, workdir: Path | None = None,
                     stop_on_error: bool = False) -> ProfileReport:
     """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights."""
     from .deploy_tvm import compile_random_subnet
@@ -283,7 +283,7 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
 
     def _builder(arch, i):
         def build(tmp: Path):
-            net = compile_random_subnet(arch, space, spec, batch=batch, seed=i)
+            net = compile_random_subnet(arch, space, spec, batch=1, seed=i)
             return net.export(tmp / f"subnet{i}.so"), net.arg_specs()
         return build
 
