@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -85,8 +84,6 @@ def test_not_a_subnet_is_rejected():
         compile_subnet(torch.nn.Linear(3, 3))
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None,
-                    reason="needs the aarch64 cross gcc and qemu-user (installed by .ci/run)")
 def test_whole_subnet_for_aarch64_runs_under_qemu(tmp_path):
     from nasbnn_hw.kernels.harness import build_harness, run_with_harness
     space = get_space("small16")
