@@ -84,7 +84,12 @@ def subnet_space_arch(m: Measurement, default: SearchSpace | None = None) -> tup
     cfg = m.config
     try:
         name = cfg["space"]
-        space = default if default is not None and default.name == name else get_space(name)
+        if default is not None and default.name == name:
+            space = default
+        elif "space_def" in cfg:  # custom spaces travel with their measurements
+            space = SearchSpace.from_dict(cfg["space_def"], source=f"measurement {m.key[:40]}")
+        else:
+            space = get_space(name)
         if "resolution" in cfg and int(cfg["resolution"]) != space.resolution:
             space = space.with_resolution(int(cfg["resolution"]))
         return space, Arch.from_dict(cfg["arch"])

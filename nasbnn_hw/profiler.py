@@ -287,7 +287,8 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
             return net.export(tmp / f"subnet{i}.so"), net.arg_specs()
         return build
 
-    items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict()},
+    items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict(),
+                                         "space_def": space.to_dict()},
               _builder(a, i)) for i, a in enumerate(chosen)]
     return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error)
 

@@ -135,9 +135,10 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     pred_path = out / "predictor.json"
 
     def fit():
-        p = fit_predictor(str(store_path), cfg.device)
-        p.save(pred_path)
-        return p
+        if pred_path.exists():  # the search state and its latency budget are tied to this predictor
+            _say(f"  reusing {pred_path}")
+            return
+        fit_predictor(str(store_path), cfg.device).save(pred_path)
     stages.run("fit latency predictor", fit)
 
     # 4. search -------------------------------------------------------------------------------------

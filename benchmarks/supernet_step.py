@@ -1,0 +1,96 @@
+"""Time one full Bi-Teacher training step (largest FP-weight teacher + smallest + 2 random students,
+backward, optimizer step) on the CPU, against a straightforward implementation of the same step.
+
+The straightforward variant computes each subnet weight the obvious way: full-width kernel transform
+before any input-channel crop, group crop by concatenating per-group slices, and the scaled binary
+weight `scale * sign(w)` convolved directly. Run: `python benchmarks/supernet_step.py [--threads 2]`.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nasbnn_hw import get_space
+from nasbnn_hw.binary_ops import DynamicBinaryConv2d, binary_weight_sign
+from nasbnn_hw.train import SupernetTrainer, TrainConfig
+from nasbnn_hw.data import Splits, TensorData
+
+
+def naive_forward(self, x, out_c, k, groups, stride, binary=True):
+    in_c = x.size(1)
+    w = self.weight[:out_c]
+    cur = self.max_k
+    for small in reversed(self.kernels):
+        if small >= cur or cur <= k:
+            continue
+        s = (cur - small) // 2
+        w = w[:, :, s:s + small, s:s + small]
+        m = getattr(self, f"matrix_{cur}to{small}")
+        w = F.linear(w.reshape(w.size(0), w.size(1), -1), m).reshape(w.size(0), w.size(1), small, small)
+        cur = small
+    sub_in = in_c // groups
+    ratio = self.weight.size(1) // sub_in
+    per = out_c // groups
+    w = torch.cat([w[i * per:(i + 1) * per, (i % ratio) * sub_in:(i % ratio) * sub_in + sub_in]
+                   for i in range(groups)], 0)
+    if binary:
+        if self.bi_transformation and k == self.max_k:
+            m = getattr(self, f"fp2bin_{k}")
+            w = F.linear(w.reshape(w.size(0), w.size(1), -1), m).reshape(w.shape)
+        if self.weight_norm:
+            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
+        scale = w.abs().mean(dim=(1, 2, 3), keepdim=True).detach()
+        w = scale * binary_weight_sign(w)
+    return F.conv2d(x, w, None, stride, k // 2, 1, groups)
+
+
+def time_steps(space, batch, res, steps, naive):
+    space = space.with_resolution(res)
+    n = batch * (steps + 1)
+    data = TensorData(torch.randn(n, space.in_channels, res, res), torch.randint(0, space.num_classes, (n,)),
+                      space.num_classes, "random")
+    splits = Splits(data, data.subset(range(batch)), data.subset(range(batch)))
+    orig = DynamicBinaryConv2d.forward
+    if naive:
+        DynamicBinaryConv2d.forward = naive_forward
+    try:
+        tr = SupernetTrainer(space, splits, TrainConfig(epochs=1, batch_size=batch), "/tmp/nasbnn_bench", progress=False)
+        times = []
+        for i in range(steps + 1):
+            x, y = data.images[i * batch:(i + 1) * batch], data.labels[i * batch:(i + 1) * batch]
+            t = time.perf_counter()
+            tr.train_step(x, y)
+            tr.global_step += 1
+            times.append(time.perf_counter() - t)
+    finally:
+        DynamicBinaryConv2d.forward = orig
+    return statistics.median(times[1:])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    random.seed(0)
+    cases = [("imagenet", 2, 224), ("small", 128, 28), ("small16", 128, 16)]
+    print(f"threads={args.threads}, median of {args.steps} steps after one warm-up")
+    print(f"{'space':10s} {'batch':>5s} {'res':>4s} {'this s/step':>12s} {'naive s/step':>13s} {'speed-up':>9s} {'img/s':>8s}")
+    for name, batch, res in cases:
+        sp = get_space(name)
+        ours = time_steps(sp, batch, res, args.steps, naive=False)
+        naive = time_steps(sp, batch, res, args.steps, naive=True)
+        print(f"{name:10s} {batch:5d} {res:4d} {ours:12.3f} {naive:13.3f} {naive / ours:8.2f}x {batch / ours:8.1f}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+import json
+import time
+
+import pytest
+
+from nasbnn_hw.quickstart import QuickstartConfig, run_quickstart
+
+TINY_SPACE = """
+name = "tiny"
+resolution = 16
+in_channels = 1
+num_classes = 10
+
+[[stage]]
+channels = [8, 16]
+depth = [1]
+kernel = [3]
+groups1 = [1]
+groups2 = [1]
+stride = 2
+
+[[stage]]
+channels = [16, 32]
+depth = [1, 2]
+kernel = [3, 5]
+groups1 = [1, 2]
+groups2 = [1]
+stride = 2
+"""
+
+
+@pytest.mark.slow
+def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    cfg = QuickstartConfig(out=tmp_path / "qs", data="digits", space=str(space), epochs=1, steps_per_epoch=6,
+                           batch_size=64, subnets=6, population=8, generations=1, threads=2)
+    t = time.time()
+    report = run_quickstart(cfg)
+    first = time.time() - t
+    text = open(report).read()
+    for section in ("## Stages", "## Chosen subnet", "## Search", "## Cost models vs measured latency", "## Training"):
+        assert section in text
+    summary = json.loads((tmp_path / "qs" / "report" / "summary.json").read_text())
+    assert summary["exports"]["onnx"]["same_top1"] and summary["exports"]["tvm"]["same_top1"]
+    assert summary["exports"]["tvm"]["max_rel_err"] <= 1e-4
+    names = [r["subnet"] for r in summary["subnets"]]
+    assert names == ["chosen", "largest", "smallest"]
+    assert all(r["measured_ms"] > 0 for r in summary["subnets"])
+    for png in ("training.png",):
+        assert (tmp_path / "qs" / "report" / png).stat().st_size > 1000
+    assert list((tmp_path / "qs" / "search").glob("pareto_*.png"))
+    assert (tmp_path / "qs" / "best.onnx").exists() and (tmp_path / "qs" / "best_tvm.so").exists()
+    # a second run reuses the checkpoint, the measurements and the search state
+    t = time.time()
+    run_quickstart(cfg)
+    second = time.time() - t
+    summary2 = json.loads((tmp_path / "qs" / "report" / "summary.json").read_text())
+    assert summary2["stages_s"]["train supernet"] < summary["stages_s"]["train supernet"]
+    assert summary2["stages_s"]["profile layers (TVM binary kernels, local CPU)"] < 0.5 * \
+        summary["stages_s"]["profile layers (TVM binary kernels, local CPU)"]
+    assert second < first
