@@ -40,38 +40,38 @@ def need(ok: bool, reason: str) -> None:
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def kernels(tmp_path_factory):
+def xor_kernels(tmp_path_factory):
     d = tmp_path_factory.mktemp("kernels")
     libs = {k: rk.build_xor_popcount(*s, HOST_TARGET, d / f"{k}.so") for k, s in SHAPES.items()}
     return libs
 
 
 @pytest.fixture(scope="session")
-def client_key(tmp_path_factory):
+def ssh_client_key(tmp_path_factory):
     d = tmp_path_factory.mktemp("client")
     d.chmod(0o700)
     return keygen(d / "id_ed25519", "test-client")
 
 
-def _server(request, client_key, **kw) -> SshServer:
+def _server(request, ssh_client_key, **kw) -> SshServer:
     need(have_sshd(), "openssh-server is not installed (/usr/sbin/sshd)")
     d = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-sshd-"))
     request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
-    srv = SshServer(d, Path(str(client_key) + ".pub"), user=login_user(), **kw)
+    srv = SshServer(d, Path(str(ssh_client_key) + ".pub"), user=login_user(), **kw)
     request.addfinalizer(srv.stop)
     srv.start()
     return srv
 
 
 @pytest.fixture
-def board(request, client_key):
-    return _server(request, client_key)
+def ssh_board(request, ssh_client_key):
+    return _server(request, ssh_client_key)
 
 
 @pytest.fixture
-def known_hosts(tmp_path, board):
+def ssh_known_hosts(tmp_path, ssh_board):
     p = tmp_path / "known_hosts"
-    p.write_text(board.known_hosts_line())
+    p.write_text(ssh_board.known_hosts_line())
     return p
 
 
@@ -79,7 +79,7 @@ _NETNS_SEQ = [0]
 
 
 @pytest.fixture
-def netns_board(request, client_key, tmp_path):
+def netns_ssh_board(request, ssh_client_key, tmp_path):
     """sshd inside a network namespace, reached at 10.201.X.2 through a veth pair made for the test."""
     if not IS_ROOT:
         pytest.skip("network namespaces need root (CI runs as root)")
@@ -103,7 +103,7 @@ def netns_board(request, client_key, tmp_path):
     sh("ip", "-n", ns, "addr", "add", f"10.201.{idx}.2/30", "dev", ns_if)
     sh("ip", "-n", ns, "link", "set", ns_if, "up")
     sh("ip", "-n", ns, "link", "set", "lo", "up")
-    srv = _server(request, client_key, host=f"10.201.{idx}.2", netns=ns)
+    srv = _server(request, ssh_client_key, host=f"10.201.{idx}.2", netns=ns)
     srv.ns, srv.host_if = ns, host_if
     kh = tmp_path / "known_hosts"
     kh.write_text(srv.known_hosts_line())
@@ -111,9 +111,9 @@ def netns_board(request, client_key, tmp_path):
     return srv
 
 
-def profile_for(srv, client_key, known_hosts, **kw):
+def profile_for(srv, ssh_client_key, ssh_known_hosts, **kw):
     d = dict(name=DEV, runner="ssh", target=HOST_TARGET, host=srv.host, port=srv.port, user=srv.user,
-             identity_file=str(client_key), known_hosts=str(known_hosts), ssh_config="", threads=1, warmup=1,
+             identity_file=str(ssh_client_key), known_hosts=str(ssh_known_hosts), ssh_config="", threads=1, warmup=1,
              repeat=3, retries=5, backoff=0.3, timeouts={"connect": 2, "command": 4, "transfer": 4})
     d.update(kw)
     return validate_profile(d, "test")

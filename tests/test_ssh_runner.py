@@ -27,34 +27,34 @@ pytest.register_assert_rewrite("ssh_fixtures")     # its helpers assert too
 from ssh_fixtures import (ARM_CC, ARM_TARGET, DEV, HOST_TARGET, IS_ROOT, SHAPES, assert_rows, campaign, items_for,
                           need, profile_for)
 
-pytest_plugins = ["ssh_fixtures"]     # fixtures: kernels, client_key, board, known_hosts
+pytest_plugins = ["ssh_fixtures"]     # fixtures: xor_kernels, ssh_client_key, ssh_board, ssh_known_hosts
 
 
 # ---- correctness -------------------------------------------------------------------------------------------
-def test_local_runner_matches_numpy(kernels, tmp_path):
+def test_local_runner_matches_numpy(xor_kernels, tmp_path):
     store = MeasurementStore(tmp_path / "m.db")
     with LocalRunner(threads=1) as r:
-        status, _, failed = campaign(r, items_for(kernels), store)
+        status, _, failed = campaign(r, items_for(xor_kernels), store)
     assert status == "completed" and not failed
     assert_rows(store, SHAPES)
 
 
-def test_local_runner_reloads_a_rewritten_path(kernels, tmp_path):
+def test_local_runner_reloads_a_rewritten_path(xor_kernels, tmp_path):
     """The dynamic loader caches by path: a new library at a used path must still be the one timed."""
     lib = tmp_path / "layer.so"
     with LocalRunner() as r:
         for key in ("k0", "k1"):
-            shutil.copy(kernels[key], lib)
+            shutil.copy(xor_kernels[key], lib)
             args = rk.xor_popcount_args(*SHAPES[key], rng=np.random.default_rng(5))
             t = r.time_library(lib, args, warmup=0, repeat=1, return_outputs=True)
             np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
 
 
-def test_project_layers_over_ssh_match_local(board, client_key, known_hosts, tmp_path):
+def test_project_layers_over_ssh_match_local(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
     """Real layers of the kernels package (8-bit stem, binary conv block) through the harness."""
     from nasbnn_hw.kernels.layer import build_layer
     from nasbnn_hw.layers import LayerConfig
-    prof = profile_for(board, client_key, known_hosts, threads=2)
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, threads=2)
     with get_runner(prof) as r, LocalRunner(threads=2) as lr:
         for cfg in (LayerConfig("stem", 3, 16, 3, 1, 2, 16), LayerConfig("bconv", 32, 64, 3, 2, 2, 8)):
             lay = build_layer(cfg, target=prof)
@@ -65,29 +65,29 @@ def test_project_layers_over_ssh_match_local(board, client_key, known_hosts, tmp
             np.testing.assert_array_equal(local.outputs[0], lay.run())
 
 
-def test_ssh_runner_matches_numpy_and_local(board, client_key, known_hosts, kernels, tmp_path):
+def test_ssh_runner_matches_numpy_and_local(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
     store = MeasurementStore(tmp_path / "m.db")
-    prof = profile_for(board, client_key, known_hosts, threads=2)
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, threads=2)
     with get_runner(prof) as r:
         assert isinstance(r, SSHRunner)
-        status, _, failed = campaign(r, items_for(kernels), store)
+        status, _, failed = campaign(r, items_for(xor_kernels), store)
         workdir = r._workdir
         assert workdir and workdir.startswith("/tmp/nasbnn-hw.")
         # the same generated inputs on both runners: identical outputs
         args = rk.xor_popcount_args(*SHAPES["k1"])
-        o_ssh = r.time_library(kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
-        o_loc = LocalRunner().time_library(kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
+        o_ssh = r.time_library(xor_kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
+        o_loc = LocalRunner().time_library(xor_kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
         np.testing.assert_array_equal(o_ssh, o_loc)
         # per-measurement cost on loopback vs in-process (printed for the record)
         n = 5
         t0 = time.perf_counter()
         for _ in range(n):
-            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
+            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
         t_ssh = (time.perf_counter() - t0) / n
     lr = LocalRunner(threads=1)
     t0 = time.perf_counter()
     for _ in range(n):
-        lr.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
+        lr.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
     t_loc = (time.perf_counter() - t0) / n
     print(f"\nper measurement (warmup 10, repeat 30, k0): ssh loopback {t_ssh * 1e3:.1f} ms, local {t_loc * 1e3:.1f} ms")
     assert status == "completed" and not failed
@@ -95,11 +95,11 @@ def test_ssh_runner_matches_numpy_and_local(board, client_key, known_hosts, kern
     assert not Path(workdir).exists(), "the remote work directory must be removed by close()"
 
 
-def test_emulated_aarch64_board(board, client_key, known_hosts, tmp_path):
+def test_emulated_aarch64_board(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
     need(shutil.which(ARM_CC) and shutil.which("qemu-aarch64"), "gcc-aarch64-linux-gnu and qemu-user are needed")
     libs = {k: rk.build_xor_popcount(*SHAPES[k], ARM_TARGET, tmp_path / f"{k}-aarch64.so", cc=ARM_CC)
             for k in ("k0", "k1")}
-    prof = profile_for(board, client_key, known_hosts, target=ARM_TARGET, cross_compiler=ARM_CC, threads=2,
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, target=ARM_TARGET, cross_compiler=ARM_CC, threads=2,
                        exec_wrapper=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
                        timeouts={"connect": 5, "command": 60, "transfer": 10})
     store = MeasurementStore(tmp_path / "m.db")
@@ -112,9 +112,9 @@ def test_emulated_aarch64_board(board, client_key, known_hosts, tmp_path):
     print("\nemulated aarch64 board (qemu-user): outputs match numpy; its times are meaningless as latency")
 
 
-def test_kernel_failure_is_typed_and_workdir_removed(board, client_key, known_hosts, tmp_path, kernels):
+def test_kernel_failure_is_typed_and_workdir_removed(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path, xor_kernels):
     bad = rk.build_library_without_main(tmp_path / "nomain.so")
-    prof = profile_for(board, client_key, known_hosts)
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts)
     r = get_runner(prof)
     try:
         with pytest.raises(KernelError, match="no function 'main'"):
@@ -122,39 +122,39 @@ def test_kernel_failure_is_typed_and_workdir_removed(board, client_key, known_ho
         workdir = r._workdir
         assert Path(workdir).is_dir()
         # the runner still works after a failed kernel
-        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=1, repeat=2)
+        r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=1, repeat=2)
     finally:
         r.close()
     assert not Path(workdir).exists()
 
 
-def test_day_old_orphaned_work_dirs_are_swept(board, client_key, known_hosts, kernels, tmp_path):
+def test_day_old_orphaned_work_dirs_are_swept(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
     base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-sweep-"))
     try:
         old, fresh = base / "nasbnn-hw.old123", base / "nasbnn-hw.new123"
         for d in (base, old, fresh):
             d.mkdir(exist_ok=True)
             if IS_ROOT:
-                shutil.chown(d, board.user, board.user)
+                shutil.chown(d, ssh_board.user, ssh_board.user)
         os.utime(old, (time.time() - 2 * 86400,) * 2)
-        with get_runner(profile_for(board, client_key, known_hosts, remote_dir=str(base))) as r:
-            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+        with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, remote_dir=str(base))) as r:
+            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
         assert sorted(p.name for p in base.iterdir()) == ["nasbnn-hw.new123"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_hostile_file_and_directory_names(board, client_key, known_hosts, kernels, tmp_path):
+def test_hostile_file_and_directory_names(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
     payload = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"
     base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-hostile-"))
     remote_dir = base / payload
     remote_dir.mkdir()
     if IS_ROOT:
-        shutil.chown(base, board.user, board.user)
-        shutil.chown(remote_dir, board.user, board.user)
+        shutil.chown(base, ssh_board.user, ssh_board.user)
+        shutil.chown(remote_dir, ssh_board.user, ssh_board.user)
     lib = tmp_path / f"lib {payload}.so"
-    shutil.copy(kernels["k0"], lib)
-    prof = profile_for(board, client_key, known_hosts, remote_dir=str(remote_dir))
+    shutil.copy(xor_kernels["k0"], lib)
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, remote_dir=str(remote_dir))
     try:
         with get_runner(prof) as r:
             args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(1))
@@ -162,91 +162,91 @@ def test_hostile_file_and_directory_names(board, client_key, known_hosts, kernel
             np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
             assert r._workdir.startswith(str(remote_dir) + "/nasbnn-hw.")
         assert list(remote_dir.iterdir()) == [], "work directory not removed"
-        home = Path(os.path.expanduser(f"~{board.user}"))
+        home = Path(os.path.expanduser(f"~{ssh_board.user}"))
         for where in (home, base, remote_dir, Path("/tmp"), Path.cwd()):
             assert not [p for p in where.glob("PWNED*")], f"shell injection happened in {where}"
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_ssh_config_alias(board, client_key, known_hosts, kernels, tmp_path):
+def test_ssh_config_alias(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
     """`host` is an alias: HostName, User, Port and IdentityFile come from the SSH config file."""
     cfg = tmp_path / "ssh_config"
-    cfg.write_text(f"Host mypi\n  HostName {board.host}\n  User {board.user}\n  Port {board.port}\n"
-                   f"  IdentityFile {client_key}\n")
+    cfg.write_text(f"Host mypi\n  HostName {ssh_board.host}\n  User {ssh_board.user}\n  Port {ssh_board.port}\n"
+                   f"  IdentityFile {ssh_client_key}\n")
     prof = validate_profile(dict(name=DEV, runner="ssh", target=HOST_TARGET, host="mypi", ssh_config=str(cfg),
-                                 known_hosts=str(known_hosts), threads=1, timeouts={"connect": 3}), "test")
+                                 known_hosts=str(ssh_known_hosts), threads=1, timeouts={"connect": 3}), "test")
     with get_runner(prof) as r:
-        assert (r.settings.hostname, r.settings.port, r.settings.user) == (board.host, board.port, board.user)
+        assert (r.settings.hostname, r.settings.port, r.settings.user) == (ssh_board.host, ssh_board.port, ssh_board.user)
         args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(3))
-        t = r.time_library(kernels["k0"], args, warmup=0, repeat=2, return_outputs=True)
+        t = r.time_library(xor_kernels["k0"], args, warmup=0, repeat=2, return_outputs=True)
     np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
 
 
 # ---- host keys ----------------------------------------------------------------------------------------------
-def test_unknown_host_key_refused(board, client_key, tmp_path, kernels):
+def test_unknown_host_key_refused(ssh_board, ssh_client_key, tmp_path, xor_kernels):
     kh = tmp_path / "kh" / "known_hosts"
-    prof = profile_for(board, client_key, kh)
+    prof = profile_for(ssh_board, ssh_client_key, kh)
     t0 = time.monotonic()
     with pytest.raises(HostKeyError, match="not in .*refusing.*--accept-new-host-key"):
         with get_runner(prof) as r:
-            r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
     assert time.monotonic() - t0 < 5, "a host-key refusal must not be retried"
     assert not kh.exists(), "nothing may be recorded without the explicit option"
 
 
-def test_unknown_host_key_accepted_with_option(board, client_key, tmp_path, kernels):
+def test_unknown_host_key_accepted_with_option(ssh_board, ssh_client_key, tmp_path, xor_kernels):
     kh = tmp_path / "kh" / "known_hosts"
     kh.parent.mkdir()
-    other = "otherhost " + " ".join(Path(str(client_key) + ".pub").read_text().split()[:2])
+    other = "otherhost " + " ".join(Path(str(ssh_client_key) + ".pub").read_text().split()[:2])
     kh.write_text(other)                 # an existing file without a final newline
-    prof = profile_for(board, client_key, kh)
+    prof = profile_for(ssh_board, ssh_client_key, kh)
     said = []
     with get_runner(prof, accept_new_host_key=True, notify=said.append) as r:
-        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
-    expected_fp = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True,
+        r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    expected_fp = subprocess.run(["ssh-keygen", "-lf", str(ssh_board.host_key) + ".pub"], capture_output=True,
                                  text=True, check=True).stdout.split()[1]
     assert len(said) == 1 and expected_fp in said[0] and expected_fp.startswith("SHA256:")
-    assert kh.read_text() == other + "\n" + board.known_hosts_line()
+    assert kh.read_text() == other + "\n" + ssh_board.known_hosts_line()
     with get_runner(prof) as r:          # recorded: the next connection needs no option
-        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+        r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
 
 
-def test_changed_host_key_refused_even_with_accept_new(board, client_key, known_hosts, kernels):
-    old = known_hosts.read_text()
-    board.new_host_key()
-    prof = profile_for(board, client_key, known_hosts)
+def test_changed_host_key_refused_even_with_accept_new(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels):
+    old = ssh_known_hosts.read_text()
+    ssh_board.new_host_key()
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts)
     for accept in (False, True):
         with pytest.raises(HostKeyError, match="CHANGED.*refusing"):
             with get_runner(prof, accept_new_host_key=accept) as r:
-                r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
-    assert known_hosts.read_text() == old
+                r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    assert ssh_known_hosts.read_text() == old
 
 
-def test_hashed_known_hosts_and_revoked_keys(board, client_key, known_hosts, kernels):
-    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known_hosts)], check=True, capture_output=True)
-    assert known_hosts.read_text().startswith("|1|")
-    prof = profile_for(board, client_key, known_hosts)
+def test_hashed_known_hosts_and_revoked_keys(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels):
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(ssh_known_hosts)], check=True, capture_output=True)
+    assert ssh_known_hosts.read_text().startswith("|1|")
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts)
     with get_runner(prof) as r:          # a hashed entry still matches
-        r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
-    kind, b64 = Path(str(board.host_key) + ".pub").read_text().split()[:2]
+        r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    kind, b64 = Path(str(ssh_board.host_key) + ".pub").read_text().split()[:2]
     for text in (f"@cert-authority * {kind} {b64}\n@revoked * {kind} {b64}\n",
-                 board.known_hosts_line() + f"@revoked * {kind} {b64}\n"):
-        known_hosts.write_text(text)
+                 ssh_board.known_hosts_line() + f"@revoked * {kind} {b64}\n"):
+        ssh_known_hosts.write_text(text)
         with pytest.raises(HostKeyError, match="@revoked"):
             with get_runner(prof, accept_new_host_key=True) as r:
-                r.time_library(kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+                r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
 
 
-def test_fingerprint_matches_ssh_keygen(board):
+def test_fingerprint_matches_ssh_keygen(ssh_board):
     import paramiko
-    key = paramiko.Ed25519Key.from_private_key_file(str(board.host_key))
-    out = subprocess.run(["ssh-keygen", "-lf", str(board.host_key) + ".pub"], capture_output=True, text=True).stdout
+    key = paramiko.Ed25519Key.from_private_key_file(str(ssh_board.host_key))
+    out = subprocess.run(["ssh-keygen", "-lf", str(ssh_board.host_key) + ".pub"], capture_output=True, text=True).stdout
     assert fingerprint(key) == out.split()[1]
 
 
 # ---- TVM RPC ------------------------------------------------------------------------------------------------
-def test_rpc_runner_against_local_server(kernels, tmp_path):
+def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -263,13 +263,13 @@ def test_rpc_runner_against_local_server(kernels, tmp_path):
                                      retries=1, backoff=0.1), "test")
         store = MeasurementStore(tmp_path / "m.db")
         with get_runner(prof) as r:
-            status, msg, failed = campaign(r, items_for({k: kernels[k] for k in ("k0", "k1")}), store)
+            status, msg, failed = campaign(r, items_for({k: xor_kernels[k] for k in ("k0", "k1")}), store)
             assert status == "completed" and not failed
             assert_rows(store, ["k0", "k1"])
             os.killpg(proc.pid, 9)           # the server and its forked session process
             proc.wait()
             with pytest.raises(BoardUnavailable, match="TVM RPC .* unavailable"):
-                r.time_library(kernels["k2"], rk.xor_popcount_args(*SHAPES["k2"]), warmup=0, repeat=1)
+                r.time_library(xor_kernels["k2"], rk.xor_popcount_args(*SHAPES["k2"]), warmup=0, repeat=1)
     finally:
         try:
             os.killpg(proc.pid, 9)
@@ -280,12 +280,12 @@ def test_rpc_runner_against_local_server(kernels, tmp_path):
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
-def test_cli_devices_check_over_ssh(board, client_key, known_hosts, tmp_path, capsys):
+def test_cli_devices_check_over_ssh(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path, capsys):
     from nasbnn_hw.cli import main
     d = tmp_path / "devices"
     d.mkdir()
-    base = (f'runner = "ssh"\nhost = "{board.host}"\nport = {board.port}\nuser = "{board.user}"\n'
-            f'identity_file = "{client_key}"\nknown_hosts = "{known_hosts}"\nssh_config = ""\n')
+    base = (f'runner = "ssh"\nhost = "{ssh_board.host}"\nport = {ssh_board.port}\nuser = "{ssh_board.user}"\n'
+            f'identity_file = "{ssh_client_key}"\nknown_hosts = "{ssh_known_hosts}"\nssh_config = ""\n')
     (d / "mybox.toml").write_text(base + 'target = {kind = "llvm", mcpu = "native"}\n')
     (d / "wrongarch.toml").write_text(base + f'cross_compiler = "{ARM_CC}"\ntarget = {{kind = "llvm", '
                                       'mtriple = "aarch64-linux-gnu"}\n')
