@@ -73,15 +73,25 @@ def cmd_profile(args) -> int:
 
 
 def _load_model(args):
-    from .checkpoint import load_supernet
+    """The static subnet to export: a subnet file as is, or an arch of a supernet checkpoint after BN
+    recalibration on its training data (`--no-recalibrate` keeps the stored statistics)."""
+    from .checkpoint import load_supernet, safe_load
     from .cli_core import resolve_archs
+    from .subnet_io import SUBNET_FORMAT, data_for_checkpoint, load_subnet, recalibrated_subnet
     from .supernet import extract_subnet
+    obj = safe_load(args.checkpoint)
+    if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
+        sub = load_subnet(args.checkpoint)
+        return sub, sub.space
     ck = load_supernet(args.checkpoint, args.space)
     sup = ck.supernet
     archs = resolve_archs(args.arch, sup.space, getattr(args, "official_cand", None))
     if len(archs) != 1:
         raise NasBnnError(f"--arch names {len(archs)} archs; export takes exactly one")
-    return extract_subnet(sup, archs[0]).eval(), sup.space
+    if args.no_recalibrate:
+        return extract_subnet(sup, archs[0]).eval(), sup.space
+    splits = data_for_checkpoint(ck.extra, sup.space, args.data)
+    return recalibrated_subnet(sup, archs[0], splits).eval(), sup.space
 
 
 def cmd_export(args) -> int:
@@ -153,8 +163,10 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library or ONNX)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--space", help="space of the checkpoint (default: the one stored in it)")
-    p.add_argument("--arch", help="arch JSON file, largest or smallest")
+    p.add_argument("--arch", help="arch JSON file (e.g. search/best/budget0.json), largest or smallest")
     p.add_argument("--official-cand", help="official NAS-BNN candidate file instead of --arch")
+    p.add_argument("--data", help="data for BN recalibration (default: the one recorded in the checkpoint)")
+    p.add_argument("--no-recalibrate", action="store_true", help="export with the supernet's stored BN statistics")
     p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
     p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
     p.add_argument("--devices-dir", help="extra directory of device profiles")

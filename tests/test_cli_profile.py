@@ -15,7 +15,7 @@ def checkpoint(tmp_path_factory):
     from nasbnn_hw.supernet import SuperBNN
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "supernet.pt"
-    save_supernet(path, SuperBNN(get_space("small16")))
+    save_supernet(path, SuperBNN(get_space("small16")), data_config={"source": "digits"})
     return path
 
 
@@ -32,7 +32,7 @@ def test_export_tvm_and_reload(checkpoint, tmp_path, capsys):
 def test_export_onnx_checked_with_onnxruntime(checkpoint, tmp_path, capsys):
     out = tmp_path / "net.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--arch", "largest", "--format", "onnx",
-                 "--out", str(out)]) == 0
+                 "--no-recalibrate", "--out", str(out)]) == 0
     assert "onnxruntime vs PyTorch" in capsys.readouterr().out and out.stat().st_size > 0
 
 
@@ -44,3 +44,20 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("nasbnn-hw ") for line in err)
     assert "does not exist" in err[0] and "nothing to profile" in err[1] and "unknown space" in err[2]
+
+
+def test_export_needs_data_for_recalibration_and_takes_subnet_files(tmp_path, capsys):
+    from nasbnn_hw.checkpoint import save_supernet
+    from nasbnn_hw.sampling import smallest
+    from nasbnn_hw.space import get_space
+    from nasbnn_hw.subnet_io import save_subnet
+    from nasbnn_hw.supernet import SuperBNN, extract_subnet
+    net = SuperBNN(get_space("small16"))
+    save_supernet(tmp_path / "nodata.pt", net)
+    assert main(["export", "--checkpoint", str(tmp_path / "nodata.pt"), "--arch", "largest", "--format", "onnx",
+                 "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "pass --data" in capsys.readouterr().err
+    save_subnet(tmp_path / "sub.pt", extract_subnet(net, smallest(net.space)), net)
+    assert main(["export", "--checkpoint", str(tmp_path / "sub.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "b.onnx")]) == 0
+    assert "same top-1: True" in capsys.readouterr().out
