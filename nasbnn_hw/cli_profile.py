@@ -38,7 +38,9 @@ def cmd_profile(args) -> int:
     from .profiler import TimingSettings, profile_layers, profile_subnets
     from .space import get_space
     from .store import MeasurementStore
-    if not args.layers and not args.subnets:
+    if args.active and not args.budget:
+        raise NasBnnError("--active needs --budget N (how many layer configs to measure)")
+    if not args.layers and not args.subnets and not args.active:
         raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
     if args.subnets < 0:
         raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
@@ -54,7 +56,9 @@ def cmd_profile(args) -> int:
     reports = []
     try:
         with MeasurementStore(args.store) as store:
-            if args.layers:
+            if args.active:
+                reports.append(("active layers", _profile_active(args, space, device, store, runner, target, timing)))
+            elif args.layers:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
                                                          progress=not args.quiet)))
             if args.subnets:
@@ -70,6 +74,31 @@ def cmd_profile(args) -> int:
             print(f"  failed {key}: {why}", file=sys.stderr)
         failed += len(rep.failed)
     return 1 if failed else 0
+
+
+def _profile_active(args, space, device, store, runner, target, timing):
+    """Measure `--budget` layer configs, `--round-size` at a time, each round choosing the unmeasured
+    layers where a predictor refitted on everything measured so far is least certain (weighted by how
+    often the layer occurs in subnets)."""
+    from cost_models.active import plan_next_layers
+
+    from .profiler import ProfileReport, profile_layers
+    total = ProfileReport()
+    left, rnd = args.budget, 0
+    while left > 0:
+        cfgs = plan_next_layers(space, args.store, device, min(args.round_size, left), seed=args.seed + rnd)
+        if not cfgs:
+            break
+        rnd += 1
+        rep = profile_layers(space, device, store, runner, target, timing=timing, layers=cfgs,
+                             progress=not args.quiet)
+        total.measured += rep.measured
+        total.skipped += rep.skipped
+        total.failed.update(rep.failed)
+        left -= len(cfgs)
+        if not args.quiet:
+            print(f"active round {rnd}: measured {len(rep.measured)} layer configs ({left} left in the budget)")
+    return total
 
 
 def _load_model(args):
@@ -148,6 +177,10 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
     p.add_argument("--device", default="local", help="device profile name or .toml file (default: local)")
     p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--active", action="store_true", help="measure the layers the latency predictor is least "
+                   "certain about first (needs --budget)")
+    p.add_argument("--budget", type=int, help="with --active: how many layer configs to measure")
+    p.add_argument("--round-size", type=int, default=8, help="with --active: layers measured per refit")
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
     p.add_argument("--resolution", type=int, help="override the space's input resolution")
     p.add_argument("--layers", action="store_true", help="measure every distinct layer the space can produce")

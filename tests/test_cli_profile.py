@@ -61,3 +61,15 @@ def test_export_needs_data_for_recalibration_and_takes_subnet_files(tmp_path, ca
     assert main(["export", "--checkpoint", str(tmp_path / "sub.pt"), "--format", "onnx",
                  "--out", str(tmp_path / "b.onnx")]) == 0
     assert "same top-1: True" in capsys.readouterr().out
+
+
+def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
+    from nasbnn_hw.store import MeasurementStore
+    db = tmp_path / "m.db"
+    assert main(["profile", "--space", "small16", "--active", "--budget", "5", "--round-size", "2",
+                 "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
+    with MeasurementStore(db) as store:
+        rows = store.query(kind="layer")
+    assert len(rows) == 5 and len({r.key for r in rows}) == 5
+    assert main(["profile", "--space", "small16", "--active", "--store", str(db)]) == 2
+    assert "--budget" in capsys.readouterr().err
