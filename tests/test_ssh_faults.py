@@ -93,11 +93,11 @@ def test_hung_remote_command_is_killed_and_retried(ssh_board, ssh_client_key, ss
     items = items_for(xor_kernels, big_repeat=big_repeat_for(0.6, xor_kernels))
     dirs_before = work_dirs(ssh_board.user)
     store = MeasurementStore(tmp_path / "m.db")
-    stopped = []
+    stopped, older = [], set(user_pids(ssh_board.user, "nasbnn-harness"))
 
     def stop_harness():
         for _ in range(200):
-            pids = user_pids(ssh_board.user, "nasbnn-harness")
+            pids = [p for p in user_pids(ssh_board.user, "nasbnn-harness") if p not in older]
             if pids:
                 os.kill(pids[0], 19)        # SIGSTOP the harness only: the board itself keeps answering
                 stopped.append(pids[0])
