@@ -123,3 +123,19 @@ def test_inputs_are_deterministic_and_sane():
     assert np.all((np.abs(h) >= 0.5) & (np.abs(h) < 1))
     with pytest.raises(NasBnnError, match="not supported"):
         random_input(0, (2,), "complex64")
+
+
+def test_get_runner_by_name_and_cli_errors(tmp_path, capsys):
+    from nasbnn_hw.cli import main
+    from nasbnn_hw.runners import get_runner
+    from nasbnn_hw.runners.local import LocalRunner
+    r = get_runner("local")
+    assert isinstance(r, LocalRunner) and r.device == "local"
+    _write(tmp_path, "bad", GOOD + "repeat = 0\n")
+    assert main(["devices", "--devices-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'repeat' = 0" in err and "integer from 1" in err
+    assert main(["devices", "check", "nope"]) == 2
+    assert "unknown device 'nope'" in capsys.readouterr().err
+    assert main(["devices", "check", "local"]) == 0
+    assert "matches" in capsys.readouterr().out
