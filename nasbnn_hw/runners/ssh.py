@@ -116,13 +116,13 @@ class SSHRunner:
         """Remove this session's work directories on the board (best effort) and disconnect."""
         if self._client is not None and self._client.get_transport() is not None \
                 and self._client.get_transport().is_active():
-            dirs = ([self._workdir] if self._workdir else []) + [d for d, _ in self._stale]
-            if dirs:
-                try:
-                    self._exec("rm -rf -- " + " ".join(quote(d) for d in dirs), timeout=self.profile.timeout("connect"))
-                    self._stale.clear()
-                except _TRANSIENT + (_Hung,) as e:
-                    log.warning("%s: could not remove %s on the board: %s", self.device, " ".join(dirs), e)
+            try:
+                self._clean_stale()
+                if self._workdir:
+                    self._exec(f"rm -rf -- {quote(self._workdir)}", timeout=self.profile.timeout("connect"))
+            except _TRANSIENT + (_Hung,) as e:
+                log.warning("%s: could not remove the work directory %s on the board: %s", self.device,
+                            self._workdir, e)
         self._drop(keep_workdir=False)
 
     def __enter__(self):
