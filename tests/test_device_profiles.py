@@ -139,3 +139,10 @@ def test_get_runner_by_name_and_cli_errors(tmp_path, capsys):
     assert "unknown device 'nope'" in capsys.readouterr().err
     assert main(["devices", "check", "local"]) == 0
     assert "matches" in capsys.readouterr().out
+
+
+def test_runner_errors_are_one_line():
+    from nasbnn_hw.runners import BoardUnavailable, KernelError
+    e = KernelError("kernel failed: line one\nline two\n\ttraceback...")
+    assert str(e) == "kernel failed: line one line two traceback..." and isinstance(e, NasBnnError)
+    assert len(str(BoardUnavailable("x" * 5000))) <= 1200

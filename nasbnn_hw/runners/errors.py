@@ -7,7 +7,15 @@ from nasbnn_hw.errors import NasBnnError
 
 
 class RunnerError(NasBnnError):
-    """A device could not run or time a kernel."""
+    """A device could not run or time a kernel. The message is kept to one line (remote stderr and TVM
+    errors span several), at most MAX_CHARS long."""
+    MAX_CHARS = 1200
+
+    def __init__(self, message: str = ""):
+        text = " ".join(str(message).split())
+        if len(text) > self.MAX_CHARS:
+            text = text[: self.MAX_CHARS - 5] + " [...]"
+        super().__init__(text)
 
 
 class BoardUnavailable(RunnerError):
