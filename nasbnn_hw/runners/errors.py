@@ -14,7 +14,7 @@ class RunnerError(NasBnnError):
     def __init__(self, message: str = ""):
         text = " ".join(str(message).split())
         if len(text) > self.MAX_CHARS:
-            text = text[: self.MAX_CHARS - 5] + " [...]"
+            text = text[: self.MAX_CHARS - 6] + " [...]"
         super().__init__(text)
 
 
