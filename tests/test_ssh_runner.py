@@ -78,21 +78,30 @@ def test_ssh_runner_matches_numpy_and_local(ssh_board, ssh_client_key, ssh_known
         o_ssh = r.time_library(xor_kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
         o_loc = LocalRunner().time_library(xor_kernels["k1"], args, warmup=0, repeat=1, return_outputs=True).outputs[0]
         np.testing.assert_array_equal(o_ssh, o_loc)
-        # per-measurement cost on loopback vs in-process (printed for the record)
-        n = 5
-        t0 = time.perf_counter()
-        for _ in range(n):
-            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
-        t_ssh = (time.perf_counter() - t0) / n
-    lr = LocalRunner(threads=1)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        lr.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=10, repeat=30)
-    t_loc = (time.perf_counter() - t0) / n
-    print(f"\nper measurement (warmup 10, repeat 30, k0): ssh loopback {t_ssh * 1e3:.1f} ms, local {t_loc * 1e3:.1f} ms")
     assert status == "completed" and not failed
     assert_rows(store, SHAPES)
     assert not Path(workdir).exists(), "the remote work directory must be removed by close()"
+
+
+def test_cost_per_measurement_ssh_vs_local(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels):
+    """Printed for the record (`pytest -s`): wall time of one measurement of a tiny kernel, one thread."""
+    args = rk.xor_popcount_args(*SHAPES["k0"])
+    n, res = 10, {}
+    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, threads=1)) as r, \
+            LocalRunner(threads=1) as lr:
+        for name, runner in (("ssh", r), ("local", lr)):
+            runner.time_library(xor_kernels["k0"], args, warmup=10, repeat=30)      # connect / load once
+            walls, kernel = [], []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                t = runner.time_library(xor_kernels["k0"], args, warmup=10, repeat=30)
+                walls.append(time.perf_counter() - t0)
+                kernel.append(t.median)
+            res[name] = (np.median(walls), np.median(kernel))
+    print(f"\nper measurement (warmup 10, repeat 30, 1 thread, 16x32x4-word XOR-popcount), median of {n}: "
+          f"ssh loopback {res['ssh'][0] * 1e3:.1f} ms wall (kernel {res['ssh'][1] * 1e6:.2f} us), "
+          f"local {res['local'][0] * 1e3:.2f} ms wall (kernel {res['local'][1] * 1e6:.2f} us)")
+    assert res["ssh"][0] < 5.0 and res["ssh"][1] < 1e-3 and res["local"][1] < 1e-3
 
 
 def test_emulated_aarch64_board(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
