@@ -193,6 +193,19 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
                          "arch": arch.short()})
     stages.run("measure and test chosen vs largest vs smallest", measure_and_score)
 
+    def random_subnets_top1():
+        import random as _random
+        import statistics
+
+        from .sampling import sample_uniform
+        rng, accs = _random.Random(cfg.seed + 1), []
+        for _ in range(20):
+            arch = sample_uniform(space, rng)
+            recalibrate_bn(sup, arch, calib)
+            accs.append(accuracy(sup, splits.test, arch=arch)["top1"])
+        return {"n": len(accs), "mean": statistics.mean(accs), "std": statistics.stdev(accs)}
+    random_top1 = stages.run("test 20 random subnets", random_subnets_top1)
+
     # 6. report -------------------------------------------------------------------------------------
     def report():
         _plot_training(trainer.history, report_dir / "training.png")
@@ -209,6 +222,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               "| subnet | test top-1 % | measured latency ms | predicted ms | OPs (M) | arch |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['subnet']} | {r['test_top1']:.2f} | {r['measured_ms']:.4f} | {r['predicted_ms']:.4f} | "
               f"{r['ops_M']:.4f} | `{r['arch']}` |" for r in rows]
+    lines += ["", f"20 random subnets (uniform under ND): mean test top-1 {random_top1['mean']:.2f} % "
+              f"(std {random_top1['std']:.2f}).", ""]
     lines += ["", "Exports verified against PyTorch on 8 test images: " + ", ".join(
         f"{k}: max rel err {v['max_rel_err']:.1e}, same top-1 {v['same_top1']}" for k, v in checks.items()),
         f"(`{out / 'best.onnx'}`, `{out / 'best_tvm.so'}`).", "",
@@ -222,5 +237,6 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(report_dir / "summary.json", json.dumps(
         {"stages_s": stages.times, "total_s": total, "subnets": rows, "constraint": constraint,
-         "exports": checks, "cost_models": metrics}, indent=1) + "\n")
+         "exports": checks, "cost_models": metrics,
+         "random_subnets_top1": random_top1}, indent=1) + "\n")
     return str(report_dir / "report.md")

@@ -47,6 +47,7 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     names = [r["subnet"] for r in summary["subnets"]]
     assert names == ["chosen", "largest", "smallest"]
     assert all(r["measured_ms"] > 0 for r in summary["subnets"])
+    assert summary["random_subnets_top1"]["n"] == 20 and 0 <= summary["random_subnets_top1"]["mean"] <= 100
     for png in ("training.png",):
         assert (tmp_path / "qs" / "report" / png).stat().st_size > 1000
     assert list((tmp_path / "qs" / "search").glob("pareto_*.png"))
