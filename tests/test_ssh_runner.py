@@ -247,6 +247,18 @@ def test_hashed_known_hosts_and_revoked_keys(ssh_board, ssh_client_key, ssh_know
                 r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
 
 
+def test_wrong_key_is_a_setup_error_not_retried(ssh_board, ssh_known_hosts, xor_kernels, tmp_path):
+    from nasbnn_hw.runners import DeviceSetupError
+    from sshd_server import keygen
+    other = keygen(tmp_path / "other_key", "not-authorized")
+    prof = profile_for(ssh_board, other, ssh_known_hosts)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceSetupError, match="authentication .* failed"):
+        with get_runner(prof) as r:
+            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    assert time.monotonic() - t0 < 5
+
+
 def test_fingerprint_matches_ssh_keygen(ssh_board):
     import paramiko
     key = paramiko.Ed25519Key.from_private_key_file(str(ssh_board.host_key))

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from .base import ArgSpec, Runner, Timing
-from .errors import BoardUnavailable, HostKeyError, KernelError, KernelTimeout, RunnerError
+from .errors import BoardUnavailable, DeviceSetupError, HostKeyError, KernelError, KernelTimeout, RunnerError
 
-__all__ = ["ArgSpec", "Runner", "Timing", "get_runner", "RunnerError", "BoardUnavailable", "HostKeyError",
-           "KernelError", "KernelTimeout"]
+__all__ = ["ArgSpec", "Runner", "Timing", "get_runner", "RunnerError", "BoardUnavailable", "DeviceSetupError",
+           "HostKeyError", "KernelError", "KernelTimeout"]
 
 
 def get_runner(profile, *, accept_new_host_key: bool = False, **kw) -> Runner:

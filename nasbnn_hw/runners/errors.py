@@ -1,6 +1,6 @@
 """Errors of device connections. All are `NasBnnError`s: the CLI prints them as one line.
 
-A campaign catches `BoardUnavailable` to stop cleanly (every measurement stored so far stays stored) and
+A campaign catches `BoardUnavailable` and `DeviceSetupError` to stop cleanly (every measurement stored so far stays stored) and
 resumes later; `KernelError` and `KernelTimeout` belong to one kernel, the next one may still run.
 """
 from nasbnn_hw.errors import NasBnnError
@@ -22,7 +22,12 @@ class BoardUnavailable(RunnerError):
     """The device stayed unreachable (down, frozen, link lost) through every retry."""
 
 
-class HostKeyError(RunnerError):
+class DeviceSetupError(RunnerError):
+    """The way to the device is misconfigured (SSH key, authentication, known_hosts, compiler, remote
+    directory): no kernel can run until the user fixes it, so a campaign should stop."""
+
+
+class HostKeyError(DeviceSetupError):
     """The SSH host key is unknown or differs from the one recorded in known_hosts: refused."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .base import ArgSpec
-from .errors import RunnerError
+from .errors import DeviceSetupError
 from .inputs import dl_type
 
 HARNESS_NAME = "nasbnn-harness"
@@ -50,7 +50,7 @@ def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> P
     """The harness executable for `arch` (a `uname -m` name), compiled with `compiler` (default `cc`)."""
     cmd = shlex.split(compiler or "cc")
     if not shutil.which(cmd[0]):
-        raise RunnerError(f"compiler {cmd[0]!r} for {arch} not found; install it (Debian: gcc-{arch}-linux-gnu) "
+        raise DeviceSetupError(f"compiler {cmd[0]!r} for {arch} not found; install it (Debian: gcc-{arch}-linux-gnu) "
                           "or set cross_compiler in the device profile")
     src = harness_source()
     key = hashlib.sha256(b"\0".join([src, " ".join(cmd + list(CFLAGS + LDFLAGS)).encode(), arch.encode()])).hexdigest()[:16]
@@ -66,11 +66,11 @@ def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> P
         r = subprocess.run([*cmd, *CFLAGS, "-o", str(tmp_exe), str(c_file), *LDFLAGS], capture_output=True, text=True,
                            timeout=300)
         if r.returncode:
-            raise RunnerError(f"building the harness with {' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
+            raise DeviceSetupError(f"building the harness with {' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
         want = _ELF_MACHINE.get(arch)
         got = elf_machine(tmp_exe)
         if want is not None and got != want:
-            raise RunnerError(f"compiler {' '.join(cmd)!r} builds for ELF machine {got}, not {arch} ({want}); "
+            raise DeviceSetupError(f"compiler {' '.join(cmd)!r} builds for ELF machine {got}, not {arch} ({want}); "
                               "set cross_compiler in the device profile")
         os.replace(tmp_exe, exe)
     return exe

@@ -26,7 +26,7 @@ import numpy as np
 import paramiko
 
 from .base import ArgSpec, Timing
-from .errors import BoardUnavailable, KernelError, KernelTimeout, RunnerError
+from .errors import BoardUnavailable, DeviceSetupError, KernelError, KernelTimeout, RunnerError
 from .harness import HARNESS_NAME, build_harness, parse_samples, write_spec
 from .inputs import DEFAULT_SEED, input_arrays
 from .sshconn import SSHSettings, open_client, resolve_ssh
@@ -189,7 +189,7 @@ class SSHRunner:
                  "-exec rm -rf {} + 2>/dev/null")
         rc, out, err = self._exec(f"{sweep}; mktemp -d {quote(template)}", timeout=tmo)
         if rc != 0 or not out.strip():
-            raise RunnerError(f"device '{self.device}': cannot create a work directory under "
+            raise DeviceSetupError(f"device '{self.device}': cannot create a work directory under "
                               f"{self.profile.remote_dir!r} on the board: {err.strip()}")
         workdir = out.strip().splitlines()[-1]
         self._put(self._harness.read_bytes(), f"{workdir}/{HARNESS_NAME}")

@@ -21,7 +21,7 @@ from typing import Callable
 
 import paramiko
 
-from .errors import HostKeyError, RunnerError
+from .errors import DeviceSetupError, HostKeyError
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,21 @@ def resolve_ssh(profile) -> SSHSettings:
         try:
             opts = paramiko.SSHConfig.from_path(str(cfg_path)).lookup(profile.host)
         except Exception as e:  # noqa: BLE001 - paramiko raises several parse errors
-            raise RunnerError(f"device '{profile.name}': cannot read SSH config {cfg_path}: {e}") from None
+            raise DeviceSetupError(f"device '{profile.name}': cannot read SSH config {cfg_path}: {e}") from None
     hostname = opts.get("hostname", profile.host)
     try:
         port = profile.port or int(opts.get("port", 22))
     except ValueError:
-        raise RunnerError(f"device '{profile.name}': Port {opts.get('port')!r} in {cfg_path} is not a number") from None
+        raise DeviceSetupError(f"device '{profile.name}': Port {opts.get('port')!r} in {cfg_path} is not a number") from None
     user = profile.user or opts.get("user") or getpass.getuser()
     ids = [profile.identity_file] if profile.identity_file else list(opts.get("identityfile", []))
     ids = [os.path.expanduser(i) for i in ids]
     if not ids:
-        raise RunnerError(f"device '{profile.name}': no SSH key; set identity_file in the profile or IdentityFile "
+        raise DeviceSetupError(f"device '{profile.name}': no SSH key; set identity_file in the profile or IdentityFile "
                           f"for Host {profile.host} in {profile.ssh_config} (key authentication only)")
     present = [i for i in ids if Path(i).is_file()]
     if not present:
-        raise RunnerError(f"device '{profile.name}': SSH key file {ids[0]} does not exist")
+        raise DeviceSetupError(f"device '{profile.name}': SSH key file {ids[0]} does not exist")
     return SSHSettings(profile.host, hostname, port, user, tuple(present),
                        Path(profile.known_hosts).expanduser())
 
@@ -78,7 +78,7 @@ def load_known_hosts(path: Path, into: paramiko.HostKeys) -> set[str]:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError as e:
-        raise RunnerError(f"cannot read known_hosts file {path}: {e}") from None
+        raise DeviceSetupError(f"cannot read known_hosts file {path}: {e}") from None
     for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -156,11 +156,11 @@ def open_client(s: SSHSettings, *, timeout: float, accept_new: bool,
             f"`ssh-keygen -R '{s.known_hosts_name}' -f {s.known_hosts}` and accept the new one") from None
     except paramiko.PasswordRequiredException:
         client.close()
-        raise RunnerError(f"SSH key {s.identity_files[0]} is encrypted; use a key without passphrase for "
+        raise DeviceSetupError(f"SSH key {s.identity_files[0]} is encrypted; use a key without passphrase for "
                           "measurements (no agent is used)") from None
     except paramiko.AuthenticationException as e:
         client.close()
-        raise RunnerError(f"SSH key authentication as {s} failed ({e}); keys tried: "
+        raise DeviceSetupError(f"SSH key authentication as {s} failed ({e}); keys tried: "
                           f"{', '.join(s.identity_files)}") from None
     except BaseException:
         client.close()
