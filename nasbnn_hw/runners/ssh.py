@@ -190,11 +190,10 @@ class SSHRunner:
         rc, out, err = self._exec(f"{sweep}; mktemp -d {quote(template)}", timeout=tmo)
         if rc != 0 or not out.strip():
             raise DeviceSetupError(f"device '{self.device}': cannot create a work directory under "
-                              f"{self.profile.remote_dir!r} on the board: {err.strip()}")
-        workdir = out.strip().splitlines()[-1]
-        self._put(self._harness.read_bytes(), f"{workdir}/{HARNESS_NAME}")
-        self._sftp.chmod(f"{workdir}/{HARNESS_NAME}", 0o700)
-        self._workdir = workdir
+                                   f"{self.profile.remote_dir!r} on the board: {err.strip()}")
+        self._workdir = out.strip().splitlines()[-1]     # recorded first: removed even if the upload fails
+        self._put(self._harness.read_bytes(), f"{self._workdir}/{HARNESS_NAME}")
+        self._sftp.chmod(f"{self._workdir}/{HARNESS_NAME}", 0o700)
 
     def _drop(self, keep_workdir: bool) -> None:
         if keep_workdir and self._workdir:
