@@ -23,7 +23,7 @@ class _SignApprox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+        return x.abs().mul_(-2.0).add_(2.0).clamp_(min=0.0).mul_(g)  # one allocation
 
 
 class _SignClippedSTE(torch.autograd.Function):
@@ -135,7 +135,7 @@ class DynamicBinaryConv2d(nn.Module):
     Subnet weight = first `out` filters → progressive centre-crop + learned kernel transformation per
     kernel-size step (e.g. `matrix_5to3`) → group crop. The binary path additionally applies the
     bi-transformation `fp2bin_<max_k>` (only at the largest kernel), per-filter standardisation (weight
-    normalisation) and sign; the per-filter scale mean(|w_n|) multiplies the conv output.
+    normalisation) and sign, times the per-filter scale mean(|w_n|).
     """
 
     def __init__(self, max_in: int, max_out: int, kernels: tuple[int, ...], min_groups: int,
@@ -207,8 +207,9 @@ class DynamicBinaryConv2d(nn.Module):
 
     def forward(self, x, out_c: int, k: int, groups: int, stride: int, binary: bool = True):
         w, scale = self.subnet_weight(x.size(1), out_c, k, groups, binary)
-        y = F.conv2d(x, w, None, stride, k // 2, 1, groups)
-        return y if scale is None else y * scale.view(1, -1, 1, 1)
+        if scale is not None:  # scaling the (small) weight, not the (large) output
+            w = w * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, w, None, stride, k // 2, 1, groups)
 
 
 class _RoundSTE(torch.autograd.Function):

@@ -132,8 +132,8 @@ class StaticBinaryConv(nn.Module):
         self.padding = self.kernel // 2
 
     def forward(self, a):
-        y = F.conv2d(a, self.sign_weight, None, self.stride, self.padding, 1, self.groups)
-        return y * self.scale.view(1, -1, 1, 1)
+        w = self.sign_weight * self.scale.view(-1, 1, 1, 1)
+        return F.conv2d(a, w, None, self.stride, self.padding, 1, self.groups)
 
 
 def _static_bn(dyn: DynamicBatchNorm2d, c: int) -> nn.BatchNorm2d:

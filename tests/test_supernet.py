@@ -126,3 +126,16 @@ def test_bn_recalibration_mode_cumulative():
     bn = net.features[0][0].bn.bn
     assert int(bn.num_batches_tracked) == 3
     assert bn.running_mean.abs().sum() > 0
+
+
+def test_sign_gradients_follow_the_method():
+    from nasbnn_hw.binary_ops import binary_activation, binary_weight_sign
+    x = torch.tensor([-1.5, -0.5, -0.1, 0.0, 0.3, 0.9, 1.2], requires_grad=True)
+    y = binary_activation(x)
+    assert torch.equal(y, torch.sign(x.detach()))
+    y.backward(torch.full_like(x, 3.0))
+    expected = 3.0 * torch.clamp(2 - 2 * x.detach().abs(), min=0)
+    assert torch.allclose(x.grad, expected)
+    w = torch.tensor([-2.0, -1.0, -0.2, 0.5, 1.0, 1.5], requires_grad=True)
+    binary_weight_sign(w).sum().backward()
+    assert torch.equal(w.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
