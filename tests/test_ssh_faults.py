@@ -22,20 +22,20 @@ import runner_kernels as rk
 pytest.register_assert_rewrite("ssh_fixtures")     # its helpers assert too
 from sshd_server import user_pids
 from ssh_fixtures import (DEV, IS_ROOT, SHAPES, assert_rows, big_repeat_for, campaign, items_for, later, need,
-                          profile_for, work_dirs)
+                          profile_for, when_harness_runs, work_dirs)
 
 pytest_plugins = ["ssh_fixtures"]     # fixtures: xor_kernels, ssh_client_key, ssh_board, ssh_known_hosts, netns_ssh_board
 
 
 def test_board_killed_mid_campaign_and_back(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
-    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.8, xor_kernels))
+    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     dirs_before = work_dirs(ssh_board.user)
     store = MeasurementStore(tmp_path / "m.db")
 
     def before(key):
         if key == "big":
-            later(0.3, ssh_board.crash)          # power loss while the big kernel runs
-            later(2.0, ssh_board.start)          # back after a reboot (same host key)
+            # power loss while the big kernel runs; back after a reboot (same port and host key)
+            when_harness_runs(ssh_board.user, ssh_board.crash, ssh_board.start, 2.0)
     with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts)) as r:
         status, msg, failed = campaign(r, items, store, before)
         assert r.reconnects >= 1
@@ -46,14 +46,14 @@ def test_board_killed_mid_campaign_and_back(ssh_board, ssh_client_key, ssh_known
 
 
 def test_board_killed_campaign_stops_then_resumes(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
-    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.8, xor_kernels))
+    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     store = MeasurementStore(tmp_path / "m.db")
     prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, retries=2, backoff=0.2)
     done_before = [k for k, *_ in items[:[k for k, *_ in items].index("big")]]
 
     def before(key):
         if key == "big":
-            later(0.3, ssh_board.crash)          # and stays down
+            when_harness_runs(ssh_board.user, ssh_board.crash)          # and stays down
     t0 = time.monotonic()
     with get_runner(prof) as r:
         status, msg, failed = campaign(r, items, store, before)
@@ -69,19 +69,19 @@ def test_board_killed_campaign_stops_then_resumes(ssh_board, ssh_client_key, ssh
 
 
 def test_board_frozen_then_resumed(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
-    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.6, xor_kernels))
+    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     dirs_before = work_dirs(ssh_board.user)
     store = MeasurementStore(tmp_path / "m.db")
 
     def before(key):
         if key == "big":
-            later(0.2, ssh_board.freeze)         # SIGSTOP: the kernel still ACKs TCP, nothing answers
-            later(7.0, ssh_board.thaw)
+            # SIGSTOP: the kernel still ACKs TCP, nothing answers
+            when_harness_runs(ssh_board.user, ssh_board.freeze, ssh_board.thaw, 10.0)
     t0 = time.monotonic()
-    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, timeouts={"connect": 2, "command": 6, "transfer": 6})) as r:
         status, msg, failed = campaign(r, items, store, before)
     assert status == "completed", msg
-    assert time.monotonic() - t0 > 6, "the freeze was not noticed"
+    assert time.monotonic() - t0 > 8, "the freeze was not noticed"
     assert not failed
     assert_rows(store, SHAPES)
     assert work_dirs(ssh_board.user) == dirs_before, "work directories left on the board"
@@ -90,7 +90,7 @@ def test_board_frozen_then_resumed(ssh_board, ssh_client_key, ssh_known_hosts, x
 def test_hung_remote_command_is_killed_and_retried(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
     if not IS_ROOT and ssh_board.user != os.environ.get("USER", ssh_board.user):
         pytest.skip("needs to signal the login user's processes")
-    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.6, xor_kernels))
+    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     dirs_before = work_dirs(ssh_board.user)
     store = MeasurementStore(tmp_path / "m.db")
     stopped, older = [], set(user_pids(ssh_board.user, "nasbnn-harness"))
@@ -107,7 +107,7 @@ def test_hung_remote_command_is_killed_and_retried(ssh_board, ssh_client_key, ss
     def before(key):
         if key == "big":
             later(0.05, stop_harness)
-    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts, timeouts={"connect": 2, "command": 6, "transfer": 6})) as r:
         status, msg, failed = campaign(r, items, store, before)
         assert r.reconnects == 0, "a hung command on a live board needs no reconnect"
     assert stopped, "the harness was not seen running"
@@ -137,21 +137,20 @@ def test_kernel_that_never_returns_times_out(ssh_board, ssh_client_key, ssh_know
 
 def test_link_down_then_up(netns_ssh_board, ssh_client_key, xor_kernels, tmp_path):
     srv = netns_ssh_board
-    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.6, xor_kernels))
+    items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     store = MeasurementStore(tmp_path / "m.db")
     link = lambda state: subprocess.run(["ip", "link", "set", srv.host_if, state], check=True)  # noqa: E731
 
     def before(key):
         if key == "big":
-            later(0.2, lambda: link("down"))
-            later(5.0, lambda: link("up"))
+            when_harness_runs(srv.user, lambda: link("down"), lambda: link("up"), 8.5)
     t0 = time.monotonic()
     try:
-        with get_runner(profile_for(srv, ssh_client_key, srv.kh, timeouts={"connect": 2, "command": 3, "transfer": 3})) as r:
+        with get_runner(profile_for(srv, ssh_client_key, srv.kh, timeouts={"connect": 2, "command": 6, "transfer": 6})) as r:
             status, msg, failed = campaign(r, items, store, before)
     finally:
         link("up")
-    assert time.monotonic() - t0 > 4.5, "the link outage was not noticed"
+    assert time.monotonic() - t0 > 7.5, "the link outage was not noticed"
     assert status == "completed", msg
     assert not failed
     assert_rows(store, SHAPES)
