@@ -121,6 +121,26 @@ def test_emulated_aarch64_board(ssh_board, ssh_client_key, ssh_known_hosts, tmp_
     print("\nemulated aarch64 board (qemu-user): outputs match numpy; its times are meaningless as latency")
 
 
+def test_harness_built_on_the_board_when_the_cross_built_one_cannot_start(ssh_board, ssh_client_key, ssh_known_hosts,
+                                                                         xor_kernels, tmp_path, monkeypatch, caplog):
+    """A board with an older C library than the cross toolchain's cannot start the uploaded harness; the
+    runner then builds it there from source (the board has a compiler)."""
+    monkeypatch.setenv("NASBNN_HW_CACHE", str(tmp_path / "cache"))
+    fake_cc = tmp_path / "newer-libc-gcc"      # builds a program that fails like a too-new glibc binary
+    fake_cc.write_text("""#!/bin/sh
+out=""; while [ $# -gt 0 ]; do [ "$1" = "-o" ] && { out=$2; shift; }; shift; done
+printf '#include <stdio.h>\\nint main(void) { fputs("nasbnn-harness: version GLIBC_2.99 not found\\\\n", stderr); return 1; }\\n' > "$out.c"
+exec cc -o "$out" "$out.c"
+""")
+    fake_cc.chmod(0o755)
+    prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, cross_compiler=str(fake_cc))
+    args = rk.xor_popcount_args(*SHAPES["k1"], rng=np.random.default_rng(2))
+    with caplog.at_level("WARNING"), get_runner(prof) as r:
+        t = r.time_library(xor_kernels["k1"], args, warmup=1, repeat=2, return_outputs=True)
+    np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
+    assert "GLIBC_2.99" in caplog.text and "built it there instead" in caplog.text
+
+
 def test_kernel_failure_is_typed_and_workdir_removed(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path, xor_kernels):
     bad = rk.build_library_without_main(tmp_path / "nomain.so")
     prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts)

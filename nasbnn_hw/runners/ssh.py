@@ -27,7 +27,7 @@ import paramiko
 
 from .base import ArgSpec, Timing
 from .errors import BoardUnavailable, DeviceSetupError, KernelError, KernelTimeout, RunnerError
-from .harness import HARNESS_NAME, build_harness, parse_samples, write_spec
+from .harness import CFLAGS, HARNESS_NAME, LDFLAGS, build_harness, harness_source, parse_samples, write_spec
 from .inputs import DEFAULT_SEED, input_arrays
 from .sshconn import SSHSettings, open_client, resolve_ssh
 
@@ -192,8 +192,37 @@ class SSHRunner:
             raise DeviceSetupError(f"device '{self.device}': cannot create a work directory under "
                                    f"{self.profile.remote_dir!r} on the board: {err.strip()}")
         self._workdir = out.strip().splitlines()[-1]     # recorded first: removed even if the upload fails
-        self._put(self._harness.read_bytes(), f"{self._workdir}/{HARNESS_NAME}")
-        self._sftp.chmod(f"{self._workdir}/{HARNESS_NAME}", 0o700)
+        self._install_harness()
+
+    def _install_harness(self) -> None:
+        """Upload the cross-built harness and check that it runs and is built for the profile's CPU. If it
+        does not run (typically a board whose C library is older than the cross toolchain's), build it on
+        the board from source when the board has a C compiler."""
+        wd, tmo = self._workdir, self.profile.timeout("command")
+        self._put(self._harness.read_bytes(), f"{wd}/{HARNESS_NAME}")
+        self._sftp.chmod(f"{wd}/{HARNESS_NAME}", 0o700)
+        rc, out, err = self._exec(self._harness_command("--info"), timeout=tmo)
+        if rc != 0:
+            first = " ".join(err.split())[-300:]
+            self._put(harness_source(), f"{wd}/harness.c")
+            build = (f"cd {quote(wd)} && CC=$(command -v cc || command -v gcc) && \"$CC\" "
+                     + " ".join(quote(f) for f in CFLAGS) + f" -o {HARNESS_NAME} harness.c "
+                     + " ".join(quote(f) for f in LDFLAGS))
+            rc_b, _, err_b = self._exec(build, timeout=tmo)
+            if rc_b == 0:
+                rc, out, err = self._exec(self._harness_command("--info"), timeout=tmo)
+            if rc_b != 0 or rc != 0:
+                raise DeviceSetupError(
+                    f"device '{self.device}': the harness cross-built with "
+                    f"{self.profile.cross_compiler or 'cc'} does not run on the board ({first}), and building it "
+                    f"there failed ({' '.join((err_b if rc_b else err).split())[-300:] or 'no C compiler'}); "
+                    "install gcc on the board or use a cross compiler matching its C library")
+            log.warning("%s: the cross-built harness does not run on the board (%s); built it there instead",
+                        self.device, first)
+        arch = dict(f.split("=", 1) for f in out.split() if "=" in f).get("arch", "")
+        if arch != self.profile.arch:
+            raise DeviceSetupError(f"device '{self.device}': the board runs {arch or 'unknown'} code, the profile's "
+                                   f"target is {self.profile.arch}")
 
     def _drop(self, keep_workdir: bool) -> None:
         if keep_workdir and self._workdir:
