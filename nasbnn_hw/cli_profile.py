@@ -8,29 +8,20 @@ import sys
 from .errors import NasBnnError
 
 
-def _device(name: str, devices_dir=None):
-    """(device name, runner, target) for --device: a device profile when `device_profiles` is installed;
-    without it only 'local' is known."""
-    try:
-        from device_profiles import load_profile
-    except ImportError:
-        if name != "local":
-            raise NasBnnError(f"unknown device {name!r}: without device profiles only 'local' is available") from None
-        from .profiler import default_runner
-        return "local", default_runner(), "local", None
-    profile = load_profile(name, [devices_dir] if devices_dir else [])
+def _device(name: str, devices_dir=None, accept_new_host_key: bool = False):
+    """(device name, runner, target, profile) for --device."""
+    from device_profiles import load_profile
+
     from .runners import get_runner
-    return profile.name, get_runner(profile), profile, profile
+    profile = load_profile(name, [devices_dir] if devices_dir else [])
+    return profile.name, get_runner(profile, accept_new_host_key=accept_new_host_key), profile, profile
 
 
 def _target(name: str, devices_dir=None):
     """What to compile for on --device, without connecting to it."""
     if name == "local":
         return "local"
-    try:
-        from device_profiles import load_profile
-    except ImportError:
-        raise NasBnnError(f"unknown device {name!r}: without device profiles only 'local' is available") from None
+    from device_profiles import load_profile
     return load_profile(name, [devices_dir] if devices_dir else [])
 
 
@@ -47,7 +38,7 @@ def cmd_profile(args) -> int:
     space = get_space(args.space)
     if args.resolution:
         space = space.with_resolution(args.resolution)
-    device, runner, target, profile = _device(args.device, args.devices_dir)
+    device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
     timing = TimingSettings(
         warmup=args.warmup if args.warmup is not None else (profile.warmup if profile else 5),
         repeat=args.repeat if args.repeat is not None else (profile.repeat if profile else 20),
@@ -177,6 +168,8 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
     p.add_argument("--device", default="local", help="device profile name or .toml file (default: local)")
     p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
+                   "(its fingerprint is printed) instead of refusing it")
     p.add_argument("--active", action="store_true", help="measure the layers the latency predictor is least "
                    "certain about first (needs --budget)")
     p.add_argument("--budget", type=int, help="with --active: how many layer configs to measure")

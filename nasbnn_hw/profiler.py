@@ -201,13 +201,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _device_level(e: Exception) -> bool:
-    """Errors that concern the device, not the item (unreachable board, refused host key): stop the run;
-    everything measured so far is stored and the same command resumes later."""
-    try:
-        from .runners.errors import BoardUnavailable, HostKeyError
-    except ImportError:
-        return False
-    return isinstance(e, (BoardUnavailable, HostKeyError))
+    """Errors that concern the device, not the item (unreachable board, refused host key, bad key or
+    remote setup): stop the run; everything measured so far is stored and the same command resumes later."""
+    from .runners.errors import BoardUnavailable, DeviceSetupError
+    return isinstance(e, (BoardUnavailable, DeviceSetupError))
 
 
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
