@@ -85,7 +85,7 @@ def test_not_a_subnet_is_rejected():
 
 
 def test_whole_subnet_for_aarch64_runs_under_qemu(tmp_path):
-    from nasbnn_hw.kernels.harness import build_harness, run_with_harness
+    from nasbnn_hw.runners.process import HarnessProcessRunner
     space = get_space("small16")
     model = StaticSubnet(sample_uniform(space, random.Random(8)), space, seed=3)
     net = compile_subnet(model, target="aarch64-neon", resolution=space.resolution)
@@ -93,9 +93,8 @@ def test_whole_subnet_for_aarch64_runs_under_qemu(tmp_path):
     x = np.random.default_rng(1).standard_normal(net.input_shape).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    harness = build_harness(tmp_path / "harness", cc="aarch64-linux-gnu-gcc")
-    (got,), _ = run_with_harness(harness, lib, net.arg_specs(x), tmp_path / "run",
-                                 prefix=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
+    board = HarnessProcessRunner("aarch64", "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
+    (got,) = board.time_library(lib, net.arg_specs(x), warmup=0, repeat=1, return_outputs=True).outputs
     assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-4 and (got.argmax(1) == ref.argmax(1)).all()
 
 

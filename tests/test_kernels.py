@@ -146,7 +146,7 @@ def test_cuda_source_uses_popcount():
 
 
 def test_aarch64_neon_build_runs_under_qemu(tmp_path):
-    from nasbnn_hw.kernels.harness import build_harness, run_with_harness
+    from nasbnn_hw.runners.process import HarnessProcessRunner
     g = torch.Generator().manual_seed(11)
     blk = StaticBlock(48, 48, 5, 2, 2, 1, g).eval()
     x = torch.randn(1, 48, 6, 6, generator=g)
@@ -158,12 +158,12 @@ def test_aarch64_neon_build_runs_under_qemu(tmp_path):
     assert "cnt\tv" in asm  # NEON vector popcount
     lib = lay.export(tmp_path / "bconv_aarch64.so")
     assert "aarch64" in subprocess.run(["file", "-b", str(lib)], capture_output=True, text=True).stdout.lower()
-    harness = build_harness(tmp_path / "harness", cc="aarch64-linux-gnu-gcc")
+    board = HarnessProcessRunner("aarch64", "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
     args = list(lay.args)
     args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
-    (got,), times = run_with_harness(harness, lib, args, tmp_path / "run",
-                                     prefix=["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"], repeat=2)
-    assert len(times) == 2
+    t = board.time_library(lib, args, warmup=0, repeat=2, return_outputs=True)
+    (got,) = t.outputs
+    assert len(t.samples) == 2
     assert_float_close(got, nhwc(ref))
 
 
