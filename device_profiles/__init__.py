@@ -22,7 +22,7 @@ from nasbnn_hw.errors import NasBnnError
 
 ENV_VAR = "NASBNN_HW_DEVICES"
 BUILTIN_DIR = Path(__file__).resolve().parent
-RUNNERS = ("local", "ssh", "tvm-rpc")
+RUNNERS = ("local", "ssh", "tvm-rpc", "emulated")
 TARGET_KINDS = ("llvm", "c", "cuda")
 TIMEOUT_KEYS = ("connect", "command", "transfer")
 DEFAULT_TIMEOUTS = {"connect": 10.0, "command": 120.0, "transfer": 60.0}
@@ -202,6 +202,9 @@ def validate_profile(data: dict, where: str, default_name: str = "", path: Path 
         raise _fail(where, "runner", runner, "a cuda target needs runner 'tvm-rpc' (the SSH harness runs CPU "
                                              "kernels only)")
     prof = DeviceProfile(**d, path=path)
+    if runner == "emulated" and not prof.exec_wrapper:
+        raise _fail(where, "exec_wrapper", list(prof.exec_wrapper), 'runner "emulated" needs the emulator command, '
+                    'e.g. ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]')
     if runner == "local" and prof.is_cross:
         raise _fail(where, "target.mtriple", prof.target.get("mtriple"),
                     f"runner 'local' runs on this {platform.machine()} machine; use a matching mtriple or "

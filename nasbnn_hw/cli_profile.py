@@ -44,6 +44,9 @@ def cmd_profile(args) -> int:
         repeat=args.repeat if args.repeat is not None else (profile.repeat if profile else 20),
         number=args.number if args.number is not None else 0)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if profile is not None and profile.runner == "emulated":
+        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
+              f"but the stored times are NOT latency of any board", file=sys.stderr)
     reports = []
     try:
         with MeasurementStore(args.store) as store:

@@ -20,6 +20,11 @@ def get_runner(profile, *, accept_new_host_key: bool = False, **kw) -> Runner:
     if profile.runner == "ssh":
         from .ssh import SSHRunner
         return SSHRunner(profile, accept_new_host_key=accept_new_host_key, **kw)
+    if profile.runner == "emulated":
+        from .process import HarnessProcessRunner
+        return HarnessProcessRunner(profile.arch, profile.cross_compiler, profile.exec_wrapper,
+                                    threads=profile.threads or 1, timeout_s=profile.timeout("command"),
+                                    device=profile.name)
     if profile.runner == "tvm-rpc":
         from .rpc import RPCRunner
         return RPCRunner(profile, **kw)

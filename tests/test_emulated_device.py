@@ -1,0 +1,36 @@
+"""The shipped `qemu-aarch64` device: cross-compiled kernels run under qemu-user through the board harness."""
+import numpy as np
+
+from device_profiles import load_profile
+from nasbnn_hw.cli import main
+from nasbnn_hw.deploy_tvm import compile_random_subnet
+from nasbnn_hw.runners import get_runner
+from nasbnn_hw.sampling import largest
+from nasbnn_hw.space import get_space
+from nasbnn_hw.store import MeasurementStore
+
+
+def test_emulated_board_runs_a_whole_subnet_like_the_local_cpu(tmp_path):
+    space = get_space("small16")
+    arch = largest(space)
+    prof = load_profile("qemu-aarch64")
+    board = get_runner(prof)
+    x = np.random.default_rng(3).standard_normal((1, 1, 16, 16)).astype(np.float32)
+    arm = compile_random_subnet(arch, space, target=prof, seed=5)
+    here = compile_random_subnet(arch, space, target="local", seed=5)
+    t = board.time_library(arm.export(tmp_path / "arm.so"), arm.arg_specs(x), warmup=0, repeat=2,
+                           return_outputs=True)
+    assert len(t.samples) == 2 and all(s > 0 for s in t.samples)
+    (got,) = t.outputs
+    ref = here(x)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max() and got.argmax() == ref.argmax()
+
+
+def test_profile_on_the_emulated_board_is_stored_and_flagged(tmp_path, capsys):
+    db = tmp_path / "emu.db"
+    assert main(["profile", "--device", "qemu-aarch64", "--space", "small16", "--active", "--budget", "2",
+                 "--store", str(db), "--quiet"]) == 0
+    assert "NOT latency" in capsys.readouterr().err
+    with MeasurementStore(db) as store:
+        rows = store.query(device="qemu-aarch64")
+    assert len(rows) == 2 and all("aarch64" in r.target for r in rows)
