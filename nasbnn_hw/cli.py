@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import NasBnnError
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -25,7 +25,41 @@ def _target(name: str, devices_dir=None):
     return load_profile(name, [devices_dir] if devices_dir else [])
 
 
+def _profile_in_parallel(args) -> int:
+    """One `nasbnn-hw profile` process per device: boards run concurrently, each strictly one measurement
+    at a time, all writing to the same store (SQLite serialises the writes)."""
+    import subprocess
+    import time
+    rest, skip = [], False
+    for a in args.raw_argv:
+        if skip:
+            skip = False
+        elif a == "--device":
+            skip = True
+        elif not a.startswith("--device="):
+            rest.append(a)
+    if "--quiet" not in rest:
+        rest.append("--quiet")
+    procs = {}
+    for d in args.device:
+        procs[d] = subprocess.Popen([sys.executable, "-m", "nasbnn_hw.cli", *rest, "--device", d],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(f"profiling {d} (pid {procs[d].pid})")
+    t0, worst = time.time(), 0
+    for d, p in procs.items():
+        out, _ = p.communicate()
+        worst = max(worst, p.returncode)
+        for line in out.strip().splitlines():
+            print(f"[{d}] {line}")
+    print(f"{len(procs)} devices done in {time.time() - t0:.0f} s")
+    return worst
+
+
 def cmd_profile(args) -> int:
+    args.device = args.device or ["local"]
+    if len(set(args.device)) > 1:
+        return _profile_in_parallel(args)
+    args.device = args.device[0]
     from .profiler import TimingSettings, profile_layers, profile_subnets
     from .space import get_space
     from .store import MeasurementStore
@@ -169,7 +203,8 @@ def export_onnx(model, x, out) -> "np.ndarray":
 
 def register(sub) -> None:
     p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
-    p.add_argument("--device", default="local", help="device profile name or .toml file (default: local)")
+    p.add_argument("--device", action="append", help="device profile name or .toml file (default: local); "
+                   "repeat it to profile several boards in parallel, each one measurement at a time")
     p.add_argument("--devices-dir", help="extra directory of device profiles")
     p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
                    "(its fingerprint is printed) instead of refusing it")

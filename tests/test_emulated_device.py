@@ -34,3 +34,13 @@ def test_profile_on_the_emulated_board_is_stored_and_flagged(tmp_path, capsys):
     with MeasurementStore(db) as store:
         rows = store.query(device="qemu-aarch64")
     assert len(rows) == 2 and all("aarch64" in r.target for r in rows)
+
+
+def test_two_devices_profiled_in_parallel_into_one_store(tmp_path, capsys):
+    db = tmp_path / "both.db"
+    assert main(["profile", "--device", "local", "--device", "qemu-aarch64", "--space", "small16", "--active",
+                 "--budget", "2", "--store", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "[local]" in out and "[qemu-aarch64]" in out
+    with MeasurementStore(db) as store:
+        assert len(store.query(device="local")) == 2 and len(store.query(device="qemu-aarch64")) == 2
