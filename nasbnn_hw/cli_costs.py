@@ -27,10 +27,39 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _measure_missing_subnets(args) -> None:
+    """With --measure: bring the store up to --subnets measured subnets of --space (plus its layers, for the
+    lookup table) on the device, measuring only what is missing."""
+    from .cli_profile import _device
+    from .profiler import profile_layers, profile_subnets, random_subnets, subnet_key
+    from .space import get_space
+    from .store import MeasurementStore
+    if not args.space:
+        raise NasBnnError("--measure needs --space (which space's subnets to measure)")
+    space = get_space(args.space)
+    device, runner, target, _ = _device(args.device)
+    try:
+        with MeasurementStore(args.store) as store:
+            profile_layers(space, device, store, runner, target)
+            rows = store.query(device=device, kind="subnet")
+            done = {m.key for m in rows}
+            stored = sum(m.config.get("space") == space.name and m.config.get("resolution") == space.resolution
+                         for m in rows)
+            need = max(0, args.subnets - stored)
+            fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed) if subnet_key(a) not in done]
+            profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need])
+    finally:
+        runner.close()
+
+
 def cmd_compare(args) -> int:
     from cost_models.compare import compare_measured
+
+    from .space import get_space
+    if args.measure:
+        _measure_missing_subnets(args)
     compare_measured(args.store, args.device, args.out, n_subnets=args.subnets, predictor=args.predictor,
-                     space=args.space, n_estimators=args.n_estimators, seed=args.seed, target=args.target,
+                     space=get_space(args.space).name if args.space else None, n_estimators=args.n_estimators, seed=args.seed, target=args.target,
                      tvm_version=args.tvm_version)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -57,6 +86,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--predictor", help="a fitted predictor (.json); default: fit one on the other measurements")
     p.add_argument("--space", help="space of the subnets to compare (default: the most measured one)")
+    p.add_argument("--measure", action="store_true", help="first measure on the device whatever is missing: the "
+                   "space's layers and up to --subnets random subnets (needs --space)")
     p.add_argument("--n-estimators", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)

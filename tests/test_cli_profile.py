@@ -73,3 +73,24 @@ def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
     assert len(rows) == 5 and len({r.key for r in rows}) == 5
     assert main(["profile", "--space", "small16", "--active", "--store", str(db)]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
+    from nasbnn_hw.store import MeasurementStore
+    space = tmp_path / "tiny.toml"
+    space.write_text("name='tiny'\nresolution=16\nin_channels=1\nnum_classes=10\n"
+                     "[[stage]]\nchannels=[8,16]\ndepth=[1]\nkernel=[3]\ngroups1=[1]\ngroups2=[1]\nstride=2\n"
+                     "[[stage]]\nchannels=[16,32]\ndepth=[1,2]\nkernel=[3]\ngroups1=[1,2]\ngroups2=[1]\nstride=2\n")
+    db, out = tmp_path / "m.db", tmp_path / "report"
+    assert main(["compare", "--device", "local", "--store", str(db), "--space", str(space), "--measure",
+                 "--subnets", "6", "--out", str(out)]) == 0
+    with MeasurementStore(db) as store:
+        n_sub, n_lay = len(store.query(kind="subnet")), len(store.query(kind="layer"))
+    assert n_sub == 6 and n_lay > 0
+    assert (out / "report.md").exists() and (out / "points.csv").read_text().count("\n") == 7
+    # a second run measures nothing new
+    assert main(["compare", "--device", "local", "--store", str(db), "--space", str(space), "--measure",
+                 "--subnets", "6", "--out", str(out)]) == 0
+    with MeasurementStore(db) as store:
+        assert len(store.query(kind="subnet")) == 6
