@@ -1,4 +1,4 @@
-"""Active vs uniform-random layer profiling on a simulated device.
+"""Active vs uniform-random layer profiling on a simulated device, or replayed from real measurements.
 
 Every layer config of a space is a candidate measurement. Each strategy measures `--initial` layers at
 random, fits a latency predictor, then adds `--batch` layers per round: the most uncertain ones (relative
@@ -7,6 +7,8 @@ After each round the predictor (plus a whole-network correction fitted on the sa
 subnets for every strategy) predicts held-out subnets and the still-unmeasured layers.
 
     .venv/bin/python benchmarks/active_profiling.py --space imagenet --seeds 3
+    # replay a real campaign (every layer of the space and some whole subnets measured on the device):
+    .venv/bin/python benchmarks/active_profiling.py --space small --store m.db --device local --held-out 40 --calibration 20
 """
 from __future__ import annotations
 
@@ -31,6 +33,33 @@ from nasbnn_hw.sampling import sample_uniform  # noqa: E402
 from nasbnn_hw.space import get_space  # noqa: E402
 
 
+class ReplayDevice:
+    """Answers 'measurements' with what a real campaign stored: every layer of the space and some subnets."""
+
+    def __init__(self, store, device, space, pool):
+        from cost_models._store import load_device_measurements, subnet_space_arch
+        data = load_device_measurements(store, device)
+        missing = [c.key() for c in pool if c.key() not in data.layers]
+        if missing:
+            raise SystemExit(f"{store}: {len(missing)} layers of {space.name} not measured on {device} "
+                             f"(first: {missing[0]}); run nasbnn-hw profile --layers first")
+        self.layers = {c: data.layers[c.key()].median_s for c in pool}
+        self.subnets = {}
+        for m in data.subnets:
+            sa = subnet_space_arch(m)
+            if sa and sa[0].name == space.name and sa[0].resolution == space.resolution:
+                self.subnets[sa[1]] = m.median_s
+
+    def measure_layer(self, c):
+        return self.layers[c]
+
+    def true_layer_latency(self, c):
+        return self.layers[c]
+
+    def measure_subnet(self, arch, space):
+        return self.subnets[arch]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="imagenet")
@@ -41,14 +70,25 @@ def main(argv=None) -> int:
     ap.add_argument("--held-out", type=int, default=300, help="held-out subnets")
     ap.add_argument("--calibration", type=int, default=20, help="measured subnets for the correction")
     ap.add_argument("--n-estimators", type=int, default=32)
+    ap.add_argument("--store", help="replay the measurements of --device from this store instead of simulating")
+    ap.add_argument("--device", default="local")
+    ap.add_argument("--resolution", type=int, help="override the space's resolution (as profiled)")
     args = ap.parse_args(argv)
 
     space = get_space(args.space)
-    dev = SimulatedDevice(name="sim", noise=0.02)
+    if args.resolution:
+        space = space.with_resolution(args.resolution)
     pool = space_layer_configs(space)
     rng = random.Random(1234)
-    held = [sample_uniform(space, rng) for _ in range(args.held_out)]
-    calib = [sample_uniform(space, rng) for _ in range(args.calibration)]
+    if args.store:
+        dev = ReplayDevice(args.store, args.device, space, pool)
+        archs = list(dev.subnets)
+        rng.shuffle(archs)
+        held, calib = archs[:args.held_out], archs[args.held_out:args.held_out + args.calibration]
+    else:
+        dev = SimulatedDevice(name="sim", noise=0.02)
+        held = [sample_uniform(space, rng) for _ in range(args.held_out)]
+        calib = [sample_uniform(space, rng) for _ in range(args.calibration)]
     held_layers = [arch_layers(a, space) for a in held]
     held_meas = np.array([dev.measure_subnet(a, space) for a in held])
     calib_layers = [arch_layers(a, space) for a in calib]
