@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 
 from nasbnn_hw.layers import LayerConfig
 

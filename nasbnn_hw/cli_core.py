@@ -12,8 +12,8 @@ from .space import BUILTIN_SPACES, get_space
 
 
 def resolve_archs(spec: str | None, space, official_cand: str | None = None, seed: int = 0) -> list[Arch]:
-    """Archs named on the command line: a JSON file (one arch, or a search result's 'best' list),
-    largest, smallest, random:N (N uniform ND samples), or comma-separated combinations."""
+    """Archs named on the command line: an arch JSON file, largest, smallest, random:N (N uniform ND
+    samples), or comma-separated combinations."""
     if official_cand:
         from .checkpoint import load_official_candidate
         return [load_official_candidate(official_cand, space)]

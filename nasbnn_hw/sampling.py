@@ -22,6 +22,7 @@ def smallest(space: SearchSpace) -> Arch:
                             for _ in range(min(s.depth))) for s in space.stages))
 
 
+@lru_cache(maxsize=256)
 def _nd_counts(choices: tuple[tuple[int, ...], ...]):
     """counts[i][c] = number of non-decreasing completions of positions i.. when position i takes c."""
     n = len(choices)
@@ -35,14 +36,9 @@ def _nd_counts(choices: tuple[tuple[int, ...], ...]):
     return counts
 
 
-@lru_cache(maxsize=256)
-def _nd_table(choices: tuple[tuple[int, ...], ...]):
-    return _nd_counts(choices)
-
-
 def sample_widths(choices: tuple[tuple[int, ...], ...], rng: random.Random) -> list[int]:
     """A width sequence drawn uniformly among all non-decreasing sequences with these per-position choices."""
-    counts = _nd_table(choices)
+    counts = _nd_counts(choices)
     widths, prev = [], 0
     for i in range(len(choices)):
         opts = [(c, v) for c, v in counts[i].items() if c >= prev and v > 0]

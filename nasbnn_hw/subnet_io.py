@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from .arch import Arch, validate
 from .checkpoint import load_supernet, safe_load

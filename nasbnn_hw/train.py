@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,6 @@ class TrainConfig:
     bi_teacher: bool = True        # False: the teacher is the largest subnet with binary weights
     weight_norm: bool = True
     bi_transformation: bool = True
-    weight_distill: float = 0.0    # optional 0.1 * MSE(normalised binary, normalised fp weight); 0 = off
     seed: int = 0
     checkpoint_every: int = 0      # also checkpoint every K steps (0: only at epoch ends)
     max_steps_per_epoch: int = 0   # 0: the whole training split
