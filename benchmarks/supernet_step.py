@@ -73,23 +73,38 @@ def time_steps(space, batch, res, steps, naive):
     return statistics.median(times[1:])
 
 
+CASES = {"imagenet": ("imagenet", 2, 224), "small": ("small", 128, 28), "small16": ("small16", 128, 16)}
+
+
+def run_case(name: str, steps: int) -> None:
+    space_name, batch, res = CASES[name]
+    sp = get_space(space_name)
+    ours = time_steps(sp, batch, res, steps, naive=False)
+    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    naive = time_steps(sp, batch, res, steps, naive=True)
+    print(f"{name:10s} {batch:5d} {res:4d} {ours:12.3f} {naive:13.3f} {naive / ours:8.2f}x {batch / ours:8.1f} "
+          f"{rss_ours:9.0f}", flush=True)
+
+
 def main():
+    import subprocess
+    import sys
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--case", choices=sorted(CASES), help="run one case in this process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     random.seed(0)
-    cases = [("imagenet", 2, 224), ("small", 128, 28), ("small16", 128, 16)]
-    print(f"threads={args.threads}, median of {args.steps} steps after one warm-up")
-    print(f"{'space':10s} {'batch':>5s} {'res':>4s} {'this s/step':>12s} {'naive s/step':>13s} {'speed-up':>9s} {'img/s':>8s}")
-    for name, batch, res in cases:
-        sp = get_space(name)
-        ours = time_steps(sp, batch, res, args.steps, naive=False)
-        naive = time_steps(sp, batch, res, args.steps, naive=True)
-        print(f"{name:10s} {batch:5d} {res:4d} {ours:12.3f} {naive:13.3f} {naive / ours:8.2f}x {batch / ours:8.1f}")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of this process: {rss:.0f} MiB")
+    if args.case:
+        run_case(args.case, args.steps)
+        return
+    print(f"threads={args.threads}, median of {args.steps} steps after one warm-up; each case in its own process")
+    print(f"{'space':10s} {'batch':>5s} {'res':>4s} {'this s/step':>12s} {'naive s/step':>13s} {'speed-up':>9s} "
+          f"{'img/s':>8s} {'peak MiB':>9s}")
+    for name in CASES:
+        subprocess.run([sys.executable, __file__, "--case", name, "--threads", str(args.threads),
+                        "--steps", str(args.steps)], check=True)
 
 
 if __name__ == "__main__":
