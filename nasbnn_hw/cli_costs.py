@@ -28,8 +28,9 @@ def cmd_fit(args) -> int:
 
 
 def _measure_missing_subnets(args) -> None:
-    """With --measure: bring the store up to --subnets measured subnets of --space (plus its layers, for the
-    lookup table) on the device, measuring only what is missing."""
+    """With --measure: bring the store up to --measure-subnets measured subnets of --space (default 3x
+    --subnets: the rest fit the predictor's correction and the LUT overhead) plus its layers, measuring only
+    what is missing."""
     from .cli_profile import _device
     from .profiler import profile_layers, profile_subnets, random_subnets, subnet_key
     from .space import get_space
@@ -45,7 +46,7 @@ def _measure_missing_subnets(args) -> None:
             done = {m.key for m in rows}
             stored = sum(m.config.get("space") == space.name and m.config.get("resolution") == space.resolution
                          for m in rows)
-            need = max(0, args.subnets - stored)
+            need = max(0, (args.measure_subnets or 3 * args.subnets) - stored)
             fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed) if subnet_key(a) not in done]
             profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need])
     finally:
@@ -87,7 +88,8 @@ def register(sub) -> None:
     p.add_argument("--predictor", help="a fitted predictor (.json); default: fit one on the other measurements")
     p.add_argument("--space", help="space of the subnets to compare (default: the most measured one)")
     p.add_argument("--measure", action="store_true", help="first measure on the device whatever is missing: the "
-                   "space's layers and up to --subnets random subnets (needs --space)")
+                   "space's layers and random subnets up to --measure-subnets (needs --space)")
+    p.add_argument("--measure-subnets", type=int, help="with --measure: subnets to have measured (default 3x --subnets)")
     p.add_argument("--n-estimators", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)
