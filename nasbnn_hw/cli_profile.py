@@ -63,8 +63,8 @@ def cmd_profile(args) -> int:
     from .profiler import TimingSettings, profile_layers, profile_subnets
     from .space import get_space
     from .store import MeasurementStore
-    if args.active and not args.budget:
-        raise NasBnnError("--active needs --budget N (how many layer configs to measure)")
+    if args.active and not args.budget and not args.subnets:
+        raise NasBnnError("--active needs --budget N (layer configs to measure) and/or --subnets N")
     if not args.layers and not args.subnets and not args.active:
         raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
     if args.subnets < 0:
@@ -84,12 +84,17 @@ def cmd_profile(args) -> int:
     reports = []
     try:
         with MeasurementStore(args.store) as store:
-            if args.active:
+            if args.active and args.budget:
                 reports.append(("active layers", _profile_active(args, space, device, store, runner, target, timing)))
             elif args.layers:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
                                                          progress=not args.quiet)))
-            if args.subnets:
+            if args.subnets and args.active:
+                archs = _uncertain_subnets(args, space, device, store)
+                reports.append(("active subnets", profile_subnets(space, 0, device, store, runner, target,
+                                                                  archs=archs, timing=timing,
+                                                                  progress=not args.quiet)))
+            elif args.subnets:
                 reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
                                                            seed=args.seed, timing=timing,
                                                            progress=not args.quiet)))
@@ -127,6 +132,19 @@ def _profile_active(args, space, device, store, runner, target, timing):
         if not args.quiet:
             print(f"active round {rnd}: measured {len(rep.measured)} layer configs ({left} left in the budget)")
     return total
+
+
+def _uncertain_subnets(args, space, device, store, pool_factor: int = 20):
+    """--active --subnets N: of `pool_factor * N` random unmeasured subnets, the N whose latency the
+    predictor (fitted on everything measured so far) is least sure of."""
+    from cost_models.active import next_batch
+    from cost_models.learned import PredictorCostModel, fit_predictor
+
+    from .profiler import random_subnets, subnet_key
+    done = {m.key for m in store.query(device=device, kind="subnet")}
+    pool = [a for a in random_subnets(space, pool_factor * args.subnets, seed=args.seed) if subnet_key(a) not in done]
+    predictor = fit_predictor(store, device, test_fraction=0.0)
+    return next_batch(PredictorCostModel(space, predictor, device), pool, args.subnets)
 
 
 def _load_model(args):
@@ -209,7 +227,7 @@ def register(sub) -> None:
     p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
                    "(its fingerprint is printed) instead of refusing it")
     p.add_argument("--active", action="store_true", help="measure the layers the latency predictor is least "
-                   "certain about first (needs --budget)")
+                   "certain about first (needs --budget); with --subnets N, also the N least certain subnets")
     p.add_argument("--budget", type=int, help="with --active: how many layer configs to measure")
     p.add_argument("--round-size", type=int, default=8, help="with --active: layers measured per refit")
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")

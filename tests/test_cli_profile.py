@@ -72,7 +72,7 @@ def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
         rows = store.query(kind="layer")
     assert len(rows) == 5 and len({r.key for r in rows}) == 5
     assert main(["profile", "--space", "small16", "--active", "--store", str(db)]) == 2
-    assert "--budget" in capsys.readouterr().err
+    assert "--budget N" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -94,3 +94,23 @@ def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
                  "--subnets", "3", "--out", str(out)]) == 0
     with MeasurementStore(db) as store:
         assert len(store.query(kind="subnet")) == 9
+
+
+def test_active_subnets_are_the_least_certain(tmp_path):
+    from cost_models.active import next_batch
+    from cost_models.learned import PredictorCostModel, fit_predictor
+    from nasbnn_hw.profiler import random_subnets, subnet_key
+    from nasbnn_hw.space import get_space
+    from nasbnn_hw.store import MeasurementStore
+    db = tmp_path / "m.db"
+    assert main(["profile", "--space", "small16", "--active", "--budget", "8", "--round-size", "4",
+                 "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
+    space = get_space("small16")
+    with MeasurementStore(db) as store:
+        expected = next_batch(PredictorCostModel(space, fit_predictor(store, "local", test_fraction=0.0), "local"),
+                              random_subnets(space, 40, seed=0), 2)
+    assert main(["profile", "--space", "small16", "--active", "--subnets", "2",
+                 "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
+    with MeasurementStore(db) as store:
+        got = {m.key for m in store.query(kind="subnet")}
+    assert got == {subnet_key(a) for a in expected}
