@@ -156,7 +156,7 @@ def _load_model(args):
     from .supernet import extract_subnet
     obj = safe_load(args.checkpoint)
     if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
-        sub = load_subnet(args.checkpoint)
+        sub = load_subnet(args.checkpoint, obj)
         return sub, sub.space
     ck = load_supernet(args.checkpoint, args.space)
     sup = ck.supernet
@@ -170,8 +170,9 @@ def _load_model(args):
 
 
 def cmd_export(args) -> int:
-    import numpy as np
     import torch
+
+    from .deploy_onnx import check_agreement, export_onnx
     model, space = _load_model(args)
     shape = (args.batch, space.in_channels, space.resolution, space.resolution)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -191,32 +192,10 @@ def cmd_export(args) -> int:
             return 0
         got = net(x.numpy())
         how = "TVM"
-    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-    same_top1 = bool((got.argmax(1) == ref.argmax(1)).all())
-    print(f"wrote {args.out}; {how} vs PyTorch: max rel err {rel:.2e}, same top-1: {same_top1}")
-    if rel > 1e-4 or not same_top1:
-        raise NasBnnError(f"exported model disagrees with PyTorch (max rel err {rel:.2e}, same top-1 {same_top1})")
+    check = check_agreement(how, got, ref)
+    print(f"wrote {args.out}; {how} vs PyTorch: max rel err {check['max_rel_err']:.2e}, "
+          f"same top-1: {check['same_top1']}")
     return 0
-
-
-def export_onnx(model, x, out) -> "np.ndarray":
-    """torch.onnx.export (TorchScript exporter, opset 17), then run the file with onnxruntime on `x`."""
-    import io
-
-    import onnxruntime as ort
-    import torch
-
-    from .utils import atomic_write_bytes
-    import warnings
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        # shapes are static in a subnet: the tracer's notes about Python-side shape checks do not apply
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    atomic_write_bytes(out, buf.getvalue())
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return sess.run(["logits"], {"input": x.numpy()})[0]
 
 
 def register(sub) -> None:

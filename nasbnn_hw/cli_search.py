@@ -7,8 +7,8 @@ from pathlib import Path
 from .errors import NasBnnError
 
 
-def parse_budgets(text: str | None, unit: str) -> list[float]:
-    """'1ms,2ms' or '50M' → SI values of the cost model's unit."""
+def parse_budgets(text: str | None) -> list[float]:
+    """'1ms,2ms' or '50M' → SI values."""
     if not text:
         return []
     from searchers.constraints import parse_constraint
@@ -21,8 +21,6 @@ def parse_budgets(text: str | None, unit: str) -> list[float]:
 def write_best_archs(result, out_dir: Path, budgets: list[float]) -> list[dict]:
     """best/<i>.json: the most accurate Pareto arch under each budget (default: 3 budgets along the front)."""
     from searchers.errors import SearchError
-
-    from .arch import Arch
     pareto = sorted(result.pareto, key=lambda c: c.costs[result.cost_model])
     if not pareto:
         raise NasBnnError("the search found no arch that meets the constraints")
@@ -38,7 +36,7 @@ def write_best_archs(result, out_dir: Path, budgets: list[float]) -> list[dict]:
         except SearchError:
             continue
         path = best_dir / f"budget{i}.json"
-        Arch.save(c.arch, path)
+        c.arch.save(path)
         rows.append({"budget": b, "unit": result.cost_unit, "arch_file": str(path), "accuracy": c.accuracy,
                      "costs": c.costs})
     from .utils import atomic_write_text
@@ -97,7 +95,7 @@ def cmd_search(args) -> int:
         seed=args.seed, store=args.store, predictor=args.predictor, data=args.data,
         calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, val_limit=args.val_limit,
         searcher_params=params, progress=not args.quiet)
-    rows = write_best_archs(result, out, parse_budgets(args.budgets, result.cost_unit))
+    rows = write_best_archs(result, out, parse_budgets(args.budgets))
     print(f"evaluated {len(result.evaluated)} archs; Pareto set {len(result.pareto)}")
     for r in rows:
         print(f"  budget {r['budget']:.6g} {r['unit']}: accuracy {r['accuracy']:.2f}  -> {r['arch_file']}")

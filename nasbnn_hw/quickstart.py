@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from .errors import NasBnnError
 
 
 @dataclass
@@ -72,9 +71,9 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from cost_models.learned import fit_predictor
 
     from .checkpoint import load_supernet
-    from .cli_profile import export_onnx
     from .cli_search import run_search_with_checkpoint
     from .data import default_source, load_splits
+    from .deploy_onnx import check_agreement, export_onnx
     from .deploy_tvm import compile_subnet
     from .evaluate import accuracy, calibration_batches, recalibrate_bn
     from .layers import count_ops
@@ -167,15 +166,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         tvm_net = compile_subnet(sub, target="local", batch=x.shape[0])
         tvm_net.export(out / "best_tvm.so")
         got_tvm = tvm_net(x.numpy())
-        checks = {}
-        for name, got in (("onnx", got_onnx), ("tvm", got_tvm)):
-            import numpy as np
-            rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-            same = bool((got.argmax(1) == ref.argmax(1)).all())
-            checks[name] = {"max_rel_err": rel, "same_top1": same}
-            if rel > 1e-4 or not same:
-                raise NasBnnError(f"{name} export disagrees with PyTorch (max rel err {rel:.2e}, same top-1 {same})")
-        return checks
+        return {"onnx": check_agreement("onnx", got_onnx, ref), "tvm": check_agreement("tvm", got_tvm, ref)}
     checks = stages.run("export chosen subnet (ONNX + TVM) and verify", export)
 
     rows = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from .arch import Arch, validate
-from .checkpoint import load_supernet, safe_load
+from .checkpoint import safe_load
 from .data import Splits, load_splits
 from .errors import CheckpointError
 from .evaluate import calibration_batches, recalibrate_bn
@@ -47,8 +47,9 @@ def save_subnet(path: str | Path, subnet: StaticSubnet, supernet: SuperBNN, **ex
                        "state_dict": subnet.state_dict(), **extra}, path)
 
 
-def load_subnet(path: str | Path) -> StaticSubnet:
-    obj = safe_load(path)
+def load_subnet(path: str | Path, obj: dict | None = None) -> StaticSubnet:
+    """A subnet file as a static module (`obj`: the file's contents, when already loaded)."""
+    obj = safe_load(path) if obj is None else obj
     if not isinstance(obj, dict) or obj.get("format") != SUBNET_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a subnet file ({SUBNET_FORMAT})")
     cfg = obj["config"]
@@ -57,19 +58,3 @@ def load_subnet(path: str | Path) -> StaticSubnet:
     sub = extract_subnet(SuperBNN(space, cfg["weight_norm"], cfg["bi_transformation"]), arch)
     sub.load_state_dict(obj["state_dict"])
     return sub.eval()
-
-
-def static_subnet_from(checkpoint: str | Path, arch: Arch | None, data: str | None = None,
-                       calib: CalibrationConfig = CalibrationConfig()) -> StaticSubnet:
-    """A static subnet from a subnet file, or from a supernet checkpoint + arch (with BN recalibration)."""
-    obj = safe_load(checkpoint)
-    if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
-        sub = load_subnet(checkpoint)
-        if arch is not None and arch != sub.arch:
-            raise CheckpointError(f"{checkpoint} holds arch {sub.arch.short()}, not the requested {arch.short()}")
-        return sub
-    if arch is None:
-        raise CheckpointError(f"{checkpoint} is a supernet checkpoint: give --arch")
-    ck = load_supernet(checkpoint)
-    splits = data_for_checkpoint(ck.extra, ck.supernet.space, data)
-    return recalibrated_subnet(ck.supernet, arch, splits, calib)
