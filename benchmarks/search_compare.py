@@ -2,6 +2,7 @@
 plus batched cost-model throughput (archs/s on one core).
 
     .venv/bin/python benchmarks/search_compare.py --space imagenet --constraint "ops <= 150M" --seeds 3
+    .venv/bin/python benchmarks/search_compare.py --seeds 0        # the throughput only
 """
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def throughput(space, tmp: Path) -> None:
     models = {"ops": get_cost_model("ops", space), "lut@sim": get_cost_model("lut@sim", space, store=st),
               "latency@sim": get_cost_model("latency@sim", space, predictor=fit_predictor(st, "sim"))}
     archs = [sample_uniform(space, rng) for _ in range(20000)]
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # one core: no BLAS / OpenMP threads
+        _throughput(models, archs)
+    st.close()
+
+
+def _throughput(models, archs) -> None:
     for name, m in models.items():
         m.costs(archs[:100])
         t = time.perf_counter()
@@ -44,7 +52,6 @@ def throughput(space, tmp: Path) -> None:
             m.costs_with_uncertainty(archs)
             line += f"; with uncertainty {len(archs) / (time.perf_counter() - t):.0f} archs/s"
         print(line)
-    st.close()
 
 
 def main(argv=None) -> int:
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
         if args.plot and seed == 0:
             from searchers.plot import plot_pareto_fronts
             print("plots:", *plot_pareto_fronts(results["evolutionary"], args.plot, others=[results["random"]]))
-    for name in hv:
+    for name in hv if args.seeds else ():
         print(f"{name:12s} HV mean {np.mean(hv[name]):.4f} ± {np.std(hv[name]):.4f}   "
               f"best acc mean {np.mean(best[name]):.4f}")
     import tempfile

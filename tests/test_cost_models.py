@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -252,15 +251,16 @@ def test_json_trees_reproduce_sklearn():
     np.testing.assert_array_equal(predict_trees([check_tree_dict(tree_to_dict(t), 5)], Xt)[:, 0], t.predict(Xt))
 
 
-def test_batched_predictor_throughput(predictor):
+def test_batched_predictions_equal_one_by_one(predictor):
+    """The batched path (one prediction per distinct layer config, summed through a count matrix) gives
+    what predicting each arch alone gives; its speed is printed by benchmarks/search_compare.py."""
     model = get_cost_model("latency@simdev", SMALL, predictor=predictor)
-    archs = _archs(SMALL, 20000, 12)
-    model.costs(archs[:100])
-    t = time.perf_counter()
+    archs = _archs(SMALL, 2000, 12)
     c = model.costs(archs)
-    rate = len(archs) / (time.perf_counter() - t)
-    assert c.shape == (20000,) and np.isfinite(c).all()
-    assert rate >= 10000, f"{rate:.0f} archs/s"
+    assert c.shape == (2000,) and np.isfinite(c).all() and (c > 0).all()
+    one = np.array([model.cost(a) for a in archs[:40]])
+    np.testing.assert_allclose(c[:40], one, rtol=1e-9)
+    assert len(np.unique(c)) > 100
 
 
 # --- metrics, active profiling, report -----------------------------------------------------------
