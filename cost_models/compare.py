@@ -1,21 +1,29 @@
 """Cost models against measured latency: the report behind `nasbnn-hw compare`."""
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from pathlib import Path
+
+from nasbnn_hw.utils import atomic_write_text
 
 
 def format_metrics(name: str, m: dict) -> str:
-    return (f"{name:8s} n={m['n']:4d}  ±10% {100 * m['acc10']:5.1f}%  ±5% {100 * m['acc5']:5.1f}%  "
+    return (f"{name:9s} n={m['n']:4d}  ±10% {100 * m['acc10']:5.1f}%  ±5% {100 * m['acc5']:5.1f}%  "
             f"MAPE {m['mape']:6.2f}%  RMSE {1e3 * m['rmse']:.4f}ms  Kendall {m['kendall_tau']:.3f}  "
             f"Spearman {m['spearman']:.3f}")
 
 
 def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor=None, space: str | None = None,
                      n_estimators: int = 48, seed: int = 0, target: str | None = None,
-                     tvm_version: str | None = None, log=print) -> dict:
+                     tvm_version: str | None = None, remeasure=None, n_remeasure: int = 0, log=print) -> dict:
     """OPs, FLOPs, lookup table and predictor against `n_subnets` measured subnets of `device` read from
-    `store`; writes the report (markdown, PNG scatter plots, CSV) into `out` and returns the metrics."""
+    `store`; writes the report (markdown, PNG scatter plots, CSV) into `out` and returns the metrics.
+
+    `remeasure(space, archs) -> seconds` with `n_remeasure` > 0: measure that many of the compared subnets
+    a second time, independently, and report how well the device agrees with itself (the noise ceiling no
+    cost model can beat) beside the models on the same subnets."""
     from cost_models.predictor import LatencyPredictor
     from cost_models.registry import get_cost_model
     from cost_models._store import load_device_measurements, subnet_space_arch
@@ -66,12 +74,49 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
     preds["predictor"] = list(PredictorCostModel(space, p, device).costs(archs))
     rows = [{"id": n, "arch": sa[1].to_dict()["stages"], "measured": m.median_s, **{k: float(v[n]) for k, v in preds.items()}}
             for n, (m, sa) in enumerate(test)]
+    sections, again = [], None
+    if remeasure is not None and n_remeasure > 0:
+        again = _repeatability(remeasure, space, test[:n_remeasure], preds, device)
+        sections = again.pop("markdown")
     metrics = write_report(out, rows, title=f"Cost models vs measured latency on {device} "
-                                                 f"({space.name}, {len(rows)} subnets)")
+                                                 f"({space.name}, {len(rows)} subnets)", sections=sections)
+    if again is not None:
+        atomic_write_text(Path(out) / "repeatability.json", json.dumps(again, indent=1) + "\n")
+        metrics["repeatability"] = again
     log(f"{len(rows)} measured subnets of {space.name} on {device}; {note}; "
           f"LUT overhead from {len(train)} other subnets")
     for name, m in metrics.items():
-        log(format_metrics(name, m) + ("" if m["unit"] == "s" else "  (linear fit to seconds)"))
+        if name != "repeatability":
+            log(format_metrics(name, m) + ("" if m["unit"] == "s" else "  (linear fit to seconds)"))
+    if again is not None:
+        log(format_metrics("measured again", again["remeasured"]) + "  (the device against itself)")
     return metrics
+
+
+def _repeatability(remeasure, space, test, preds, device) -> dict:
+    """Measure `test` again; metrics of the second measurement and of the seconds-valued models against
+    the first, on the same subnets."""
+    import numpy as np
+
+    from cost_models.errors import CostModelError
+    from cost_models.metrics import evaluate
+    archs = [sa[1] for _, sa in test]
+    first = np.array([m.median_s for m, _ in test])
+    second = np.asarray(remeasure(space, archs), dtype=np.float64)
+    if second.shape != first.shape or not np.all(second > 0):
+        raise CostModelError(f"re-measuring {len(archs)} subnets on {device} gave {second.tolist()!r}")
+    res = {"n": len(archs), "remeasured": evaluate(second, first),
+           **{k: evaluate(np.asarray(v[:len(archs)]), first) for k, v in preds.items() if k in ("lut", "predictor")}}
+    md = ["## Measurement repeatability", "",
+          f"{len(archs)} of these subnets measured a second time on {device}, independently (compiled and timed "
+          "again): how well the device agrees with itself is the ceiling for any cost model. The models are "
+          "scored on the same subnets.", "",
+          "| against the first measurement | ±10% | ±5% | MAPE (%) | Kendall tau | Spearman |", "|---|---|---|---|---|---|"]
+    for name, m in res.items():
+        if name != "n":
+            md.append(f"| {'second measurement' if name == 'remeasured' else name} | {100 * m['acc10']:.1f}% | "
+                      f"{100 * m['acc5']:.1f}% | {m['mape']:.2f} | {m['kendall_tau']:.3f} | {m['spearman']:.3f} |")
+    res["markdown"] = md + [""]
+    return res
 
 

@@ -35,8 +35,9 @@ def _fmt(v: float, pct: bool = False) -> str:
 
 
 def write_report(out_dir: str | Path, rows: Sequence[Mapping], *, units: Mapping[str, str] | None = None,
-                 title: str = "Cost models vs measured latency") -> dict:
-    """Write report.md, points.csv, metrics.json and scatter_<model>.png into `out_dir`; return the metrics."""
+                 title: str = "Cost models vs measured latency", sections: Sequence[str] = ()) -> dict:
+    """Write report.md, points.csv, metrics.json and scatter_<model>.png into `out_dir`; return the metrics.
+    `sections`: further markdown lines placed after the table's notes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,7 +84,7 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], *, units: Mapping
           "| model | ±10% | ±5% | RMSE (ms) | MAPE (%) | Kendall tau | Spearman | mapping |",
           "|---|---|---|---|---|---|---|---|", *lines, "",
           "Analytic counts (OPs, FLOPs, ...) are mapped to seconds by a least-squares line fitted on these "
-          "same subnets, which flatters their ±10%/RMSE/MAPE; rank metrics need no mapping.", ""]
+          "same subnets, which flatters their ±10%/RMSE/MAPE; rank metrics need no mapping.", "", *sections]
     md += [f"![{n}](scatter_{n.replace('@', '_at_')}.png)" for n in models]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     buf = io.StringIO()

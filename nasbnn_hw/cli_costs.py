@@ -53,15 +53,46 @@ def _measure_missing_subnets(args) -> None:
         runner.close()
 
 
+def _remeasurer(args):
+    """(remeasure(space, archs) -> seconds, runner): compiles and times subnets again on the device, into a
+    throw-away store, so the stored measurements stay as they were."""
+    import tempfile
+
+    from .cli_profile import _device
+    from .profiler import profile_subnets, subnet_key
+    from .store import MeasurementStore
+    device, runner, target, _ = _device(args.device)
+
+    def remeasure(space, archs):
+        with tempfile.TemporaryDirectory(prefix="nasbnn-remeasure-") as d, \
+                MeasurementStore(Path(d) / "again.db") as st:
+            rep = profile_subnets(space, 0, device, st, runner, target, archs=archs)
+            got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
+        missing = [k for k in map(subnet_key, archs) if k not in got]
+        if missing:
+            raise NasBnnError(f"re-measuring failed for {len(missing)} subnet(s): "
+                              f"{next(iter(rep.failed.values()), 'no result')}")
+        return [got[subnet_key(a)] for a in archs]
+    return remeasure, runner
+
+
 def cmd_compare(args) -> int:
     from cost_models.compare import compare_measured
 
     from .space import get_space
+    if args.remeasure < 0:
+        raise NasBnnError(f"--remeasure must be >= 0 (got {args.remeasure})")
     if args.measure:
         _measure_missing_subnets(args)
-    compare_measured(args.store, args.device, args.out, n_subnets=args.subnets, predictor=args.predictor,
-                     space=get_space(args.space).name if args.space else None, n_estimators=args.n_estimators, seed=args.seed, target=args.target,
-                     tvm_version=args.tvm_version)
+    remeasure, runner = _remeasurer(args) if args.remeasure else (None, None)
+    try:
+        compare_measured(args.store, args.device, args.out, n_subnets=args.subnets, predictor=args.predictor,
+                         space=get_space(args.space).name if args.space else None, n_estimators=args.n_estimators,
+                         seed=args.seed, target=args.target, tvm_version=args.tvm_version,
+                         remeasure=remeasure, n_remeasure=args.remeasure)
+    finally:
+        if runner is not None:
+            runner.close()
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -90,6 +121,9 @@ def register(sub) -> None:
     p.add_argument("--measure", action="store_true", help="first measure on the device whatever is missing: the "
                    "space's layers and random subnets up to --measure-subnets (needs --space)")
     p.add_argument("--measure-subnets", type=int, help="with --measure: subnets to have measured (default 3x --subnets)")
+    p.add_argument("--remeasure", type=int, default=0, metavar="K",
+                   help="measure K of the compared subnets again on the device and report how well the device "
+                        "agrees with itself: the noise ceiling for every cost model (default 0: off)")
     p.add_argument("--n-estimators", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)

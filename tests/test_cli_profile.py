@@ -1,6 +1,8 @@
 """`nasbnn-hw export` and `nasbnn-hw profile` from the command line."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,19 @@ def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
                  "--subnets", "3", "--out", str(out)]) == 0
     with MeasurementStore(db) as store:
         assert len(store.query(kind="subnet")) == 9
+    # the device against itself: 2 of the compared subnets compiled and timed again, the store untouched
+    assert main(["compare", "--device", "local", "--store", str(db), "--space", str(space), "--subnets", "3",
+                 "--remeasure", "2", "--out", str(out)]) == 0
+    rep = json.loads((out / "repeatability.json").read_text())
+    assert rep["n"] == 2 and set(rep) == {"n", "remeasured", "lut", "predictor"}
+    assert 0 <= rep["remeasured"]["mape"] < 100 and rep["remeasured"]["n"] == 2
+    assert "## Measurement repeatability" in (out / "report.md").read_text()
+    assert "measured again" in capsys.readouterr().out
+    with MeasurementStore(db) as store:
+        assert len(store.query(kind="subnet")) == 9
+    assert main(["compare", "--device", "local", "--store", str(db), "--subnets", "3", "--remeasure", "-1",
+                 "--out", str(out)]) == 2
+    assert "--remeasure must be >= 0 (got -1)" in capsys.readouterr().err
 
 
 def test_active_subnets_are_the_least_certain(tmp_path):
