@@ -123,7 +123,7 @@ def register(sub) -> None:
     p.add_argument("--measure-subnets", type=int, help="with --measure: subnets to have measured (default 3x --subnets)")
     p.add_argument("--remeasure", type=int, default=0, metavar="K",
                    help="measure K of the compared subnets again on the device and report how well the device "
-                        "agrees with itself: the noise ceiling for every cost model (default 0: off)")
+                        "agrees with itself: the measurement noise that bounds every model's score (default 0: off)")
     p.add_argument("--n-estimators", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_compare)
