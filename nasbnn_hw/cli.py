@@ -7,18 +7,24 @@ import importlib
 import sys
 
 # Modules that contribute subcommands, in the order they appear in --help.
-COMMAND_MODULES = (
+COMMAND_MODULES = (  # the order of a user's journey: space, training, devices, costs, search
     "nasbnn_hw.cli_core",
-    "nasbnn_hw.cli_costs",
     "nasbnn_hw.cli_train",
-    "nasbnn_hw.cli_search",
     "nasbnn_hw.cli_devices",
     "nasbnn_hw.cli_profile",
+    "nasbnn_hw.cli_costs",
+    "nasbnn_hw.cli_search",
 )
+
+DESCRIPTION = ("Hardware-aware neural architecture search for binary neural networks: train a NAS-BNN supernet, "
+               "measure TVM-compiled binary kernels on a device, fit latency models, search subnets under a "
+               "latency budget, deploy them.")
+EPILOG = ("The whole journey on this machine: nasbnn-hw quickstart. A command's options: nasbnn-hw COMMAND "
+          "--help. Bad input ends in one line on stderr and exit status 2 (--debug shows the traceback).")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nasbnn-hw", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="nasbnn-hw", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
