@@ -139,6 +139,15 @@ def main(argv=None) -> int:
             cells.append(f"{100 * m['sub_acc10']:5.1f}% {100 * m['sub_acc5']:5.1f}% {m['sub_mape']:5.2f}% "
                          f"L{100 * m['layer_acc10']:5.1f}%")
         print(f"{n_meas:8d} | " + " | ".join(f"{c:^31s}" for c in cells))
+    print()
+    for metric, label in (("sub_acc10", "±10%"), ("sub_acc5", "±5%")):
+        mean = {n: {k: float(np.mean([x[metric] for x in ms])) for k, ms in curves[n].items()} for n in names}
+        target = mean["random"][max(mean["random"])]  # what random reaches with the whole budget
+        first = {n: next((k for k in sorted(mean[n]) if mean[n][k] >= target - 1e-9), None) for n in names}
+        cells = [f"{n} {first[n] if first[n] is not None else f'>{args.budget}'}"
+                 + (f" ({first['random'] / first[n]:.1f}x fewer)" if first[n] and first["random"] and n != "random"
+                    else "") for n in names]
+        print(f"layers measured to reach random's final held-out {label} ({100 * target:.1f}%): " + ", ".join(cells))
     return 0
 
 
