@@ -65,6 +65,7 @@ class DeviceProfile:
     warmup: int = 10
     repeat: int = 30
     number: int = 1
+    rounds: int = 1                     # measure each item this many times, at different moments
     retries: int = 4
     backoff: float = 1.0
     timeouts: dict = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
@@ -122,7 +123,7 @@ def _resolve_native(t: dict) -> dict:
 
 # ---- validation ---------------------------------------------------------------------------------------
 _INT_KEYS = {"port": (0, 65535), "threads": (0, 4096), "warmup": (0, 10**6), "repeat": (1, 10**6),
-             "number": (1, 10**7), "retries": (0, 100)}
+             "number": (1, 10**7), "rounds": (1, 100), "retries": (0, 100)}
 _STR_KEYS = ("name", "description", "cross_compiler", "host", "user", "identity_file", "known_hosts",
              "ssh_config", "remote_dir", "runner")
 ALLOWED_KEYS = tuple(k for k in DeviceProfile.__dataclass_fields__ if k != "path")

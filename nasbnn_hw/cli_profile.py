@@ -77,6 +77,9 @@ def cmd_profile(args) -> int:
         warmup=args.warmup if args.warmup is not None else (profile.warmup if profile else 5),
         repeat=args.repeat if args.repeat is not None else (profile.repeat if profile else 20),
         number=args.number if args.number is not None else 0)
+    rounds = args.rounds if args.rounds is not None else (profile.rounds if profile else 1)
+    if rounds < 1:
+        raise NasBnnError(f"--rounds must be >= 1 (got {rounds})")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if profile is not None and profile.runner == "emulated":
         print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
@@ -85,19 +88,20 @@ def cmd_profile(args) -> int:
     try:
         with MeasurementStore(args.store) as store:
             if args.active and args.budget:
-                reports.append(("active layers", _profile_active(args, space, device, store, runner, target, timing)))
+                reports.append(("active layers", _profile_active(args, space, device, store, runner, target,
+                                                                 timing, rounds)))
             elif args.layers:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
-                                                         progress=not args.quiet)))
+                                                         progress=not args.quiet, rounds=rounds)))
             if args.subnets and args.active:
                 archs = _uncertain_subnets(args, space, device, store)
                 reports.append(("active subnets", profile_subnets(space, 0, device, store, runner, target,
                                                                   archs=archs, timing=timing,
-                                                                  progress=not args.quiet)))
+                                                                  progress=not args.quiet, rounds=rounds)))
             elif args.subnets:
                 reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
                                                            seed=args.seed, timing=timing,
-                                                           progress=not args.quiet)))
+                                                           progress=not args.quiet, rounds=rounds)))
     finally:
         runner.close()
     failed = 0
@@ -109,7 +113,8 @@ def cmd_profile(args) -> int:
     return 1 if failed else 0
 
 
-def _profile_active(args, space, device, store, runner, target, timing):
+def _profile_active(args, space, device, store, runner, target, timing,
+                                                                               rounds):
     """Measure `--budget` layer configs, `--round-size` at a time, each round choosing the unmeasured
     layers where a predictor refitted on everything measured so far is least certain (weighted by how
     often the layer occurs in subnets)."""
@@ -124,7 +129,7 @@ def _profile_active(args, space, device, store, runner, target, timing):
             break
         rnd += 1
         rep = profile_layers(space, device, store, runner, target, timing=timing, layers=cfgs,
-                             progress=not args.quiet)
+                             progress=not args.quiet, rounds=rounds)
         total.measured += rep.measured
         total.skipped += rep.skipped
         total.failed.update(rep.failed)
@@ -217,6 +222,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random subnets (same seed: same subnets)")
     p.add_argument("--warmup", type=int, help="warm-up calls (default: the device profile's)")
     p.add_argument("--repeat", type=int, help="timed samples (default: the device profile's)")
+    p.add_argument("--rounds", type=int, help="measure each layer / subnet this many times, round by round over "
+                   "the whole campaign (spreads a drifting device's noise; stores the median of the rounds; "
+                   "default: the device profile's, else 1)")
     p.add_argument("--number", type=int, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)

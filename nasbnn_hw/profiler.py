@@ -181,12 +181,14 @@ def _time(runner, lib: Path, args, t: TimingSettings):
 
 @dataclass
 class ProfileReport:
-    measured: list[str] = field(default_factory=list)
+    measured: list[str] = field(default_factory=list)   # one key per stored measurement (a key per round)
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        s = f"{len(self.measured)} measured, {self.skipped} already stored"
+        items = len(set(self.measured))
+        s = f"{items} measured" + (f" ({len(self.measured)} measurements)" if len(self.measured) != items else "")
+        s += f", {self.skipped} already stored"
         return s + (f", {len(self.failed)} failed" if self.failed else "")
 
 
@@ -208,44 +210,63 @@ def _device_level(e: Exception) -> bool:
 
 
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
-         timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool) -> ProfileReport:
+         timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
+         rounds: int = 1) -> ProfileReport:
+    """Measure each item until it has `rounds` measurements in the store, round by round (every item's
+    round r before any item's round r + 1, so that rounds fall at different moments of a drifting device).
+    A library is built once per run and kept until its last round."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ProfileError(f"rounds must be an integer >= 1 (got {rounds!r})")
     version, target_key = _tvm_version(), spec.description()
     report = ProfileReport()
-    todo = []
-    for key, config, build in items:
-        if store.has(device, target_key, version, kind, key):
-            report.skipped += 1
-        else:
-            todo.append((key, config, build))
+    done = {key: store.rounds(device, target_key, version, kind, key) for key, _, _ in items}
+    todo = [it for it in items if done[it[0]] < rounds]
+    report.skipped = len(items) - len(todo)
     if report.skipped:
         log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
+    total = sum(rounds - done[key] for key, _, _ in todo)
+    built: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="nasbnn-profile-", dir=workdir) as tmp, \
-            _progress(len(todo), f"{kind}s on {device}", progress) as bar:
-        for key, config, build in todo:
-            bar.set_postfix_str(key if kind == "layer" else f"#{len(report.measured) + 1}", refresh=False)
-            try:
-                lib_path, args = build(Path(tmp))
-                res, number = _time(runner, lib_path, args, timing)
-            except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
-                if stop_on_error or _device_level(e):
-                    raise
-                why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
-                log.warning("%s %s failed: %s", kind, key, report.failed[key])
+            _progress(total, f"{kind}s on {device}", progress) as bar:
+        for r in range(rounds):
+            for key, config, build in todo:
+                if done[key] != r or key in report.failed:
+                    continue
+                label = key if kind == "layer" else f"#{len(set(report.measured)) + 1}"
+                bar.set_postfix_str(label if rounds == 1 else f"{label} round {r + 1}/{rounds}", refresh=False)
+                try:
+                    if key not in built:
+                        built[key] = build(Path(tmp))
+                    lib_path, args = built[key]
+                    res, number = _time(runner, lib_path, args, timing)
+                except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
+                    if stop_on_error or _device_level(e):
+                        raise
+                    why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                    report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+                    log.warning("%s %s failed: %s", kind, key, report.failed[key])
+                    bar.update(rounds - done[key])
+                    continue
+                m = Measurement(device, target_key, version, kind, key, config, median_s=res.median,
+                                iqr_s=res.iqr, repeats=len(res.samples), samples=res.samples, created=time.time())
+                if r == 0:
+                    store.add(m)
+                else:
+                    store.add_round(m)
+                done[key] = r + 1
+                report.measured.append(key)
+                if done[key] == rounds:
+                    Path(built.pop(key)[0]).unlink(missing_ok=True)
                 bar.update(1)
-                continue
-            store.add(Measurement(device, target_key, version, kind, key, config, median_s=res.median,
-                                  iqr_s=res.iqr, repeats=len(res.samples), samples=res.samples, created=time.time()))
-            report.measured.append(key)
-            Path(lib_path).unlink(missing_ok=True)
-            bar.update(1)
     return report
 
 
 def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
                    timing: TimingSettings = TimingSettings(), layers: Iterable[LayerConfig] | None = None,
-                   progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False) -> ProfileReport:
-    """Measure every layer of `space` (or the given `layers`) on `device` and store each one."""
+                   progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False,
+                   rounds: int = 1) -> ProfileReport:
+    """Measure every layer of `space` (or the given `layers`) on `device` and store each one; `rounds` > 1
+    measures each layer that many times, round by round, and stores the median of the round medians."""
     from .kernels import build_layer, resolve_target
     space = get_space(space)
     spec = resolve_target(target)
@@ -259,7 +280,7 @@ def profile_layers(space, device: str, store: MeasurementStore, runner=None, tar
         return build
 
     items = [(c.key(), c.to_dict(), _builder(c)) for c in cfgs]
-    return _run(items, "layer", device, store, runner, spec, timing, progress, workdir, stop_on_error)
+    return _run(items, "layer", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
 
 
 def subnet_key(arch: Arch) -> str:
@@ -269,8 +290,9 @@ def subnet_key(arch: Arch) -> str:
 def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
                     seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
                     progress: bool = True, workdir: Path | None = None,
-                    stop_on_error: bool = False) -> ProfileReport:
-    """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights."""
+                    stop_on_error: bool = False, rounds: int = 1) -> ProfileReport:
+    """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights;
+    `rounds` as in `profile_layers`."""
     from .deploy_tvm import compile_random_subnet
     from .kernels import resolve_target
     space = get_space(space)
@@ -287,7 +309,7 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
     items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict(),
                                          "space_def": space.to_dict()},
               _builder(a, i)) for i, a in enumerate(chosen)]
-    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error)
+    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
 
 
 def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:

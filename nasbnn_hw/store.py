@@ -3,6 +3,10 @@
 One row per (device, target, TVM version, kind, key). Writes are single transactions, so a run killed at
 any point leaves only whole rows; re-running skips keys already stored; INSERT OR IGNORE makes a retried
 write after a lost connection harmless (no duplicates).
+
+Rounds: an item measured again later (`profile --rounds R`, against a device whose timing drifts with its
+load or temperature) keeps every round in `rounds` (round 0 is the first measurement); its row in
+`measurements` then holds the median of the round medians, which is what every reader uses.
 """
 from __future__ import annotations
 
@@ -29,7 +33,19 @@ CREATE TABLE IF NOT EXISTS measurements (
     created REAL NOT NULL,
     UNIQUE (device, target, tvm_version, kind, key)
 );
+CREATE TABLE IF NOT EXISTS rounds (
+    measurement INTEGER NOT NULL REFERENCES measurements (id),
+    round INTEGER NOT NULL,        -- 0: the first measurement, 1, 2, ...: later ones
+    median_s REAL NOT NULL,
+    iqr_s REAL NOT NULL,
+    repeats INTEGER NOT NULL,
+    samples TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (measurement, round)
+);
 """
+
+_KEY = "device=? AND target=? AND tvm_version=? AND kind=? AND key=?"
 
 
 @dataclass(frozen=True)
@@ -66,9 +82,56 @@ class MeasurementStore:
         self.close()
 
     def has(self, device: str, target: str, tvm_version: str, kind: str, key: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM measurements WHERE device=? AND target=? AND tvm_version=? "
-                               "AND kind=? AND key=?", (device, target, tvm_version, kind, key)).fetchone()
-        return row is not None
+        return self.rounds(device, target, tvm_version, kind, key) > 0
+
+    def rounds(self, device: str, target: str, tvm_version: str, kind: str, key: str) -> int:
+        """How many times that item has been measured (0: not stored)."""
+        row = self._db.execute(f"SELECT id FROM measurements WHERE {_KEY}",
+                               (device, target, tvm_version, kind, key)).fetchone()
+        if row is None:
+            return 0
+        (n,) = self._db.execute("SELECT COUNT(*) FROM rounds WHERE measurement=?", row).fetchone()
+        return max(1, n)
+
+    def round_medians(self, device: str, target: str, tvm_version: str, kind: str, key: str) -> list[float]:
+        """The median of each round of that item, first round first ([] when not stored)."""
+        row = self._db.execute(f"SELECT id, median_s FROM measurements WHERE {_KEY}",
+                               (device, target, tvm_version, kind, key)).fetchone()
+        if row is None:
+            return []
+        meds = [r[0] for r in self._db.execute("SELECT median_s FROM rounds WHERE measurement=? ORDER BY round",
+                                               (row[0],))]
+        return meds or [row[1]]
+
+    def add_round(self, m: Measurement) -> int:
+        """Store `m` as a further round of an item already stored (or as its first measurement when it is
+        not), set the item's median to the median of its round medians, and return the round number. One
+        transaction: a run killed here leaves the item as it was."""
+        import statistics
+        k = (m.device, m.target, m.tvm_version, m.kind, m.key)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(f"SELECT id, median_s, iqr_s, repeats, samples, created FROM measurements "
+                                   f"WHERE {_KEY}", k).fetchone()
+            if row is None:
+                self._db.execute("ROLLBACK")
+                self.add(m)
+                return 0
+            mid = row[0]
+            n = self._db.execute("SELECT COUNT(*) FROM rounds WHERE measurement=?", (mid,)).fetchone()[0]
+            if n == 0:  # the first measurement becomes round 0
+                self._db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?)", (mid, 0, *row[1:]))
+                n = 1
+            self._db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?)",
+                             (mid, n, m.median_s, m.iqr_s, m.repeats, json.dumps(list(m.samples)),
+                              m.created or time.time()))
+            meds = [r[0] for r in self._db.execute("SELECT median_s FROM rounds WHERE measurement=?", (mid,))]
+            self._db.execute("UPDATE measurements SET median_s=? WHERE id=?", (statistics.median(meds), mid))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return n
 
     def add(self, m: Measurement) -> bool:
         """Store `m`; return False (and change nothing) if that key is already stored."""

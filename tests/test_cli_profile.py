@@ -75,6 +75,8 @@ def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
     assert len(rows) == 5 and len({r.key for r in rows}) == 5
     assert main(["profile", "--space", "small16", "--active", "--store", str(db)]) == 2
     assert "--budget N" in capsys.readouterr().err
+    assert main(["profile", "--space", "small16", "--layers", "--rounds", "0", "--store", str(db)]) == 2
+    assert "--rounds must be >= 1 (got 0)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -95,6 +95,49 @@ def test_profile_layers_then_skip(tmp_path):
         assert store.count(device="cpu-test") == 4
 
 
+def test_store_rounds_keep_every_measurement_and_the_median_of_rounds(tmp_path):
+    from nasbnn_hw.store import Measurement
+    k = ("d", "t", "0.27", "layer", "L1")
+    with MeasurementStore(tmp_path / "m.db") as store:
+        assert store.rounds(*k) == 0 and store.round_medians(*k) == []
+        assert store.add_round(Measurement(*k, {"x": 1}, median_s=3.0, iqr_s=0.1, repeats=3, samples=(3.0,) * 3)) == 0
+        assert store.rounds(*k) == 1 and store.round_medians(*k) == [3.0]
+        assert store.add_round(Measurement(*k, {"x": 1}, median_s=1.0, iqr_s=0.1, repeats=3, samples=(1.0,) * 3)) == 1
+        assert store.query()[0].median_s == 2.0            # median of 3.0 and 1.0
+        assert store.add_round(Measurement(*k, {"x": 1}, median_s=1.5, iqr_s=0.1, repeats=3, samples=(1.5,) * 3)) == 2
+        assert store.rounds(*k) == 3 and store.round_medians(*k) == [3.0, 1.0, 1.5]
+        (row,) = store.query()
+        assert row.median_s == 1.5 and row.samples == (3.0,) * 3 and store.count() == 1
+
+
+def test_profile_rounds_are_interleaved_and_resumable(tmp_path):
+    space = SearchSpace.from_dict(TINY)
+    layers = enumerate_layers(space)[:3]
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
+                             progress=False, rounds=2)
+        assert len(rep.measured) == 6 and rep.summary().startswith("3 measured (6 measurements)")
+        rows = store.query()
+        assert len(rows) == 3 and all(store.rounds(r.device, r.target, r.tvm_version, "layer", r.key) == 2
+                                      for r in rows)
+        con = sqlite3.connect(str(tmp_path / "m.db"))
+        created = dict(con.execute("SELECT round, MAX(created) FROM rounds GROUP BY round"))
+        first_of_1 = con.execute("SELECT MIN(created) FROM rounds WHERE round=1").fetchone()[0]
+        con.close()
+        assert created[0] <= first_of_1            # every layer's round 0 before any layer's round 1
+        for r in rows:
+            meds = store.round_medians(r.device, r.target, r.tvm_version, "layer", r.key)
+            assert len(meds) == 2 and r.median_s == pytest.approx(sum(meds) / 2)
+        again = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
+                               progress=False, rounds=2)
+        assert again.measured == [] and again.skipped == 3
+        more = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
+                              progress=False, rounds=3)
+        assert sorted(more.measured) == sorted(l.key() for l in layers) and store.count() == 3
+        with pytest.raises(ProfileError, match="rounds must be an integer >= 1"):
+            profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, rounds=0)
+
+
 def test_profile_subnets_stores_arch_json(tmp_path):
     space = SearchSpace.from_dict(TINY)
     with MeasurementStore(tmp_path / "m.db") as store:
