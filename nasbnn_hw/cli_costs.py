@@ -54,26 +54,12 @@ def _measure_missing_subnets(args) -> None:
 
 
 def _remeasurer(args):
-    """(remeasure(space, archs) -> seconds, runner): compiles and times subnets again on the device, into a
-    throw-away store, so the stored measurements stay as they were."""
-    import tempfile
-
+    """(remeasure(space, archs) -> seconds, runner) for --remeasure: compiles and times subnets again on the
+    device, leaving the store as it was."""
     from .cli_profile import _device
-    from .profiler import profile_subnets, subnet_key
-    from .store import MeasurementStore
+    from .profiler import measure_again
     device, runner, target, _ = _device(args.device)
-
-    def remeasure(space, archs):
-        with tempfile.TemporaryDirectory(prefix="nasbnn-remeasure-") as d, \
-                MeasurementStore(Path(d) / "again.db") as st:
-            rep = profile_subnets(space, 0, device, st, runner, target, archs=archs)
-            got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
-        missing = [k for k in map(subnet_key, archs) if k not in got]
-        if missing:
-            raise NasBnnError(f"re-measuring failed for {len(missing)} subnet(s): "
-                              f"{next(iter(rep.failed.values()), 'no result')}")
-        return [got[subnet_key(a)] for a in archs]
-    return remeasure, runner
+    return (lambda space, archs: measure_again(space, archs, device, runner, target)), runner
 
 
 def cmd_compare(args) -> int:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from .arch import Arch
 from .errors import NasBnnError
@@ -310,6 +310,20 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
                                          "space_def": space.to_dict()},
               _builder(a, i)) for i, a in enumerate(chosen)]
     return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
+
+
+def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
+                  timing: TimingSettings = TimingSettings(), progress: bool = False) -> list[float]:
+    """Compile and time `archs` once more on `device`, independently of any stored measurement (into a
+    throw-away store): seconds, one per arch. For how well a device agrees with itself."""
+    with tempfile.TemporaryDirectory(prefix="nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
+        rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress)
+        got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
+    missing = [subnet_key(a) for a in archs if subnet_key(a) not in got]
+    if missing:
+        raise ProfileError(f"measuring {len(missing)} subnet(s) again on {device} failed: "
+                           f"{next(iter(rep.failed.values()), 'no result')}")
+    return [got[subnet_key(a)] for a in archs]
 
 
 def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:

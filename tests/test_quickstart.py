@@ -48,6 +48,9 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     assert names == ["chosen", "largest", "smallest"]
     assert all(r["measured_ms"] > 0 for r in summary["subnets"])
     assert summary["random_subnets_top1"]["n"] == 20 and 0 <= summary["random_subnets_top1"]["mean"] <= 100
+    again = summary["repeatability"]
+    assert again["n"] == 5 and 0 <= again["remeasured"]["mape"] < 100 and "predictor" in again
+    assert "| *second measurement* |" in text and "repeatability" not in summary["cost_models"]
     for png in ("training.png",):
         assert (tmp_path / "qs" / "report" / png).stat().st_size > 1000
     assert list((tmp_path / "qs" / "search").glob("pareto_*.png"))
