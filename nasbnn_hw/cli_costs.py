@@ -31,24 +31,26 @@ def _measure_missing_subnets(args) -> None:
     """With --measure: bring the store up to --measure-subnets measured subnets of --space (default 3x
     --subnets: the rest fit the predictor's correction and the LUT overhead) plus its layers, measuring only
     what is missing."""
-    from .cli_profile import _device
+    from .cli_profile import _device, timing_for
     from .profiler import profile_layers, profile_subnets, random_subnets, subnet_key
     from .space import get_space
     from .store import MeasurementStore
     if not args.space:
         raise NasBnnError("--measure needs --space (which space's subnets to measure)")
     space = get_space(args.space)
-    device, runner, target, _ = _device(args.device)
+    device, runner, target, profile = _device(args.device)
+    timing, rounds = timing_for(profile)
     try:
         with MeasurementStore(args.store) as store:
-            profile_layers(space, device, store, runner, target)
+            profile_layers(space, device, store, runner, target, timing=timing, rounds=rounds)
             rows = store.query(device=device, kind="subnet")
             done = {m.key for m in rows}
             stored = sum(m.config.get("space") == space.name and m.config.get("resolution") == space.resolution
                          for m in rows)
             need = max(0, (args.measure_subnets or 3 * args.subnets) - stored)
             fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed) if subnet_key(a) not in done]
-            profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need])
+            profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need], timing=timing,
+                            rounds=rounds)
     finally:
         runner.close()
 
@@ -56,10 +58,11 @@ def _measure_missing_subnets(args) -> None:
 def _remeasurer(args):
     """(remeasure(space, archs) -> seconds, runner) for --remeasure: compiles and times subnets again on the
     device, leaving the store as it was."""
-    from .cli_profile import _device
+    from .cli_profile import _device, timing_for
     from .profiler import measure_again
-    device, runner, target, _ = _device(args.device)
-    return (lambda space, archs: measure_again(space, archs, device, runner, target)), runner
+    device, runner, target, profile = _device(args.device)
+    timing, _ = timing_for(profile)
+    return (lambda space, archs: measure_again(space, archs, device, runner, target, timing=timing)), runner
 
 
 def cmd_compare(args) -> int:

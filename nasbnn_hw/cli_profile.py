@@ -17,6 +17,22 @@ def _device(name: str, devices_dir=None, accept_new_host_key: bool = False):
     return profile.name, get_runner(profile, accept_new_host_key=accept_new_host_key), profile, profile
 
 
+def timing_for(profile, args=None):
+    """(TimingSettings, rounds) for a device: --warmup/--repeat/--number/--rounds where given (`args` may
+    lack them), else the device profile's values; `number` defaults to calibrated (0)."""
+    from .profiler import TimingSettings
+
+    def pick(name, default):
+        v = getattr(args, name, None)
+        return v if v is not None else getattr(profile, name, default) if profile is not None else default
+    rounds = pick("rounds", 1)
+    if rounds < 1:
+        raise NasBnnError(f"--rounds must be >= 1 (got {rounds})")
+    number = getattr(args, "number", None)
+    return TimingSettings(warmup=pick("warmup", 5), repeat=pick("repeat", 20),
+                          number=number if number is not None else 0), rounds
+
+
 def _target(name: str, devices_dir=None):
     """What to compile for on --device, without connecting to it."""
     if name == "local":
@@ -60,7 +76,7 @@ def cmd_profile(args) -> int:
     if len(set(args.device)) > 1:
         return _profile_in_parallel(args)
     args.device = args.device[0]
-    from .profiler import TimingSettings, profile_layers, profile_subnets
+    from .profiler import profile_layers, profile_subnets
     from .space import get_space
     from .store import MeasurementStore
     if args.active and not args.budget and not args.subnets:
@@ -73,13 +89,7 @@ def cmd_profile(args) -> int:
     if args.resolution:
         space = space.with_resolution(args.resolution)
     device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
-    timing = TimingSettings(
-        warmup=args.warmup if args.warmup is not None else (profile.warmup if profile else 5),
-        repeat=args.repeat if args.repeat is not None else (profile.repeat if profile else 20),
-        number=args.number if args.number is not None else 0)
-    rounds = args.rounds if args.rounds is not None else (profile.rounds if profile else 1)
-    if rounds < 1:
-        raise NasBnnError(f"--rounds must be >= 1 (got {rounds})")
+    timing, rounds = timing_for(profile, args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if profile is not None and profile.runner == "emulated":
         print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
