@@ -21,6 +21,11 @@ def export_onnx(model, x, out: str | Path) -> np.ndarray:
     with torch.no_grad(), warnings.catch_warnings():
         # shapes are static in a subnet: the tracer's notes about Python-side shape checks do not apply
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter is deprecated in favour of the torch.export one (dynamo=True), kept here
+        # on purpose while torch ships it: for a small16 subnet it takes 0.3 s against 5.4 s, needs no extra
+        # package (onnxscript) and logs nothing; both give logits within 3e-7 of PyTorch.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     atomic_write_bytes(out, buf.getvalue())
