@@ -2,7 +2,9 @@
 
 Every layer config of a space is a candidate measurement. Each strategy measures `--initial` layers at
 random, fits a latency predictor, then adds `--batch` layers per round: the most uncertain ones (relative
-ensemble spread; or absolute spread times how often the layer occurs in random subnets) or random ones.
+ensemble spread; or absolute spread times how often the layer occurs in random subnets), random ones, or
+"coverage": no model at all, the layers farthest (standardised features) from everything measured, times
+the square root of how often they occur (a frequency-weighted k-centre choice).
 After each round the predictor (plus a whole-network correction fitted on the same few calibration
 subnets for every strategy) predicts held-out subnets and the still-unmeasured layers.
 
@@ -24,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cost_models._layers import space_layer_configs  # noqa: E402
+from cost_models.features import layer_features  # noqa: E402
 from cost_models.active import active_profile  # noqa: E402
 from cost_models.metrics import evaluate  # noqa: E402
 from cost_models.predictor import LatencyPredictor  # noqa: E402
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     print(f"space {space.name}: {len(pool)} distinct layer configs, {len(held)} held-out subnets, "
           f"{len(calib)} calibration subnets, seeds {args.seeds}")
 
-    def evaluate_round(model, measured):
+    def evaluate_round(fitted, measured):
+        model = fitted.model
         model.fit_correction(calib_layers, calib_meas)
         cfgs = sorted({c for ls in held_layers for c in ls})
         members = model.predict_layer_members(cfgs)
@@ -113,17 +117,36 @@ def main(argv=None) -> int:
         return {"sub_acc10": sub["acc10"], "sub_acc5": sub["acc5"], "sub_mape": sub["mape"],
                 "layer_acc10": lay.get("acc10", float("nan"))}
 
+    feats = layer_features(pool)
+    feats = (feats - feats.mean(0)) / np.where(feats.std(0) > 0, feats.std(0), 1.0)
+    row_of = {c: i for i, c in enumerate(pool)}
+    freq_w = np.sqrt(np.asarray(weights, dtype=np.float64))
+
+    class _Fitted:  # the predictor plus what it was fitted on (for the coverage strategy)
+        def __init__(self, model, items):
+            self.model, self.items = model, list(items)
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+    def coverage(fitted, items):
+        done = feats[[row_of[c] for c in fitted.items]]
+        rows = [row_of[c] for c in items]
+        dist = np.sqrt(((feats[rows][:, None, :] - done[None, :, :]) ** 2).sum(-1)).min(1)
+        return np.ones(len(rows)), dist * freq_w[rows]
+
     strategies = {"random": dict(strategy="random"),
                   "active": dict(strategy="uncertainty", score="relative"),
-                  "active-weighted": dict(strategy="uncertainty", score="absolute", weights=weights)}
+                  "active-weighted": dict(strategy="uncertainty", score="absolute", weights=weights),
+                  "coverage": dict(strategy="uncertainty", score="absolute", uncertainty=coverage)}
     curves: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
     t0 = time.time()
     for seed in range(args.seeds):
         for name, kw in strategies.items():
             res = active_profile(pool, lambda items: [dev.measure_layer(c) for c in items], budget=args.budget,
                                  initial=args.initial, batch_size=args.batch, seed=seed,
-                                 fit=lambda xs, ys, s=seed: LatencyPredictor(n_estimators=args.n_estimators,
-                                                                             random_state=s).fit(xs, ys),
+                                 fit=lambda xs, ys, s=seed: _Fitted(LatencyPredictor(
+                                     n_estimators=args.n_estimators, random_state=s).fit(xs, ys), xs),
                                  evaluate=evaluate_round, **kw)
             for r in res.rounds:
                 curves[name].setdefault(r.n_measured, []).append(r.metrics)
