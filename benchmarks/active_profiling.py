@@ -2,9 +2,10 @@
 
 Every layer config of a space is a candidate measurement. Each strategy measures `--initial` layers at
 random, fits a latency predictor, then adds `--batch` layers per round: the most uncertain ones (relative
-ensemble spread; or absolute spread times how often the layer occurs in random subnets), random ones, or
+ensemble spread; or absolute spread times how often the layer occurs in random subnets), random ones,
 "coverage": no model at all, the layers farthest (standardised features) from everything measured, times
-the square root of how often they occur (a frequency-weighted k-centre choice).
+the square root of how often they occur (a frequency-weighted k-centre choice), or "hybrid", the rank sum
+of the weighted spread and coverage, which is what `nasbnn-hw profile --active` uses.
 After each round the predictor (plus a whole-network correction fitted on the same few calibration
 subnets for every strategy) predicts held-out subnets and the still-unmeasured layers.
 
@@ -26,8 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cost_models._layers import space_layer_configs  # noqa: E402
-from cost_models.features import layer_features  # noqa: E402
-from cost_models.active import active_profile  # noqa: E402
+from cost_models.active import active_profile, coverage_scores, hybrid_scores  # noqa: E402
 from cost_models.metrics import evaluate  # noqa: E402
 from cost_models.predictor import LatencyPredictor  # noqa: E402
 from cost_models.synthetic import SimulatedDevice  # noqa: E402
@@ -117,28 +117,26 @@ def main(argv=None) -> int:
         return {"sub_acc10": sub["acc10"], "sub_acc5": sub["acc5"], "sub_mape": sub["mape"],
                 "layer_acc10": lay.get("acc10", float("nan"))}
 
-    feats = layer_features(pool)
-    feats = (feats - feats.mean(0)) / np.where(feats.std(0) > 0, feats.std(0), 1.0)
-    row_of = {c: i for i, c in enumerate(pool)}
-    freq_w = np.sqrt(np.asarray(weights, dtype=np.float64))
-
-    class _Fitted:  # the predictor plus what it was fitted on (for the coverage strategy)
+    class _Fitted:  # the predictor plus the layers it was fitted on (for the coverage choices)
         def __init__(self, model, items):
             self.model, self.items = model, list(items)
 
         def __getattr__(self, name):
             return getattr(self.model, name)
 
+    weight_of = dict(zip(pool, weights))
+
     def coverage(fitted, items):
-        done = feats[[row_of[c] for c in fitted.items]]
-        rows = [row_of[c] for c in items]
-        dist = np.sqrt(((feats[rows][:, None, :] - done[None, :, :]) ** 2).sum(-1)).min(1)
-        return np.ones(len(rows)), dist * freq_w[rows]
+        return np.ones(len(items)), coverage_scores(items, fitted.items, [weight_of[c] for c in items])
+
+    def hybrid(fitted, items):
+        return np.ones(len(items)), hybrid_scores(fitted.model, items, fitted.items, [weight_of[c] for c in items])
 
     strategies = {"random": dict(strategy="random"),
                   "active": dict(strategy="uncertainty", score="relative"),
                   "active-weighted": dict(strategy="uncertainty", score="absolute", weights=weights),
-                  "coverage": dict(strategy="uncertainty", score="absolute", uncertainty=coverage)}
+                  "coverage": dict(strategy="uncertainty", score="absolute", uncertainty=coverage),
+                  "hybrid (profile --active)": dict(strategy="uncertainty", score="absolute", uncertainty=hybrid)}
     curves: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
     t0 = time.time()
     for seed in range(args.seeds):

@@ -126,8 +126,9 @@ def cmd_profile(args) -> int:
 def _profile_active(args, space, device, store, runner, target, timing,
                                                                                rounds):
     """Measure `--budget` layer configs, `--round-size` at a time, each round choosing the unmeasured
-    layers where a predictor refitted on everything measured so far is least certain (weighted by how
-    often the layer occurs in subnets)."""
+    layers ranked by `cost_models.active.hybrid_scores`: where a predictor refitted on everything measured
+    so far is least certain, and farthest from what is measured, weighted by how often the layer occurs in
+    subnets."""
     from cost_models.active import plan_next_layers
 
     from .profiler import ProfileReport, profile_layers
@@ -220,8 +221,9 @@ def register(sub) -> None:
     p.add_argument("--devices-dir", help="extra directory of device profiles")
     p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
                    "(its fingerprint is printed) instead of refusing it")
-    p.add_argument("--active", action="store_true", help="measure the layers the latency predictor is least "
-                   "certain about first (needs --budget); with --subnets N, also the N least certain subnets")
+    p.add_argument("--active", action="store_true", help="measure first the layers the latency predictor is "
+                   "least certain about and that are least like anything measured, weighted by how often they "
+                   "occur in subnets (needs --budget); with --subnets N, also the N least certain subnets")
     p.add_argument("--budget", type=int, help="with --active: how many layer configs to measure")
     p.add_argument("--round-size", type=int, default=8, help="with --active: layers measured per refit")
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")

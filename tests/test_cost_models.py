@@ -384,6 +384,20 @@ def test_select_uncertain_on_subnets(predictor):
     assert sorted(std[[archs.index(a) for a in picked]], reverse=True) == sorted(std, reverse=True)[:5]
 
 
+def test_coverage_and_hybrid_scores(predictor):
+    from cost_models.active import coverage_scores, hybrid_scores
+    pool = space_layer_configs(SMALL)
+    done, rest = pool[:10], pool[10:]
+    assert np.allclose(coverage_scores(done[:3], done), 0.0)           # measured: no distance left
+    cov = coverage_scores(rest, done)
+    assert (cov > 0).all() and len(cov) == len(rest)
+    assert np.allclose(coverage_scores(rest, done, weights=[4.0] * len(rest)), 2 * cov)   # sqrt(weight)
+    assert np.array_equal(coverage_scores(rest[:5], []), np.ones(5)) and len(coverage_scores([], done)) == 0
+    assert np.allclose(coverage_scores(rest + done[:1], done)[-1], 0.0)   # standardised over both sets
+    h = hybrid_scores(predictor, rest, done, [1.0] * len(rest))
+    assert h.shape == (len(rest),) and h.min() >= 2 and h.max() <= 2 * len(rest)
+
+
 def test_next_batch_and_plan_next_layers(tmp_path, predictor):
     from cost_models.active import next_batch, plan_next_layers
     pool = space_layer_configs(SMALL)
