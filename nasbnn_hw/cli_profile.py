@@ -214,6 +214,52 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_measurements(args) -> int:
+    """What a store holds: a table per device / target / TVM version / kind (/ space), or every
+    measurement as CSV."""
+    import csv
+    import datetime
+    import io
+    from pathlib import Path
+
+    from .store import MeasurementStore
+    from .utils import atomic_write_text
+    if not Path(args.store).is_file():
+        raise NasBnnError(f"no measurement store at {args.store!r} (create one with `nasbnn-hw profile ... "
+                          f"--store {args.store}`)")
+    with MeasurementStore(args.store) as store:
+        if args.csv:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["device", "target", "tvm_version", "kind", "key", "median_s", "iqr_s", "repeats",
+                        "rounds", "created"])
+            n = 0
+            for m in store.query(device=args.device):
+                w.writerow([m.device, m.target, m.tvm_version, m.kind, m.key, repr(m.median_s), repr(m.iqr_s),
+                            m.repeats, store.rounds(m.device, m.target, m.tvm_version, m.kind, m.key),
+                            datetime.datetime.fromtimestamp(m.created).isoformat(timespec="seconds")])
+                n += 1
+            atomic_write_text(args.csv, buf.getvalue())
+            print(f"{n} measurements written to {args.csv}")
+            return 0
+        rows = [r for r in store.summary() if args.device is None or r["device"] == args.device]
+    if not rows:
+        print(f"{args.store}: no measurements" + (f" for device {args.device!r}" if args.device else ""))
+        return 0
+
+    def ms(v):
+        return f"{v * 1e3:.4g}"
+    print(f"{'device':14s} {'kind':6s} {'space':16s} {'items':>6s} {'rounds':>7s} {'median ms':>10s} "
+          f"{'range ms':>19s}  {'TVM':12s} {'last measured':19s}  target")
+    for r in rows:
+        rnd = f"{r['multi_round']}x{r['max_rounds']}" if r["multi_round"] else "1"
+        last = datetime.datetime.fromtimestamp(r["last"]).isoformat(sep=" ", timespec="seconds")
+        print(f"{r['device']:14s} {r['kind']:6s} {r['space'] or '-':16s} {r['items']:6d} {rnd:>7s} "
+              f"{ms(r['median_s']):>10s} {ms(r['min_s']) + ' - ' + ms(r['max_s']):>19s}  {r['tvm_version']:12s} "
+              f"{last:19s}  {r['target']}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
     p.add_argument("--device", action="append", help="device profile name or .toml file (default: local); "
@@ -240,6 +286,12 @@ def register(sub) -> None:
     p.add_argument("--number", type=int, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("measurements", help="what a measurement store holds, per device and kind; or all of it as CSV")
+    p.add_argument("store", help="measurement store (SQLite file)")
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--csv", metavar="FILE", help="write every measurement to FILE as CSV instead")
+    p.set_defaults(func=cmd_measurements)
 
     p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library or ONNX)")
     p.add_argument("--checkpoint", required=True)

@@ -153,6 +153,27 @@ class MeasurementStore:
         return [Measurement(d, t, v, k, key, json.loads(c), med, iqr, rep, tuple(json.loads(s)), cr)
                 for d, t, v, k, key, c, med, iqr, rep, s, cr in self._db.execute(sql, params)]
 
+    def summary(self) -> list[dict]:
+        """One dict per (device, target, TVM version, kind, space): how many items, how many of them were
+        measured in more than one round, median and range of their medians, first and last time."""
+        groups: dict[tuple, list] = {}
+        rounds = {mid: (n, last) for mid, n, last in self._db.execute(
+            "SELECT measurement, COUNT(*), MAX(created) FROM rounds GROUP BY measurement")}
+        for mid, d, t, v, k, c, med, cr in self._db.execute(
+                "SELECT id, device, target, tvm_version, kind, config, median_s, created FROM measurements"):
+            cfg = json.loads(c)
+            space = f"{cfg.get('space')}@{cfg.get('resolution')}" if k == "subnet" else ""
+            n, last = rounds.get(mid, (1, cr))
+            groups.setdefault((d, t, v, k, space), []).append((med, cr, n, max(cr, last)))
+        out = []
+        for (d, t, v, k, space), rows in sorted(groups.items()):
+            meds = sorted(r[0] for r in rows)
+            out.append({"device": d, "target": t, "tvm_version": v, "kind": k, "space": space, "items": len(rows),
+                        "multi_round": sum(r[2] > 1 for r in rows), "max_rounds": max(r[2] for r in rows),
+                        "median_s": meds[len(meds) // 2], "min_s": meds[0], "max_s": meds[-1],
+                        "first": min(r[1] for r in rows), "last": max(r[3] for r in rows)})
+        return out
+
     def devices(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT device FROM measurements ORDER BY device")]
 

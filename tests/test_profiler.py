@@ -110,6 +110,35 @@ def test_store_rounds_keep_every_measurement_and_the_median_of_rounds(tmp_path):
         assert row.median_s == 1.5 and row.samples == (3.0,) * 3 and store.count() == 1
 
 
+def test_measurements_command_summarises_and_exports(tmp_path, capsys):
+    import csv
+
+    from nasbnn_hw.cli import main
+    from nasbnn_hw.store import Measurement
+    db = tmp_path / "m.db"
+    with MeasurementStore(db) as store:
+        for i in range(3):
+            store.add(Measurement("board", "t", "0.27", "layer", f"L{i}", {}, median_s=(i + 1) * 1e-3))
+        store.add_round(Measurement("board", "t", "0.27", "layer", "L0", {}, median_s=3e-3))
+        store.add(Measurement("board", "t", "0.27", "subnet", "A", {"space": "small", "resolution": 28},
+                              median_s=0.5))
+        store.add(Measurement("other", "t", "0.27", "layer", "L0", {}, median_s=1.0))
+    assert main(["measurements", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].split()[:3] == ["device", "kind", "space"]
+    board_layers = next(l for l in lines if l.startswith("board") and " layer " in l).split()
+    assert board_layers[2:5] == ["-", "3", "1x2"] and board_layers[5] == "2"     # L0: median of 1 and 3 ms
+    assert any("small@28" in l for l in lines)
+    assert main(["measurements", str(db), "--device", "other"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    out = tmp_path / "m.csv"
+    assert main(["measurements", str(db), "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 5 and {r["rounds"] for r in rows if r["key"] == "L0" and r["device"] == "board"} == {"2"}
+    assert main(["measurements", str(tmp_path / "missing.db")]) == 2
+    assert "no measurement store at" in capsys.readouterr().err
+
+
 def test_profile_rounds_are_interleaved_and_resumable(tmp_path):
     space = SearchSpace.from_dict(TINY)
     layers = enumerate_layers(space)[:3]
