@@ -122,6 +122,25 @@ class Session:
               "history": [h.to_dict() for h in self.history], "extra": self.extra}
         atomic_write_text(self.dir / STATE_FILE, json.dumps(st) + "\n")
 
+    @classmethod
+    def start(cls, searcher: str, params: dict, space, evaluate: Callable[[Arch], float], cost_model,
+              constraints: Sequence, budget: int | None, seed: int,
+              checkpoint_dir: str | Path | None) -> "Session":
+        """A session for a searcher's `search(...)` arguments: the space by name or object, the cost model
+        and constraints by name or object. Use it as a context manager (closes the log)."""
+        from nasbnn_hw.space import get_space
+
+        from .run import prepare
+        space = get_space(space)
+        cost_model, constraints = prepare(space, cost_model, constraints)
+        return cls(searcher, params, space, evaluate, cost_model, constraints, budget, seed, checkpoint_dir)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._log_file is not None:
             self._log_file.close()

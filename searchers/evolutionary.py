@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nasbnn_hw.arch import Arch
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.space import SearchSpace
 
 from ._session import Session
 from .base import check_float, check_int
@@ -45,11 +45,8 @@ class EvolutionarySearcher:
     def search(self, space: SearchSpace | str, evaluate: Callable[[Arch], float], cost_model,
                constraints: Sequence = (), budget: int | None = None, seed: int = 0,
                checkpoint_dir: str | Path | None = None) -> SearchResult:
-        from .run import prepare
-        space = get_space(space)
-        cost_model, constraints = prepare(space, cost_model, constraints)
-        s = Session(self.name, self.params(), space, evaluate, cost_model, constraints, budget, seed, checkpoint_dir)
-        try:
+        with Session.start(self.name, self.params(), space, evaluate, cost_model, constraints, budget, seed,
+                           checkpoint_dir) as s:
             if not s.resume():
                 s.check_satisfiable()
                 init = s.sample_feasible(self.population_size, self.max_tries_factor * self.population_size)
@@ -58,12 +55,10 @@ class EvolutionarySearcher:
                 s.record(0, len(init))
             while s.generation < self.generations and s.remaining > 0:
                 gen = s.generation + 1
-                children, origins = self._children(s, space)
+                children, origins = self._children(s, s.space)
                 new = s.evaluate(children, gen, origins)
                 s.record(gen, len(new))
             return s.result()
-        finally:
-            s.close()
 
     def _children(self, s: Session, space: SearchSpace) -> tuple[list[Arch], list[str]]:
         parents = [c.arch for c in s.pareto()]

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nasbnn_hw.arch import Arch
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.space import SearchSpace
 
 from ._session import Session
 from .base import check_float, check_int
@@ -32,12 +32,9 @@ class RandomSearcher:
     def search(self, space: SearchSpace | str, evaluate: Callable[[Arch], float], cost_model,
                constraints: Sequence = (), budget: int | None = None, seed: int = 0,
                checkpoint_dir: str | Path | None = None) -> SearchResult:
-        from .run import prepare
-        space = get_space(space)
-        cost_model, constraints = prepare(space, cost_model, constraints)
-        s = Session(self.name, self.params(), space, evaluate, cost_model, constraints, budget, seed, checkpoint_dir)
         total = self.num_samples if budget is None else min(self.num_samples, budget)
-        try:
+        with Session.start(self.name, self.params(), space, evaluate, cost_model, constraints, budget, seed,
+                           checkpoint_dir) as s:
             if not s.resume():
                 s.check_satisfiable()
             while len(s.evaluated) < total:
@@ -51,5 +48,3 @@ class RandomSearcher:
                 if not new:       # the feasible region is exhausted (or too rare to hit)
                     break
             return s.result()
-        finally:
-            s.close()
