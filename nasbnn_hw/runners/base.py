@@ -40,6 +40,19 @@ class Timing:
         return float(q[1] - q[0])
 
 
+class ClosingRunner:
+    """A runner is a context manager that calls its own `close()` on exit."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Runner(Protocol):
     device: str
 

@@ -7,12 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .base import ArgSpec, Timing
+from .base import ArgSpec, ClosingRunner, Timing
 from .errors import KernelError
 from .inputs import DEFAULT_SEED, input_arrays
 
 
-class LocalRunner:
+class LocalRunner(ClosingRunner):
     """Times kernels on this machine's CPU. `threads` > 0 sizes TVM's thread pool (process-wide)."""
 
     def __init__(self, device: str = "local", *, threads: int = 0, seed: int = DEFAULT_SEED):
@@ -74,9 +74,3 @@ class LocalRunner:
         if self._copies is not None:     # loaded libraries stay mapped; only the files go
             self._copies.cleanup()
             self._copies = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -13,13 +13,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import ArgSpec, Timing
+from .base import ArgSpec, ClosingRunner, Timing
 from .errors import KernelError
 from .harness import build_harness, parse_samples, write_spec
 from .inputs import input_arrays
 
 
-class HarnessProcessRunner:
+class HarnessProcessRunner(ClosingRunner):
     """`time_library` through the harness built for `arch` with `compiler`, run as
     `[*exec_wrapper, harness, spec]` in a fresh temporary directory."""
 

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .base import ArgSpec, Timing
+from .base import ArgSpec, ClosingRunner, Timing
 from .errors import BoardUnavailable, KernelError, RunnerError
 from .inputs import DEFAULT_SEED, input_arrays
 
 log = logging.getLogger(__name__)
 
 
-class RPCRunner:
+class RPCRunner(ClosingRunner):
     def __init__(self, profile, *, seed: int = DEFAULT_SEED):
         self.profile = profile
         self.device = profile.name
@@ -108,9 +108,3 @@ class RPCRunner:
                     pass
         self._uploaded.clear()
         self._remote = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import paramiko
 
-from .base import ArgSpec, Timing
+from .base import ArgSpec, ClosingRunner, Timing
 from .errors import BoardUnavailable, DeviceSetupError, KernelError, KernelTimeout, RunnerError
 from .harness import CFLAGS, HARNESS_NAME, LDFLAGS, build_harness, harness_source, parse_samples, write_spec
 from .inputs import DEFAULT_SEED, input_arrays
@@ -46,7 +46,7 @@ class _Hung(Exception):
 _TRANSIENT = (OSError, EOFError, paramiko.SSHException, _ConnectionLost)
 
 
-class SSHRunner:
+class SSHRunner(ClosingRunner):
     def __init__(self, profile, *, accept_new_host_key: bool = False, seed: int = DEFAULT_SEED,
                  notify: Callable[[str], None] | None = None, settings: SSHSettings | None = None):
         self.profile = profile
@@ -124,12 +124,6 @@ class SSHRunner:
                 log.warning("%s: could not remove the work directory %s on the board: %s", self.device,
                             self._workdir, e)
         self._drop(keep_workdir=False)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ---- session management --------------------------------------------------------------------------
     def _with_retries(self, fn: Callable, what: str):
