@@ -82,8 +82,7 @@ _NETNS_SEQ = [0]
 @pytest.fixture
 def netns_ssh_board(request, ssh_client_key, tmp_path):
     """sshd inside a network namespace, reached at 10.201.X.2 through a veth pair made for the test."""
-    if not IS_ROOT:
-        pytest.skip("network namespaces need root (CI runs as root)")
+    need(IS_ROOT, "network namespaces need root")
     need(shutil.which("ip") is not None, "iproute2 is not installed")
     _NETNS_SEQ[0] += 1
     idx = (os.getpid() * 7 + _NETNS_SEQ[0]) % 250

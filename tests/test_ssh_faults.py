@@ -88,8 +88,8 @@ def test_board_frozen_then_resumed(ssh_board, ssh_client_key, ssh_known_hosts, x
 
 
 def test_hung_remote_command_is_killed_and_retried(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
-    if not IS_ROOT and ssh_board.user != os.environ.get("USER", ssh_board.user):
-        pytest.skip("needs to signal the login user's processes")
+    need(IS_ROOT or ssh_board.user == os.environ.get("USER", ssh_board.user),
+         "signalling the board user's processes needs root or the same user")
     items = items_for(xor_kernels, big_repeat=big_repeat_for(0.4, xor_kernels))
     dirs_before = work_dirs(ssh_board.user)
     store = MeasurementStore(tmp_path / "m.db")
