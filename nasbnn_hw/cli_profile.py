@@ -233,10 +233,10 @@ def cmd_measurements(args) -> int:
             w = csv.writer(buf)
             w.writerow(["device", "target", "tvm_version", "kind", "key", "median_s", "iqr_s", "repeats",
                         "rounds", "created"])
-            n = 0
+            n, rounds = 0, store.round_counts()
             for m in store.query(device=args.device):
                 w.writerow([m.device, m.target, m.tvm_version, m.kind, m.key, repr(m.median_s), repr(m.iqr_s),
-                            m.repeats, store.rounds(m.device, m.target, m.tvm_version, m.kind, m.key),
+                            m.repeats, rounds.get((m.device, m.target, m.tvm_version, m.kind, m.key), 1),
                             datetime.datetime.fromtimestamp(m.created).isoformat(timespec="seconds")])
                 n += 1
             atomic_write_text(args.csv, buf.getvalue())

@@ -153,6 +153,12 @@ class MeasurementStore:
         return [Measurement(d, t, v, k, key, json.loads(c), med, iqr, rep, tuple(json.loads(s)), cr)
                 for d, t, v, k, key, c, med, iqr, rep, s, cr in self._db.execute(sql, params)]
 
+    def round_counts(self) -> dict[tuple, int]:
+        """(device, target, tvm_version, kind, key) -> number of rounds, for items measured more than once."""
+        return {k[:5]: k[5] for k in self._db.execute(
+            "SELECT m.device, m.target, m.tvm_version, m.kind, m.key, COUNT(*) FROM rounds r "
+            "JOIN measurements m ON m.id = r.measurement GROUP BY r.measurement")}
+
     def summary(self) -> list[dict]:
         """One dict per (device, target, TVM version, kind, space): how many items, how many of them were
         measured in more than one round, median and range of their medians, first and last time."""
