@@ -129,13 +129,19 @@ class DynamicPReLU(nn.Module):
         return F.prelu(x, self.prelu.weight[: x.size(1)])
 
 
+def standardise(w: torch.Tensor) -> torch.Tensor:
+    """Weight normalisation: each output filter to zero mean and unit (unbiased) std over (in, kh, kw)."""
+    return (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
+
+
 class DynamicBinaryConv2d(nn.Module):
     """Shared binary conv: weight (max_out, max_in / min_groups, max_k, max_k).
 
     Subnet weight = first `out` filters → progressive centre-crop + learned kernel transformation per
-    kernel-size step (e.g. `matrix_5to3`) → group crop. The binary path additionally applies the
-    bi-transformation `fp2bin_<max_k>` (only at the largest kernel), per-filter standardisation (weight
-    normalisation) and sign, times the per-filter scale mean(|w_n|).
+    kernel-size step (e.g. `matrix_5to3`) → group crop. Weight normalisation standardises each filter in
+    both paths. The full-precision path (Bi-Teacher's teacher) uses that standardised weight itself; the
+    binary path first applies the bi-transformation `fp2bin_<max_k>` (only at the largest kernel), then
+    standardises and takes the sign, times the per-filter scale mean(|w_n|).
     """
 
     def __init__(self, max_in: int, max_out: int, kernels: tuple[int, ...], min_groups: int,
@@ -191,19 +197,29 @@ class DynamicBinaryConv2d(nn.Module):
         w = self.weight[:out_c, : sub_in * min(groups, self.weight.size(1) // sub_in)]  # columns used
         w = self._kernel_crop(w, k)
         w = self._group_crop(w, in_c, groups)
-        if not binary:
-            return w, None
+        if not binary:  # the Bi-Teacher's FP weight: standardised too, no fp2bin, no sign, no scale
+            return (standardise(w) if self.weight_norm else w), None
         if self.bi_transformation and k == self.max_k:
             m = getattr(self, f"fp2bin_{k}")
             o, i = w.shape[:2]
             w = (w.reshape(o, i, k * k) @ m.t()).reshape(o, i, k, k)
         if self.weight_norm:
-            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
+            w = standardise(w)
         scale = w.abs().mean(dim=(1, 2, 3)).detach()
         if self.training:
             with torch.no_grad():
                 self.scaling_factor[:out_c, 0, 0, 0] = scale
         return binary_weight_sign(w), scale
+
+    def weight_distill_loss(self, in_c: int, out_c: int, k: int, groups: int) -> torch.Tensor:
+        """METHOD.md's optional weight-distillation term for one layer (without its 0.1 factor): the MSE
+        between the binary weight and the (detached) FP weight, each divided by its mean square per filter."""
+        wb, scale = self.subnet_weight(in_c, out_c, k, groups, binary=True)
+        wb = wb * scale.view(-1, 1, 1, 1)
+        wf = self.subnet_weight(in_c, out_c, k, groups, binary=False)[0].detach()
+        wb = wb / wb.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+        wf = wf / wf.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+        return F.mse_loss(wb, wf)
 
     def forward(self, x, out_c: int, k: int, groups: int, stride: int, binary: bool = True):
         w, scale = self.subnet_weight(x.size(1), out_c, k, groups, binary)

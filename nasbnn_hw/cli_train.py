@@ -37,8 +37,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, num_random=args.num_random,
                       bi_teacher=not args.no_bi_teacher, weight_norm=not args.no_weight_norm,
-                      bi_transformation=not args.no_bi_transformation, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch)
+                      bi_transformation=not args.no_bi_transformation, weight_distill=args.weight_distill,
+                      seed=args.seed, checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch)
     distributed = _init_distributed()
     data_config = {"source": args.data, "val_fraction": args.val_fraction, "limit_train": args.limit_train,
                    "split_seed": 0}
@@ -115,6 +115,9 @@ def register(sub) -> None:
     p.add_argument("--no-bi-teacher", action="store_true", help="teacher = largest subnet with binary weights")
     p.add_argument("--no-bi-transformation", action="store_true")
     p.add_argument("--no-weight-norm", action="store_true")
+    p.add_argument("--weight-distill", type=float, nargs="?", const=0.1, default=0.0, metavar="COEF",
+                   help="add COEF x the weight-distillation MSE (binary vs FP weight) to each student's loss "
+                        "(flag alone: 0.1; default off, as in the official recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K", help="also checkpoint every K steps")

@@ -114,6 +114,16 @@ class SuperBNN(nn.Module):
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return F.linear(x, self.fc.weight[:, : x.size(1)], self.fc.bias)
 
+    def weight_distill_loss(self, arch: Arch) -> torch.Tensor:
+        """Sum over the subnet's binary convs of `DynamicBinaryConv2d.weight_distill_loss` (METHOD.md's
+        optional weight distillation; the trainer scales it by `weight_distill`)."""
+        total = self.fc.weight.new_zeros(())
+        for p in self.plan(arch):
+            blk = self.features[p.stage][p.index]
+            total = total + blk.binary_conv.weight_distill_loss(p.in_c, p.in_c, p.kernel, p.groups1)
+            total = total + blk.binary_conv1x1.weight_distill_loss(p.in_c, p.out_c, 1, p.groups2)
+        return total
+
     def config(self) -> dict:
         return {"space": self.space.to_dict(), "weight_norm": self.weight_norm,
                 "bi_transformation": self.bi_transformation}

@@ -42,6 +42,7 @@ class TrainConfig:
     bi_teacher: bool = True        # False: the teacher is the largest subnet with binary weights
     weight_norm: bool = True
     bi_transformation: bool = True
+    weight_distill: float = 0.0    # METHOD.md's optional weight distillation (0.1 when on; off officially)
     seed: int = 0
     checkpoint_every: int = 0      # also checkpoint every K steps (0: only at epoch ends)
     max_steps_per_epoch: int = 0   # 0: the whole training split
@@ -54,6 +55,8 @@ class TrainConfig:
             raise NasBnnError(f"lr={self.lr} must be > 0")
         if self.num_random < 0:
             raise NasBnnError(f"num_random={self.num_random} must be >= 0")
+        if self.weight_distill < 0:
+            raise NasBnnError(f"weight_distill={self.weight_distill} must be >= 0")
 
 
 def _param_groups(net: SuperBNN, weight_decay: float):
@@ -118,7 +121,8 @@ class SupernetTrainer:
             return False
         obj = safe_load(self.checkpoint_path)
         saved = obj.get("train_config", {})
-        for key in ("batch_size", "epochs", "seed", "bi_teacher", "weight_norm", "bi_transformation", "num_random"):
+        for key in ("batch_size", "epochs", "seed", "bi_teacher", "weight_norm", "bi_transformation", "num_random",
+                    "weight_distill"):
             if key in saved and saved[key] != getattr(self.cfg, key):
                 raise NasBnnError(f"cannot resume {self.checkpoint_path}: it was trained with {key}={saved[key]}, "
                                   f"this run asks for {getattr(self.cfg, key)}")
@@ -164,8 +168,10 @@ class SupernetTrainer:
         for arch in self._students(self.global_step):
             s_logits = net(x, arch, binary_weights=True)
             kd = F.kl_div(F.log_softmax(s_logits, dim=1), soft, reduction="batchmean")
-            kd.backward()
             kd_losses.append(kd.item())
+            if cfg.weight_distill:
+                kd = kd + cfg.weight_distill * net.weight_distill_loss(arch)
+            kd.backward()
         self._sync_grads()
         self.opt.step()
         self.sched.step()

@@ -91,7 +91,7 @@ def test_weight_norm_changes_binary_weights():
 
 def test_group_crop_follows_official_rule():
     sp = get_space("imagenet")
-    net = SuperBNN(sp)
+    net = SuperBNN(sp, weight_norm=False)  # the FP path is then the cropped weight itself
     conv = net.features[3][0].binary_conv  # weight (192, 96, 5, 5): max_in 192, min groups 2
     w, _ = conv.subnet_weight(128, 128, 5, 4, binary=False)  # sub_in 32, ratio 3
     full = conv.weight
@@ -103,7 +103,7 @@ def test_group_crop_follows_official_rule():
 
 def test_kernel_transform_5to3():
     sp = get_space("imagenet")
-    net = SuperBNN(sp)
+    net = SuperBNN(sp, weight_norm=False)
     conv = net.features[2][0].binary_conv
     with torch.no_grad():
         conv.matrix_5to3.copy_(torch.randn(9, 9))
