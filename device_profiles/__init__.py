@@ -66,6 +66,9 @@ class DeviceProfile:
     repeat: int = 30
     number: int = 1
     rounds: int = 1                     # measure each item this many times, at different moments
+    bursts: int = 1                     # split an item's samples into this many bursts ...
+    reference: bool = False             # ... each after the reference kernel: latency in reference units
+    sample_ms: float = 20.0             # a sample lasts at least this long (when number is calibrated)
     retries: int = 4
     backoff: float = 1.0
     timeouts: dict = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
@@ -123,7 +126,7 @@ def _resolve_native(t: dict) -> dict:
 
 # ---- validation ---------------------------------------------------------------------------------------
 _INT_KEYS = {"port": (0, 65535), "threads": (0, 4096), "warmup": (0, 10**6), "repeat": (1, 10**6),
-             "number": (1, 10**7), "rounds": (1, 100), "retries": (0, 100)}
+             "number": (1, 10**7), "rounds": (1, 100), "retries": (0, 100), "bursts": (1, 1000)}
 _STR_KEYS = ("name", "description", "cross_compiler", "host", "user", "identity_file", "known_hosts",
              "ssh_config", "remote_dir", "runner")
 ALLOWED_KEYS = tuple(k for k in DeviceProfile.__dataclass_fields__ if k != "path")
@@ -176,6 +179,10 @@ def validate_profile(data: dict, where: str, default_name: str = "", path: Path 
     for k, (lo, hi) in _INT_KEYS.items():
         if k in d and (type(d[k]) is not int or not lo <= d[k] <= hi):
             raise _fail(where, k, d[k], f"expected an integer from {lo} to {hi}")
+    if "reference" in d and type(d["reference"]) is not bool:
+        raise _fail(where, "reference", d["reference"], "expected true or false")
+    if "sample_ms" in d and (type(d["sample_ms"]) not in (int, float) or not 0 < d["sample_ms"] <= 10_000):
+        raise _fail(where, "sample_ms", d["sample_ms"], "expected milliseconds, more than 0 and at most 10000")
     if "backoff" in d and (type(d["backoff"]) not in (int, float) or not 0 <= d["backoff"] <= 3600):
         raise _fail(where, "backoff", d["backoff"], "expected seconds from 0 to 3600")
     tmo = d.get("timeouts", {})

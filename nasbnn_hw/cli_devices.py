@@ -30,10 +30,33 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def _noise(p, args) -> None:
+    """`devices check --noise`: the device's noise floor under its own timing protocol, in one line."""
+    from .cli_profile import timing_for
+    from .kernels import resolve_target
+    from .runners import get_runner
+    from .timing import noise_floor
+    timing, _ = timing_for(p)
+    with get_runner(p, accept_new_host_key=getattr(args, "accept_new_host_key", False)) as runner:
+        n = noise_floor(runner, resolve_target(p), timing)
+    print(f"{p.name}: noise floor {100 * n['noise']:.1f} % ({n['protocol']} protocol, {n['bursts']} x "
+          f"{n['repeat']} samples; raw median {100 * n['noise_raw']:.1f} %, reference-normalised "
+          f"{100 * n['noise_reference']:.1f} %); reference kernel p90/p10 {n['speed_range']:.2f}x meanwhile; "
+          f"reference kernel {n['reference_us']:.1f} us")
+
+
 def cmd_check(args) -> int:
     from device_profiles import ProfileError, load_profile, normalize_arch
     p = load_profile(args.name, _dirs(args))
     print(f"{p.name}: profile OK ({p.path}); runner {p.runner}, target {_target_text(p)}, arch {p.arch}")
+    rc = _check(p, args)
+    if rc == 0 and getattr(args, "noise", False):
+        _noise(p, args)
+    return rc
+
+
+def _check(p, args) -> int:
+    from device_profiles import ProfileError, normalize_arch
     if p.runner == "local":
         here = normalize_arch(platform.machine())
         if here != p.arch:
@@ -83,6 +106,8 @@ def register(sub) -> None:
     c.add_argument("--accept-new-host-key", action="store_true",
                    help="record an unknown SSH host key (its SHA256 fingerprint is printed); a changed key is "
                         "always refused")
+    c.add_argument("--noise", action="store_true",
+                   help="also measure the device's noise floor under its timing protocol (one line)")
     c.add_argument("--devices-dir", action="append", metavar="DIR_OR_FILE", dest="devices_dir_check",
                    help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_devices)

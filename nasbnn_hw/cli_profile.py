@@ -30,7 +30,8 @@ def timing_for(profile, args=None):
         raise NasBnnError(f"--rounds must be >= 1 (got {rounds})")
     number = getattr(args, "number", None)
     return TimingSettings(warmup=pick("warmup", 5), repeat=pick("repeat", 20),
-                          number=number if number is not None else 0), rounds
+                          number=number if number is not None else 0, min_sample_ms=float(pick("sample_ms", 20.0)),
+                          bursts=pick("bursts", 1), reference=bool(pick("reference", False))), rounds
 
 
 def _target(name: str, devices_dir=None):

@@ -12,7 +12,6 @@ is measured, so a run killed at any moment loses at most the item in flight and 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import tempfile
 import time
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from .arch import Arch
 from .errors import NasBnnError
 from .layers import LayerConfig, arch_layers
-from .runners.base import ArgSpec
 from .sampling import sample_uniform
 from .space import SearchSpace, get_space
 from .store import Measurement, MeasurementStore
@@ -114,16 +114,26 @@ def random_subnets(space: SearchSpace, n: int, seed: int = 0, max_tries: int = 1
 @dataclass(frozen=True)
 class TimingSettings:
     """warmup calls, `repeat` timed samples, each the mean of `number` calls; number=0: choose `number`
-    so that one sample lasts at least `min_sample_ms`."""
+    so that one sample lasts at least `min_sample_ms`. `bursts` > 1 takes `repeat` samples that many
+    times; `reference` times the reference kernel before each burst and stores the latency in units of the
+    device's reference time (`nasbnn_hw.timing`: the machine's current speed factors out)."""
     warmup: int = 5
     repeat: int = 20
     number: int = 0
     min_sample_ms: float = 20.0
+    bursts: int = 1
+    reference: bool = False
 
     def __post_init__(self):
-        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms < 0:
-            raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number} "
-                               f"must be >= 0, >= 1, >= 0")
+        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1:
+            raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number}, "
+                               f"bursts={self.bursts}, min_sample_ms={self.min_sample_ms} must be >= 0, >= 1, "
+                               f">= 0, >= 1, > 0")
+
+    def protocol(self):
+        from .timing import Protocol
+        return Protocol(bursts=self.bursts, repeat=self.repeat, warmup=self.warmup, number=self.number,
+                        min_sample_ms=self.min_sample_ms)
 
 
 class _TimeEvaluatorRunner:
@@ -165,15 +175,35 @@ def default_runner():
     return LocalRunner()
 
 
-def _time(runner, lib: Path, args, t: TimingSettings):
-    # values do not change the time of these kernels (no data-dependent control flow or indexing): the
-    # runner generates its own inputs, so nothing but the library has to travel to a remote device
-    args = [ArgSpec(a.shape, a.dtype, a.is_output) for a in args]
-    number = t.number
-    if number == 0:  # calibrate: one short run decides how many calls make a sample long enough
-        probe = runner.time_library(lib, args, warmup=1, repeat=1, number=1)
-        number = max(1, min(10_000, math.ceil(t.min_sample_ms / 1e3 / max(probe.median, 1e-7))))
-    return runner.time_library(lib, args, warmup=t.warmup, repeat=t.repeat, number=number), number
+class _Clock:
+    """Times items under one run's settings: the protocol, and with `reference` the reference kernel
+    (built once for the target) and the device's baseline (calibrated once and kept in the store)."""
+
+    def __init__(self, runner, timing: TimingSettings, store: MeasurementStore, device: str, spec, version: str,
+                 tmp: Path):
+        from .timing import REFERENCE_LAYER, reference_library
+        self.runner, self.protocol, self.baseline, self.reference = runner, timing.protocol(), None, None
+        if timing.reference:
+            self.reference = reference_library(tmp, spec)
+            key = (device, spec.description(), version, REFERENCE_LAYER.key())
+            self.baseline = store.reference_baseline(*key)
+            if self.baseline is None:
+                self.baseline = store.set_reference_baseline(
+                    *key, self.protocol.calibrate_reference(runner, self.reference))
+                log.info("reference kernel on %s: %.2f us (kept in the store)", device, self.baseline * 1e6)
+
+    def time(self, lib: Path, args) -> tuple[float, float, tuple[float, ...]]:
+        """(median, iqr, samples) in seconds; in reference units times the baseline with a reference."""
+        from .timing import PROTOCOL_ESTIMATOR, estimate
+        m = self.protocol.measure(self.runner, lib, args, self.reference)
+        if self.reference is None:
+            samples = m.samples
+            med = estimate(m, "median")
+        else:
+            samples = m.normalised_samples(self.baseline)
+            med = estimate(m, PROTOCOL_ESTIMATOR, self.baseline)
+        q = np.percentile(samples, [25, 75])
+        return med, float(q[1] - q[0]), samples
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +258,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
     built: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="nasbnn-profile-", dir=workdir) as tmp, \
             _progress(total, f"{kind}s on {device}", progress) as bar:
+        clock = _Clock(runner, timing, store, device, spec, version, Path(tmp)) if todo else None
         for r in range(rounds):
             for key, config, build in todo:
                 if done[key] != r or key in report.failed:
@@ -238,7 +269,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                     if key not in built:
                         built[key] = build(Path(tmp))
                     lib_path, args = built[key]
-                    res, number = _time(runner, lib_path, args, timing)
+                    med, iqr, samples = clock.time(lib_path, args)
                 except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
                     if stop_on_error or _device_level(e):
                         raise
@@ -247,8 +278,8 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                     log.warning("%s %s failed: %s", kind, key, report.failed[key])
                     bar.update(rounds - done[key])
                     continue
-                m = Measurement(device, target_key, version, kind, key, config, median_s=res.median,
-                                iqr_s=res.iqr, repeats=len(res.samples), samples=res.samples, created=time.time())
+                m = Measurement(device, target_key, version, kind, key, config, median_s=med,
+                                iqr_s=iqr, repeats=len(samples), samples=tuple(samples), created=time.time())
                 if r == 0:
                     store.add(m)
                 else:
@@ -313,10 +344,21 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
 
 
 def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
-                  timing: TimingSettings = TimingSettings(), progress: bool = False) -> list[float]:
+                  timing: TimingSettings = TimingSettings(), progress: bool = False,
+                  baseline_from: str | Path | None = None) -> list[float]:
     """Compile and time `archs` once more on `device`, independently of any stored measurement (into a
-    throw-away store): seconds, one per arch. For how well a device agrees with itself."""
+    throw-away store): seconds, one per arch. For how well a device agrees with itself. Under the reference
+    protocol the device's reference baseline comes from the store `baseline_from` when it has one (the
+    same units as the first measurement), else it is calibrated afresh."""
+    from .kernels import resolve_target
+    from .timing import REFERENCE_LAYER
     with tempfile.TemporaryDirectory(prefix="nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
+        if timing.reference and baseline_from is not None and Path(baseline_from).exists():
+            key = (device, resolve_target(target).description(), _tvm_version(), REFERENCE_LAYER.key())
+            with MeasurementStore(baseline_from) as src:
+                base = src.reference_baseline(*key)
+            if base is not None:
+                st.set_reference_baseline(*key, base)
         rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress)
         got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
     missing = [subnet_key(a) for a in archs if subnet_key(a) not in got]

@@ -71,7 +71,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from cost_models.learned import fit_predictor
 
     from .checkpoint import load_supernet
-    from .cli_search import run_search_with_checkpoint
+    from .search import run_search_with_checkpoint
     from .data import default_source, load_splits
     from .deploy_onnx import check_agreement, export_onnx
     from .deploy_tvm import compile_subnet

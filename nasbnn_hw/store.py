@@ -7,6 +7,11 @@ write after a lost connection harmless (no duplicates).
 Rounds: an item measured again later (`profile --rounds R`, against a device whose timing drifts with its
 load or temperature) keeps every round in `rounds` (round 0 is the first measurement); its row in
 `measurements` then holds the median of the round medians, which is what every reader uses.
+
+Reference: items measured under the reference protocol (`nasbnn_hw.timing`) are in units of the device's
+reference-kernel time, kept in `reference` per (device, target, TVM version): the first calibration is
+kept, so later runs (and a second profiler on the same store) scale by the same number. Stores written
+before this table existed open unchanged and gain it empty.
 """
 from __future__ import annotations
 
@@ -42,6 +47,15 @@ CREATE TABLE IF NOT EXISTS rounds (
     samples TEXT NOT NULL,
     created REAL NOT NULL,
     UNIQUE (measurement, round)
+);
+CREATE TABLE IF NOT EXISTS reference (
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    layer TEXT NOT NULL,           -- the reference kernel (nasbnn_hw.timing.REFERENCE_LAYER key)
+    baseline_s REAL NOT NULL,      -- its time on the device when first calibrated
+    created REAL NOT NULL,
+    UNIQUE (device, target, tvm_version, layer)
 );
 """
 
@@ -132,6 +146,19 @@ class MeasurementStore:
             self._db.execute("ROLLBACK")
             raise
         return n
+
+    def reference_baseline(self, device: str, target: str, tvm_version: str, layer: str) -> float | None:
+        """The stored reference-kernel time of that device (seconds), or None."""
+        row = self._db.execute("SELECT baseline_s FROM reference WHERE device=? AND target=? AND tvm_version=? "
+                               "AND layer=?", (device, target, tvm_version, layer)).fetchone()
+        return None if row is None else float(row[0])
+
+    def set_reference_baseline(self, device: str, target: str, tvm_version: str, layer: str,
+                               baseline_s: float) -> float:
+        """Keep `baseline_s` unless a baseline is already stored; return the one the store keeps."""
+        self._db.execute("INSERT OR IGNORE INTO reference VALUES (?,?,?,?,?,?)",
+                         (device, target, tvm_version, layer, float(baseline_s), time.time()))
+        return self.reference_baseline(device, target, tvm_version, layer)
 
     def add(self, m: Measurement) -> bool:
         """Store `m`; return False (and change nothing) if that key is already stored."""

@@ -99,7 +99,8 @@ def sign_pack(x, move, groups: int, pad: int, name: str):
     n_, h, w, c = (int(v) for v in x.shape)
     cg = c // groups
     nw = words_per_group(cg)
-    rb = te.reduce_axis((0, WORD_BITS), name=f"{name}_rb")
+    # a group narrower than a word packs only its own bits (no loop over spare bits that stay 0)
+    rb = te.reduce_axis((0, min(WORD_BITS, cg)), name=f"{name}_rb")
     zero = tvm.tirx.const(0, WORD_DTYPE)
 
     def _bits(n, y, xx, g, wd):
@@ -107,7 +108,7 @@ def sign_pack(x, move, groups: int, pad: int, name: str):
         conds = []
         if pad:
             conds += [y >= pad, y < h + pad, xx >= pad, xx < w + pad]
-        if cg % WORD_BITS:
+        if cg > WORD_BITS and cg % WORD_BITS:
             conds.append(ch < cg)
         ci = g * cg + ch
         bit = (x[n, y - pad, xx - pad, ci] + move[ci] >= 0).astype(WORD_DTYPE)

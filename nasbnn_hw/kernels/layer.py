@@ -176,7 +176,7 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
 
     def _sched(sch):
-        schedule.cpu_pack(sch, "l0")
+        schedule.cpu_pack(sch, "l0", schedule.cpu_tile(spec))
         schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=schedule.cpu_tile(spec))
 
     ex = compile_function([x, *placeholders.values(), out], spec, _sched)

@@ -12,8 +12,30 @@ def _divisor_at_most(n: int, cap: int) -> int:
 # x86: tuned with benchmarks/binary_conv.py (AVX-512 VPOPCNTDQ; 64-bit lanes take the vector popcount
 # without a narrowing shuffle). aarch64 NEON has 32 128-bit registers and a per-byte `cnt`: a smaller
 # tile that fits them, 32-bit lanes (one widening add less per word); not timed on a board yet.
-CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8, "acc_dtype": "int64"}
-ARM_TILE = {"pixels": 4, "channels": 8, "vector": 4, "acc_dtype": "int32"}
+#
+# `parallel_min`: a loop nest runs in parallel only when it has at least this many innermost iterations
+# (popcount words for a conv, bits for the packing pass). A parallel launch wakes the thread pool and
+# joins it again: measured 8-10 us per launch on a 2-vCPU Zen 3 VM (about 2 us on a quiet AVX-512 host),
+# while 2**17 popcount words take about 30 us on one AVX2 core. Below that, one thread finishes sooner
+# than the launch and the time stays a property of the work (benchmarks/latency_floor.py).
+PARALLEL_MIN = 1 << 17
+CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8, "acc_dtype": "int64", "parallel_min": PARALLEL_MIN}
+ARM_TILE = {"pixels": 4, "channels": 8, "vector": 4, "acc_dtype": "int32", "parallel_min": PARALLEL_MIN}
+
+
+def _iterations(sch, block) -> int:
+    """Innermost iterations of a block's loop nest (spatial and reduction)."""
+    n = 1
+    for v in sch.get(block).iter_vars:
+        n *= int(v.dom.extent)
+    return n
+
+
+def _maybe_parallel(sch, work: int, loops, tile_cfg: dict | None) -> None:
+    """Fuse `loops` and run them in parallel when `work` (innermost iterations) pays for a launch."""
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if work >= (tile_cfg or CPU_TILE).get("parallel_min", PARALLEL_MIN):
+        sch.parallel(fused)
 
 
 def cpu_tile(spec) -> dict:
@@ -48,6 +70,7 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
     acc = sch.get_sblock(acc_name)
+    work = _iterations(sch, acc)  # before compute_at, which shrinks the block to one tile
     sch.compute_at(acc, fo)
     # compute_at regenerates the loops and drops unit ones: count the remaining reduction loops
     n_red = sum(1 for v in sch.get(acc).iter_vars if int(v.iter_type) == 2 and int(v.dom.extent) > 1)
@@ -67,20 +90,21 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
         sch.unroll(red[-1])
     fi_o, fi_i = sch.split(fi, [None, vec])
     sch.vectorize(fi_i)
-    sch.parallel(sch.fuse(n, y, xo))
+    _maybe_parallel(sch, work, [n, y, xo], tile_cfg)
     if red or inner:
         sch.decompose_reduction(acc, (red or inner)[0])
 
 
-def cpu_pack(sch, name: str):
-    """Rows in parallel; the 64-bit loop stays a loop: LLVM vectorises it (compare -> mask -> word),
-    about 7x faster than unrolling it into scalar shifts."""
-    loops = sch.get_loops(sch.get_sblock(f"{name}_pack"))
-    sch.parallel(sch.fuse(loops[0], loops[1]))
+def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
+    """Rows in parallel (when large enough); the 64-bit loop stays a loop: LLVM vectorises it (compare ->
+    mask -> word), about 7x faster than unrolling it into scalar shifts."""
+    blk = sch.get_sblock(f"{name}_pack")
+    loops = sch.get_loops(blk)
+    _maybe_parallel(sch, _iterations(sch, blk), loops[:2], tile_cfg)
 
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
-    cpu_pack(sch, name)
+    cpu_pack(sch, name, tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
     _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups, tile_cfg=tile_cfg)
@@ -88,8 +112,7 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
 
 def cpu_stem(sch, name: str, tile_cfg: dict | None = None):
     pad = sch.get_sblock(f"{name}_pad")
-    loops = sch.get_loops(pad)
-    sch.parallel(sch.fuse(loops[0], loops[1]))
+    _maybe_parallel(sch, _iterations(sch, pad), sch.get_loops(pad)[:2], tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
     _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext, pixel_cap=4, tile_cfg=tile_cfg)

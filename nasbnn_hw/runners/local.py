@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +42,10 @@ class LocalRunner(ClosingRunner):
 
     def _configure_threads(self, tvm) -> None:
         if self.threads > 0 and not self._threads_set:
+            # TVM runs a parallel loop inline only when its concurrency (TVM_NUM_THREADS, read at each
+            # launch) is 1; config_threadpool alone keeps a 1-thread pool whose every launch costs a
+            # hand-off (measured 8-10 us on a 2-vCPU VM). Both are process-wide.
+            os.environ["TVM_NUM_THREADS"] = str(self.threads)
             # mode 1 = "big cores" in TVM's affinity modes: every core on a homogeneous CPU
             tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
             self._threads_set = True
@@ -68,6 +73,35 @@ class LocalRunner(ClosingRunner):
         if return_outputs:
             outputs = tuple(t.numpy() for t, a in zip(tensors, args) if a.is_output)
         return Timing(samples, outputs)
+
+    def time_interleaved(self, items: Sequence[tuple[Path, Sequence[ArgSpec], int]], *, warmup: int,
+                         repeat: int) -> list[tuple[float, ...]]:
+        """Time several libraries sample by sample: `repeat` rounds, each one sample (the mean of its
+        `number` calls) of every item in turn, so that adjacent samples of different items see the same
+        state of a machine whose speed changes from one millisecond to the next. `items`: (library,
+        arguments, number). Returns each item's samples (seconds per call)."""
+        import tvm
+        self._configure_threads(tvm)
+        dev = tvm.cpu(0)
+        evals = []
+        for lib_path, args, number in items:
+            try:
+                lib = self._load(tvm, Path(lib_path))
+                fn = lib["main"]
+                tensors = [tvm.runtime.tensor(a, dev) for a in input_arrays(args, self.seed)]
+                for _ in range(warmup):
+                    fn(*tensors)
+                evals.append((lib.time_evaluator("main", dev, number=number, repeat=1), tensors))
+            except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
+                raise KernelError(f"cannot run kernel library {lib_path}: {e}") from e
+        out: list[list[float]] = [[] for _ in items]
+        try:
+            for _ in range(repeat):
+                for (ev, tensors), samples in zip(evals, out):
+                    samples.append(float(ev(*tensors).results[0]))
+        except Exception as e:  # noqa: BLE001
+            raise KernelError(f"kernel failed while timing: {e}") from e
+        return [tuple(s) for s in out]
 
     def close(self) -> None:
         self._modules.clear()

@@ -1,0 +1,127 @@
+"""Does the device agree with itself? Two independent measurements of the same random subnets, per timing
+protocol, with and without a competing process.
+
+    python benchmarks/self_agreement.py [--spaces small16 small imagenet@64] [--subnets 20] [--threads 1]
+                                        [--chunks 5] [--competitor off on]
+
+Every subnet is compiled once; then two campaigns (A, then B) time every subnet in turn. Within a campaign
+each subnet gets `chunks` short bursts, each burst timing the fixed reference kernel of the protocol
+(`nasbnn_hw.timing.REFERENCE_LAYER`) right before the subnet. From the same samples every protocol's
+estimate is computed, so they are compared on equal data:
+
+- `median`: the median of the subnet's samples (the previous protocol);
+- `min`: the fastest sample;
+- `reference`: each burst's subnet median divided by the reference median of that burst, the median of
+  those ratios times the device's reference time: the machine's current speed factors out.
+
+Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
+second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns.
+Each (space, competitor) case runs in its own process. Prints a table, then a JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import subprocess
+import sys
+import time
+
+
+def _burn(stop, seed: int) -> None:
+    rng = random.Random(seed)
+    while not stop.is_set():
+        end = time.perf_counter() + rng.uniform(0.5, 2.0)
+        x = 0
+        while time.perf_counter() < end:
+            x += 1
+        stop.wait(rng.uniform(0.5, 2.0))
+
+
+def _space(spec: str):
+    from nasbnn_hw.space import get_space
+    name, _, res = spec.partition("@")
+    sp = get_space(name)
+    return sp.with_resolution(int(res)) if res else sp
+
+
+def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from cost_models.metrics import kendall_tau, within
+    from nasbnn_hw.deploy_tvm import compile_random_subnet
+    from nasbnn_hw.profiler import random_subnets
+    from nasbnn_hw.runners.local import LocalRunner
+    from nasbnn_hw.timing import ESTIMATORS, Protocol, estimate, reference_library
+    space = _space(space_spec)
+    archs = random_subnets(space, n, seed=11)
+    runner = LocalRunner(threads=threads)
+    proto = Protocol(bursts=chunks, repeat=repeat)
+    with tempfile.TemporaryDirectory() as d:
+        ref = reference_library(Path(d), "local")
+        libs = []
+        for i, a in enumerate(archs):
+            net = compile_random_subnet(a, space, "local", seed=i)
+            libs.append((net.export(Path(d) / f"s{i}.so"), net.arg_specs()))
+        stop = mp.Event()
+        burner = mp.Process(target=_burn, args=(stop, 5), daemon=True) if competitor else None
+        if burner:
+            burner.start()
+        try:
+            baseline = proto.calibrate_reference(runner, ref)
+            campaigns = []
+            for _ in range(2):
+                campaigns.append([proto.measure(runner, lib, args, ref) for lib, args in libs])
+        finally:
+            if burner:
+                stop.set()
+                burner.join()
+    out = {"space": space_spec, "competitor": competitor, "threads": threads, "protocols": {}}
+    for name in ESTIMATORS:
+        a, b = ([estimate(m, name, baseline) for m in c] for c in campaigns)
+        dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
+        out["protocols"][name] = {"kendall_tau": kendall_tau(a, b), "acc10": within(a, b, 0.10),
+                                  "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
+                                  "range_ms": [min(a) * 1e3, max(a) * 1e3]}
+    out["reference_drift"] = [max(m.reference_s) / min(m.reference_s) for c in campaigns for m in c]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spaces", nargs="+", default=["small16", "small", "imagenet@64"])
+    ap.add_argument("--subnets", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
+    ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
+    ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat)))
+        return 0
+    results = []
+    print("| space | competitor | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for sp in a.spaces:
+        for comp in a.competitor:
+            p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, "--subnets", str(a.subnets),
+                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat)],
+                               capture_output=True, text=True)
+            if p.returncode:
+                sys.stderr.write(p.stderr)
+                return p.returncode
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            results.append(r)
+            for name, m in r["protocols"].items():
+                print(f"| {sp} | {comp} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
+                      f"{100 * m['median_dev']:.1f} % | {100 * m['worst_dev']:.1f} % | "
+                      f"{m['range_ms'][0]:.3f}-{m['range_ms'][1]:.3f} |", flush=True)
+    print(json.dumps({"self_agreement": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
