@@ -95,7 +95,7 @@ def report(threads: int, res: dict) -> dict:
     largest = next(s for s in subs if s["name"] == "largest")
     summary.update(subnet_fixed_us=fixed, smallest_us=smallest["us"], largest_us=largest["us"],
                    subnet_us=[s["us"] for s in subs])
-    print(f"\nfixed cost per layer call (intercept): " +
+    print("\nfixed cost per layer call (intercept): " +
           ", ".join(f"{k} {v:.2f} us" for k, v in summary["fixed_us"].items()))
     print(f"small16 subnets: smallest {smallest['us']:.1f} us ({smallest['layers']} layers), "
           f"largest {largest['us']:.1f} us, fixed part of a subnet (intercept vs OPs) {fixed:.1f} us, "

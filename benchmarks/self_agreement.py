@@ -46,7 +46,8 @@ def _space(spec: str):
     return sp.with_resolution(int(res)) if res else sp
 
 
-def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int) -> dict:
+def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
+           raw_dir: str | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -86,6 +87,11 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
                                   "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
                                   "range_ms": [min(a) * 1e3, max(a) * 1e3]}
     out["reference_drift"] = [max(m.reference_s) / min(m.reference_s) for c in campaigns for m in c]
+    if raw_dir:
+        from dataclasses import asdict
+        Path(raw_dir).mkdir(parents=True, exist_ok=True)
+        (Path(raw_dir) / f"{space_spec}-{'on' if competitor else 'off'}.json").write_text(json.dumps(
+            {"baseline": baseline, "campaigns": [[asdict(m) for m in c] for c in campaigns]}))
     return out
 
 
@@ -97,10 +103,12 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
     ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
+    ap.add_argument("--raw", metavar="DIR", help="also write every campaign's raw samples there (JSON)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat)))
+        print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
+                                a.raw)))
         return 0
     results = []
     print("| space | competitor | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
@@ -108,7 +116,8 @@ def main(argv=None) -> int:
     for sp in a.spaces:
         for comp in a.competitor:
             p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, "--subnets", str(a.subnets),
-                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat)],
+                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat)]
+                               + (["--raw", a.raw] if a.raw else []),
                                capture_output=True, text=True)
             if p.returncode:
                 sys.stderr.write(p.stderr)

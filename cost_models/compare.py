@@ -85,7 +85,18 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
     for name, m in metrics.items():
         log(format_metrics(name, m) + ("" if m["unit"] == "s" else "  (linear fit to seconds)"))
     if again is not None:
+        from nasbnn_hw.timing import noise_warning
+        from cost_models._store import open_store
         log(format_metrics("measured again", again["remeasured"]) + "  (the device against itself)")
+        st, own = open_store(store)
+        try:
+            st.add_agreement(device, again["n"], again["remeasured"]["kendall_tau"], again["remeasured"]["acc10"])
+            warn = noise_warning(st, device)
+        finally:
+            if own:
+                st.close()
+        if warn:
+            log(warn)
         atomic_write_text(Path(out) / "repeatability.json", json.dumps(again, indent=1) + "\n")
         metrics["repeatability"] = again    # not a model: its own structure, see _repeatability
     return metrics

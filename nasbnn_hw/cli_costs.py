@@ -2,6 +2,7 @@
 lookup table and predictor against measured subnets: a report with table, plots and points)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .errors import NasBnnError
@@ -16,6 +17,10 @@ def cmd_fit(args) -> int:
     p = fit_predictor(args.store, args.device, test_fraction=args.test_fraction, seed=args.seed,
                       n_estimators=args.n_estimators, target=args.target, tvm_version=args.tvm_version)
     p.save(args.out)
+    from .timing import noise_warning
+    warn = noise_warning(args.store, args.device)
+    if warn:
+        print(warn, file=sys.stderr)
     ho = p.held_out_
     print(f"fitted latency predictor for {args.device} on {p.n_train_layers_} layers and "
           f"{p.correction_['n']} subnets -> {args.out}")
@@ -31,7 +36,7 @@ def _measure_missing_subnets(args) -> None:
     """With --measure: bring the store up to --measure-subnets measured subnets of --space (default 3x
     --subnets: the rest fit the predictor's correction and the LUT overhead) plus its layers, measuring only
     what is missing."""
-    from .cli_profile import _device, timing_for
+    from .devices import open_device as _device, timing_for
     from .profiler import profile_layers, profile_subnets, random_subnets, subnet_key
     from .space import get_space
     from .store import MeasurementStore
@@ -58,11 +63,12 @@ def _measure_missing_subnets(args) -> None:
 def _remeasurer(args):
     """(remeasure(space, archs) -> seconds, runner) for --remeasure: compiles and times subnets again on the
     device, leaving the store as it was."""
-    from .cli_profile import _device, timing_for
+    from .devices import open_device as _device, timing_for
     from .profiler import measure_again
     device, runner, target, profile = _device(args.device)
     timing, _ = timing_for(profile)
-    return (lambda space, archs: measure_again(space, archs, device, runner, target, timing=timing)), runner
+    return (lambda space, archs: measure_again(space, archs, device, runner, target, timing=timing,
+                                               baseline_from=args.store)), runner
 
 
 def cmd_compare(args) -> int:

@@ -32,7 +32,7 @@ def cmd_devices(args) -> int:
 
 def _noise(p, args) -> None:
     """`devices check --noise`: the device's noise floor under its own timing protocol, in one line."""
-    from .cli_profile import timing_for
+    from .devices import timing_for
     from .kernels import resolve_target
     from .runners import get_runner
     from .timing import noise_floor
@@ -46,7 +46,7 @@ def _noise(p, args) -> None:
 
 
 def cmd_check(args) -> int:
-    from device_profiles import ProfileError, load_profile, normalize_arch
+    from device_profiles import load_profile
     p = load_profile(args.name, _dirs(args))
     print(f"{p.name}: profile OK ({p.path}); runner {p.runner}, target {_target_text(p)}, arch {p.arch}")
     rc = _check(p, args)

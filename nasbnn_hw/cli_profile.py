@@ -5,33 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from .devices import open_device as _device, timing_for
 from .errors import NasBnnError
-
-
-def _device(name: str, devices_dir=None, accept_new_host_key: bool = False):
-    """(device name, runner, target, profile) for --device."""
-    from device_profiles import load_profile
-
-    from .runners import get_runner
-    profile = load_profile(name, [devices_dir] if devices_dir else [])
-    return profile.name, get_runner(profile, accept_new_host_key=accept_new_host_key), profile, profile
-
-
-def timing_for(profile, args=None):
-    """(TimingSettings, rounds) for a device: --warmup/--repeat/--number/--rounds where given (`args` may
-    lack them), else the device profile's values; `number` defaults to calibrated (0)."""
-    from .profiler import TimingSettings
-
-    def pick(name, default):
-        v = getattr(args, name, None)
-        return v if v is not None else getattr(profile, name, default) if profile is not None else default
-    rounds = pick("rounds", 1)
-    if rounds < 1:
-        raise NasBnnError(f"--rounds must be >= 1 (got {rounds})")
-    number = getattr(args, "number", None)
-    return TimingSettings(warmup=pick("warmup", 5), repeat=pick("repeat", 20),
-                          number=number if number is not None else 0, min_sample_ms=float(pick("sample_ms", 20.0)),
-                          bursts=pick("bursts", 1), reference=bool(pick("reference", False))), rounds
 
 
 def _target(name: str, devices_dir=None):

@@ -4,12 +4,13 @@ PyTorch) and write a report. Every stage reuses what an earlier run already prod
 from __future__ import annotations
 
 import json
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-
 
 
 @dataclass
@@ -27,6 +28,56 @@ class QuickstartConfig:
     population: int = 32
     generations: int = 4
     seed: int = 0
+
+
+BUDGET_QUANTILES = (0.25, 0.5, 0.75)  # the three measured latency budgets
+BUDGET_SLACK = 0.03                   # "within budget" allows the measurement's own spread
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU model unknown"
+
+
+def _best_under(result, budget: float):
+    """The most accurate Pareto subnet under `budget`, else the cheapest one (a budget below the front)."""
+    from searchers.errors import SearchError
+    try:
+        return result.best(budget)
+    except SearchError:
+        return min(result.pareto, key=lambda c: c.costs[result.cost_model])
+
+
+def _plot_duel(duel: list[dict], path: Path, device: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=100)
+    budgets = sorted({d["budget_ms"] for d in duel})
+    for who, mk, col, dy in (("latency-aware", "o", "tab:blue", 6), ("OPs-aware", "s", "tab:orange", -12)):
+        pts = [d for d in duel if d["search"] == who]
+        ax.scatter([d["measured_ms"] for d in pts], [d["test_top1"] for d in pts], marker=mk, color=col, label=who,
+                   zorder=3)
+        for d in pts:  # which budget each pick answers (several budgets may share a pick)
+            ax.annotate(f"b{budgets.index(d['budget_ms']) + 1}" + ("" if d["within_budget"] else " over"),
+                        (d["measured_ms"], d["test_top1"]), textcoords="offset points",
+                        xytext=(4, dy + 8 * budgets.index(d["budget_ms"]) * (1 if dy > 0 else -1)), fontsize=7,
+                        color=col)
+    for i, b in enumerate(budgets):
+        ax.axvline(b, color="grey", ls="--", lw=0.8)
+        ax.text(b, ax.get_ylim()[1], f" b{i + 1}", fontsize=7, color="grey", va="top")
+    ax.set_xlabel(f"measured latency on {device} (ms); dashed: budgets")
+    ax.set_ylabel("test top-1 %")
+    ax.set_title("picks at three measured latency budgets", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _say(msg: str) -> None:
@@ -77,6 +128,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from .deploy_tvm import compile_subnet
     from .evaluate import accuracy, calibration_batches, recalibrate_bn
     from .layers import count_ops
+    from .devices import open_device, timing_for
+    from .timing import NOISE_TAU
     from .profiler import measure_again, profile_layers, profile_subnets, subnet_key
     from .sampling import largest, smallest
     from .space import get_space
@@ -124,11 +177,22 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
 
     # 2. profile ------------------------------------------------------------------------------------
     store_path = out / "measurements.db"
+    device, runner, target, profile = open_device(cfg.device)
+    timing, _ = timing_for(profile)
     with MeasurementStore(store_path) as store:
-        stages.run("profile layers (TVM binary kernels, local CPU)",
-                   lambda: profile_layers(space, cfg.device, store))
+        stages.run(f"profile layers (TVM binary kernels, {device})",
+                   lambda: profile_layers(space, device, store, runner, target, timing=timing))
         stages.run(f"profile {cfg.subnets} whole subnets",
-                   lambda: profile_subnets(space, cfg.subnets, cfg.device, store, seed=cfg.seed))
+                   lambda: profile_subnets(space, cfg.subnets, device, store, runner, target, seed=cfg.seed,
+                                           timing=timing))
+
+    def measured(archs) -> list[float]:
+        """Seconds on the device for `archs`, measuring (and storing) those not yet in the store."""
+        with MeasurementStore(store_path) as store:
+            profile_subnets(space, 0, device, store, runner, target, archs=list(archs), timing=timing,
+                            progress=False)
+            got = {m.key: m.median_s for m in store.query(device=device, kind="subnet")}
+        return [got[subnet_key(a)] for a in archs]
 
     # 3. fit ------------------------------------------------------------------------------------------
     pred_path = out / "predictor.json"
@@ -137,22 +201,49 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         if pred_path.exists():  # the search state and its latency budget are tied to this predictor
             _say(f"  reusing {pred_path}")
             return
-        fit_predictor(str(store_path), cfg.device).save(pred_path)
+        fit_predictor(str(store_path), device).save(pred_path)
     stages.run("fit latency predictor", fit)
 
-    # 4. search -------------------------------------------------------------------------------------
+    # 3b. the device's self-agreement, before anything relies on its latency ---------------------------
+    report_n = max(5, cfg.subnets // 3)
+
+    def report_costs():
+        return compare_measured(str(store_path), device, report_dir / "costs", n_subnets=report_n, space=space.name,
+                                remeasure=lambda sp, archs: measure_again(sp, archs, device, runner, target,
+                                                                          timing=timing, baseline_from=store_path),
+                                n_remeasure=report_n, log=lambda m: None)
+    metrics = stages.run("cost models vs held-out subnets, measured twice", report_costs)
+    again = metrics.pop("repeatability")
+    self_tau = again["remeasured"]["kendall_tau"]
+    if self_tau < NOISE_TAU:
+        _say(f"WARNING: this device does not agree with itself (Kendall tau {self_tau:.2f} < {NOISE_TAU} "
+             f"between two measurements): latency here is noise-dominated")
+
+    # 4. search: latency-aware and OPs-aware, at three measured latency budgets -----------------------
+    from cost_models.metrics import calibrate_linear
     from cost_models.registry import get_cost_model
-    lat_model = get_cost_model(f"latency@{cfg.device}", space, predictor=str(pred_path), store=str(store_path))
-    lo, hi = float(lat_model.cost(smallest(space))), float(lat_model.cost(largest(space)))
-    budget_s = lo + cfg.budget_fraction * (hi - lo)
-    constraint = f"latency@{cfg.device} <= {budget_s * 1e3:.4f}ms"
-    _say(f"latency budget: {constraint} (smallest {lo * 1e3:.3f} ms, largest {hi * 1e3:.3f} ms predicted)")
-    result, plots, _ = stages.run("evolutionary search", lambda: run_search_with_checkpoint(
-        ckpt, f"latency@{cfg.device}", [constraint], out / "search", store=str(store_path), predictor=str(pred_path),
-        val_limit=2000, searcher_params={"population_size": cfg.population, "generations": cfg.generations,
-                                         "mutations": cfg.population // 2, "crossovers": cfg.population // 2},
+    lat_model = get_cost_model(f"latency@{device}", space, predictor=str(pred_path), store=str(store_path))
+    ops_model = get_cost_model("ops", space)
+    from .profiler import random_subnets
+    prof_archs = random_subnets(space, cfg.subnets, cfg.seed)   # the profiled ones, as profile_subnets drew them
+    prof_lat = measured(prof_archs)
+    slope, icpt = calibrate_linear(list(ops_model.costs(prof_archs)), prof_lat)
+    budgets = sorted(float(b) for b in np.quantile(prof_lat, BUDGET_QUANTILES))
+    budget_s = budgets[1]
+    constraint = f"latency@{device} <= {budget_s * 1e3:.4f}ms"
+    _say(f"latency budgets (quantiles {BUDGET_QUANTILES} of the profiled subnets' measured latency): "
+         + ", ".join(f"{b * 1e3:.4f} ms" for b in budgets) + f"; OPs user's line: latency = {slope:.3e} s/OP x OPs "
+         f"+ {icpt * 1e3:.4f} ms")
+    params = {"population_size": cfg.population, "generations": cfg.generations,
+              "mutations": cfg.population // 2, "crossovers": cfg.population // 2}
+    result, plots, _ = stages.run("evolutionary search, latency-aware", lambda: run_search_with_checkpoint(
+        ckpt, f"latency@{device}", [f"latency@{device} <= {budgets[-1] * 1e3:.4f}ms"], out / "search",
+        store=str(store_path), predictor=str(pred_path), val_limit=2000, searcher_params=params, seed=cfg.seed))
+    ops_budgets = [max(0.0, (b - icpt) / slope) for b in budgets]
+    ops_result, _, _ = stages.run("evolutionary search, OPs-aware", lambda: run_search_with_checkpoint(
+        ckpt, "ops", [f"ops <= {ops_budgets[-1]:.6g}"], out / "search_ops", val_limit=2000, searcher_params=params,
         seed=cfg.seed))
-    chosen = result.best(budget_s)
+    chosen = _best_under(result, budget_s)
 
     # 5. export + verify + measure -----------------------------------------------------------------
     sup = load_supernet(ckpt).supernet
@@ -169,20 +260,33 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         return {"onnx": check_agreement("onnx", got_onnx, ref), "tvm": check_agreement("tvm", got_tvm, ref)}
     checks = stages.run("export chosen subnet (ONNX + TVM) and verify", export)
 
-    rows = []
+    rows, duel = [], []
+    test_top1: dict = {}
+
+    def top1(arch) -> float:
+        if arch not in test_top1:
+            recalibrate_bn(sup, arch, calibration_batches(splits.train, 10, 256))
+            test_top1[arch] = accuracy(sup, splits.test, arch=arch)["top1"]
+        return test_top1[arch]
 
     def measure_and_score():
         named = [("chosen", chosen.arch), ("largest", largest(space)), ("smallest", smallest(space))]
-        with MeasurementStore(store_path) as store:
-            profile_subnets(space, 0, cfg.device, store, archs=[a for _, a in named], progress=False)
-            measured = {m.key: m.median_s for m in store.query(device=cfg.device, kind="subnet")}
-        for name, arch in named:
-            recalibrate_bn(sup, arch, calibration_batches(splits.train, 10, 256))
-            acc = accuracy(sup, splits.test, arch=arch)
-            rows.append({"subnet": name, "test_top1": acc["top1"], "measured_ms": measured[subnet_key(arch)] * 1e3,
+        lat = measured([a for _, a in named])
+        for (name, arch), t in zip(named, lat):
+            rows.append({"subnet": name, "test_top1": top1(arch), "measured_ms": t * 1e3,
                          "predicted_ms": float(lat_model.cost(arch)) * 1e3, "ops_M": count_ops(arch, space).ops / 1e6,
                          "arch": arch.short()})
-    stages.run("measure and test chosen vs largest vs smallest", measure_and_score)
+        for b, ob in zip(budgets, ops_budgets):
+            picks = {"latency-aware": _best_under(result, b), "OPs-aware": _best_under(ops_result, ob)}
+            got = dict(zip(picks, measured([c.arch for c in picks.values()])))
+            for who, c in picks.items():
+                used = f"{b * 1e3:.4f} ms (predicted)" if who == "latency-aware" else f"{ob / 1e6:.4f} M OPs"
+                duel.append({"budget_ms": b * 1e3, "search": who, "budget_used": used,
+                             "test_top1": top1(c.arch), "val_top1": c.accuracy, "measured_ms": got[who] * 1e3,
+                             "within_budget": got[who] <= b * (1 + BUDGET_SLACK), "arch": c.arch.short(),
+                             "ops_M": count_ops(c.arch, space).ops / 1e6})
+    stages.run("measure and test the picks (chosen, largest, smallest; both searches at 3 budgets)",
+               measure_and_score)
 
     def random_subnets_top1():
         import random as _random
@@ -197,19 +301,47 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         return {"n": len(accs), "mean": statistics.mean(accs), "std": statistics.stdev(accs)}
     random_top1 = stages.run("test 20 random subnets", random_subnets_top1)
 
+    runner.close()
+
     # 6. report -------------------------------------------------------------------------------------
-    def report():
-        _plot_training(trainer.history, report_dir / "training.png")
-        n = max(5, cfg.subnets // 3)
-        return compare_measured(str(store_path), cfg.device, report_dir / "costs", n_subnets=n, space=space.name,
-                                remeasure=lambda sp, archs: measure_again(sp, archs, cfg.device), n_remeasure=n,
-                                log=lambda m: None)
-    metrics = stages.run("report (held-out subnets measured again)", report)
-    again = metrics.pop("repeatability")
+    _plot_training(trainer.history, report_dir / "training.png")
+    _plot_duel(duel, report_dir / "latency_vs_ops.png", device)
     total = time.time() - t_start
-    lines = [f"# nasbnn-hw quickstart: {space.name} on {source}", "",
-             f"Device: `{cfg.device}` (this machine), TVM-compiled bit-packed binary kernels. Total wall time "
-             f"{total:.0f} s.", "", "## Stages", "", "| stage | seconds |", "|---|---|"]
+    m = again["remeasured"]
+    lines = [f"# nasbnn-hw quickstart: {space.name} on {source}", ""]
+    if self_tau < NOISE_TAU:
+        lines += [f"**Warning: the device `{device}` does not agree with itself** (Kendall tau {self_tau:.3f} "
+                  f"< {NOISE_TAU} between two measurements of the same subnets): its latencies are "
+                  "noise-dominated, and so is every latency-based figure below. Check "
+                  f"`nasbnn-hw devices check {device} --noise`, close other work, or raise `bursts`.", ""]
+    lines += [f"Device: `{device}` ({platform.machine()}, {_cpu_model()}), "
+              f"TVM-compiled bit-packed binary kernels, timing protocol: "
+              f"{'reference kernel interleaved' if timing.reference else 'plain medians'}, {timing.bursts} x "
+              f"{timing.repeat} samples per item. Total wall time {total:.0f} s.", "",
+              "## 1. Does the device agree with itself?", "",
+              f"{again['n']} held-out subnets measured a second time, independently (compiled and timed again), "
+              "against the first measurement:", "",
+              "| | ±10% | Kendall tau | MAPE % |", "|---|---|---|---|",
+              f"| second measurement vs first | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} |",
+              "", "## 2. Cost models on held-out subnets", "",
+              f"Full report: [costs/report.md](costs/report.md); {next(iter(metrics.values()))['n']} held-out "
+              "subnets, never used to fit.", "", "| model | ±10% | Kendall tau | MAPE % |", "|---|---|---|---|"]
+    lines += [f"| {k} | {100 * v['acc10']:.1f}% | {v['kendall_tau']:.3f} | {v['mape']:.2f} |" for k, v in metrics.items()]
+    lines += ["", "OPs and FLOPs are scored after the best linear fit to seconds.", "",
+              "## 3. Latency-aware vs OPs-aware search at measured latency budgets", "",
+              f"Two evolutionary searches of the same supernet: one with the latency predictor as its cost, one "
+              f"with OPs (NAS-BNN's axis). An OPs user turns a latency budget into an OPs budget with the best "
+              f"linear fit of OPs to the measured latency of the {len(prof_lat)} profiled subnets (latency = "
+              f"{slope * 1e9:.3f} ns/OP x OPs + {icpt * 1e3:.4f} ms). Budgets: the {BUDGET_QUANTILES} quantiles of "
+              "those measured latencies. Every pick is then measured on the device and tested on the test split.",
+              "", "| budget ms | search | budget used | test top-1 % | measured ms | within budget | OPs (M) | arch |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {d['budget_ms']:.4f} | {d['search']} | {d['budget_used']} | {d['test_top1']:.2f} | "
+              f"{d['measured_ms']:.4f} | {'yes' if d['within_budget'] else 'no'} | "
+              f"{d['ops_M']:.4f} | `{d['arch']}` |" for d in duel]
+    lines += ["", f"'within budget': measured latency at most the budget (+{100 * BUDGET_SLACK:.0f} %, the "
+              "measurement's own spread).", "", "![latency-aware vs OPs-aware](latency_vs_ops.png)", "",
+              "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in stages.times.items()]
     lines += ["", f"## Chosen subnet under `{constraint}`", "",
               "| subnet | test top-1 % | measured latency ms | predicted ms | OPs (M) | arch |", "|---|---|---|---|---|---|"]
@@ -222,19 +354,11 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         f"(`{out / 'best.onnx'}`, `{out / 'best_tvm.so'}`).", "",
         "## Search", "", f"{len(result.evaluated)} subnets evaluated, {len(result.pareto)} on the Pareto set.", ""]
     lines += [f"![{p.stem}]({Path('..') / 'search' / p.name})" for p in plots]
-    lines += ["", "## Cost models vs measured latency", "",
-              f"Full report: [costs/report.md](costs/report.md); held-out subnets: "
-              f"{next(iter(metrics.values()))['n']}.", "", "| model | ±10% | Kendall tau | MAPE % |", "|---|---|---|---|"]
-    lines += [f"| {k} | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} |" for k, m in metrics.items()]
-    m = again["remeasured"]
-    lines += [f"| *second measurement* | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} |", "",
-              "*Second measurement*: the same held-out subnets compiled and timed again, scored against the first "
-              "measurement: how well this device agrees with itself. It carries the timing noise twice, a perfect "
-              "model once; a model near or above it is at the limit the noise allows."]
     lines += ["", "## Training", "", "![training](training.png)", ""]
     atomic_write_text(report_dir / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(report_dir / "summary.json", json.dumps(
         {"stages_s": stages.times, "total_s": total, "subnets": rows, "constraint": constraint,
-         "exports": checks, "cost_models": metrics, "repeatability": again,
+         "exports": checks, "cost_models": metrics, "repeatability": again, "latency_vs_ops": duel,
+         "ops_fit": {"slope_s_per_op": slope, "intercept_s": icpt}, "budgets_s": budgets,
          "random_subnets_top1": random_top1}, indent=1) + "\n")
     return str(report_dir / "report.md")

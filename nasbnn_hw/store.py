@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS reference (
     created REAL NOT NULL,
     UNIQUE (device, target, tvm_version, layer)
 );
+CREATE TABLE IF NOT EXISTS agreement (
+    device TEXT NOT NULL,
+    subnets INTEGER NOT NULL,      -- how many subnets were measured twice
+    kendall_tau REAL NOT NULL,     -- second measurement against the first
+    acc10 REAL NOT NULL,           -- share within +-10 %
+    created REAL NOT NULL
+);
 """
 
 _KEY = "device=? AND target=? AND tvm_version=? AND kind=? AND key=?"
@@ -159,6 +166,17 @@ class MeasurementStore:
         self._db.execute("INSERT OR IGNORE INTO reference VALUES (?,?,?,?,?,?)",
                          (device, target, tvm_version, layer, float(baseline_s), time.time()))
         return self.reference_baseline(device, target, tvm_version, layer)
+
+    def add_agreement(self, device: str, subnets: int, kendall_tau: float, acc10: float) -> None:
+        """Record how well `device` agreed with itself (`compare --remeasure`, the quickstart)."""
+        self._db.execute("INSERT INTO agreement VALUES (?,?,?,?,?)",
+                         (device, int(subnets), float(kendall_tau), float(acc10), time.time()))
+
+    def agreement(self, device: str) -> dict | None:
+        """The latest recorded self-agreement of `device`, or None."""
+        row = self._db.execute("SELECT subnets, kendall_tau, acc10, created FROM agreement WHERE device=? "
+                               "ORDER BY created DESC LIMIT 1", (device,)).fetchone()
+        return None if row is None else dict(zip(("subnets", "kendall_tau", "acc10", "created"), row))
 
     def add(self, m: Measurement) -> bool:
         """Store `m`; return False (and change nothing) if that key is already stored."""

@@ -33,7 +33,10 @@ __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "reference_l
 
 # A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~10-30 us.
 REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
-ESTIMATORS = ("median", "min", "reference", "reference-min", "bracket", "bracket-min", "low")
+ESTIMATORS = ("median", "min", "reference", "reference-min", "bracket", "bracket-min", "low", "stable")
+# `stable`: only samples whose two bracketing reference samples agree within this (the machine held one
+# speed across the sample); all samples when fewer than a third qualify
+STABLE_TOLERANCE = 0.03
 LOW_QUANTILE = 20
 # What the profiler stores: each item sample against the mean of the reference samples just before and
 # after it (bracket). Chosen from benchmarks/self_agreement.py on a 2-vCPU Zen 3 VM (docs/measurements.md).
@@ -81,6 +84,13 @@ def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         q = lambda xs: float(np.percentile(xs, LOW_QUANTILE))  # noqa: E731
         return q(m.samples) / q([x for r in m.reference for x in r]) * baseline
+    if name == "stable":
+        if not baseline or len(m.reference) <= len(m.bursts):
+            raise NasBnnError(f"the {name} estimator needs bracketing reference samples and a baseline")
+        r = [statistics.median(x) for x in m.reference]
+        ratios = m.ratios(statistics.median, bracket=True)
+        calm = [q for q, a, b in zip(ratios, r, r[1:]) if abs(a / b - 1) <= STABLE_TOLERANCE]
+        return statistics.median(calm if len(calm) * 3 >= len(ratios) else ratios) * baseline
     if name in ESTIMATORS[2:]:
         if not baseline or not m.reference:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
@@ -112,6 +122,7 @@ class Protocol:
     number: int = 0
     min_sample_ms: float = 1.0
     _numbers: dict = field(default_factory=dict, repr=False)
+    _probe_s: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.bursts < 1 or self.repeat < 1 or self.warmup < 0 or self.number < 0 or self.min_sample_ms <= 0:
@@ -124,6 +135,7 @@ class Protocol:
         key = str(lib)
         if key not in self._numbers:
             probe = runner.time_library(lib, args, warmup=self.warmup, repeat=3, number=1)
+            self._probe_s[key] = probe.median
             self._numbers[key] = max(1, min(100_000, math.ceil(self.min_sample_ms / 1e3 / max(probe.median, 1e-8))))
         return self._numbers[key]
 
@@ -147,6 +159,10 @@ class Protocol:
         if reference is not None and hasattr(runner, "time_interleaved"):
             rlib, rargs = reference[0], _plain(reference[1])
             rn = self._number(runner, rlib, rargs)
+            # a reference sample spans as long as an item sample: both average the machine over one window
+            item_s, ref_s = self._probe_s.get(str(lib)), self._probe_s.get(str(rlib))
+            if item_s and ref_s and n * item_s > rn * ref_s:
+                rn = min(100_000, math.ceil(n * item_s / ref_s))
             count = self.bursts * self.repeat
             ref_s, item_s = runner.time_interleaved([(rlib, rargs, rn), (lib, args, n)], warmup=self.warmup,
                                                     repeat=count + 1)
@@ -199,3 +215,26 @@ def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None =
             "repeat": proto.repeat, "noise": spread(PROTOCOL_ESTIMATOR if timing.reference else "median"),
             "noise_raw": spread("median"), "noise_reference": spread(PROTOCOL_ESTIMATOR),
             "speed_range": float(hi / lo), "reference_us": baseline * 1e6}
+
+
+NOISE_TAU = 0.8  # a device whose two measurements of the same subnets rank them below this is noise-dominated
+
+
+def noise_warning(store, device: str) -> str | None:
+    """A one-line warning when the latest recorded self-agreement of `device` in `store` (a path or a
+    MeasurementStore) is below NOISE_TAU; None when it is fine or was never measured."""
+    from .store import MeasurementStore
+    if store is None:
+        return None
+    if isinstance(store, MeasurementStore):
+        rec = store.agreement(device)
+    else:
+        if not Path(store).exists():
+            return None
+        with MeasurementStore(store) as st:
+            rec = st.agreement(device)
+    if rec is None or rec["kendall_tau"] >= NOISE_TAU:
+        return None
+    return (f"warning: device '{device}' does not agree with itself (Kendall tau {rec['kendall_tau']:.2f} < "
+            f"{NOISE_TAU} over {rec['subnets']} subnets measured twice): its latency is noise-dominated; see "
+            f"`nasbnn-hw devices check {device} --noise`")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _method_reference import forward, reference_step
-from nasbnn_hw import get_space, largest, smallest
+from nasbnn_hw import get_space, largest
 from nasbnn_hw.data import Splits, TensorData
 from nasbnn_hw.train import SupernetTrainer, TrainConfig
 

@@ -39,8 +39,10 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     report = run_quickstart(cfg)
     first = time.time() - t
     text = open(report).read()
-    for section in ("## Stages", "## Chosen subnet", "## Search", "## Cost models vs measured latency", "## Training"):
-        assert section in text
+    order = ["## 1. Does the device agree with itself?", "## 2. Cost models on held-out subnets",
+             "## 3. Latency-aware vs OPs-aware search", "## Stages", "## Chosen subnet", "## Search", "## Training"]
+    at = [text.index(section) for section in order]
+    assert at == sorted(at)  # self-agreement first, then the models, then the headline
     summary = json.loads((tmp_path / "qs" / "report" / "summary.json").read_text())
     assert summary["exports"]["onnx"]["same_top1"] and summary["exports"]["tvm"]["same_top1"]
     assert summary["exports"]["tvm"]["max_rel_err"] <= 1e-4
@@ -50,8 +52,18 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     assert summary["random_subnets_top1"]["n"] == 20 and 0 <= summary["random_subnets_top1"]["mean"] <= 100
     again = summary["repeatability"]
     assert again["n"] == 5 and 0 <= again["remeasured"]["mape"] < 100 and "predictor" in again
-    assert "| *second measurement* |" in text and "repeatability" not in summary["cost_models"]
-    for png in ("training.png",):
+    assert "| second measurement vs first |" in text and "repeatability" not in summary["cost_models"]
+    duel = summary["latency_vs_ops"]
+    assert [d["search"] for d in duel] == ["latency-aware", "OPs-aware"] * 3
+    budgets = [d["budget_ms"] for d in duel[::2]]
+    assert budgets == sorted(budgets) and all(d["measured_ms"] > 0 and 0 <= d["test_top1"] <= 100 for d in duel)
+    assert summary["ops_fit"]["slope_s_per_op"] > 0
+    from nasbnn_hw.store import MeasurementStore
+    with MeasurementStore(tmp_path / "qs" / "measurements.db") as st:   # the self-agreement is kept
+        rec = st.agreement("local")
+    assert rec is not None and rec["subnets"] == 5
+    assert rec["kendall_tau"] == pytest.approx(again["remeasured"]["kendall_tau"])
+    for png in ("training.png", "latency_vs_ops.png"):
         assert (tmp_path / "qs" / "report" / png).stat().st_size > 1000
     assert list((tmp_path / "qs" / "search").glob("pareto_*.png"))
     assert (tmp_path / "qs" / "best.onnx").exists() and (tmp_path / "qs" / "best_tvm.so").exists()
@@ -61,6 +73,6 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     second = time.time() - t
     summary2 = json.loads((tmp_path / "qs" / "report" / "summary.json").read_text())
     assert summary2["stages_s"]["train supernet"] < summary["stages_s"]["train supernet"]
-    assert summary2["stages_s"]["profile layers (TVM binary kernels, local CPU)"] < 0.5 * \
-        summary["stages_s"]["profile layers (TVM binary kernels, local CPU)"]
+    assert summary2["stages_s"]["profile layers (TVM binary kernels, local)"] < 0.5 * \
+        summary["stages_s"]["profile layers (TVM binary kernels, local)"]
     assert second < first

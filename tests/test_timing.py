@@ -1,0 +1,156 @@
+"""The timing protocol (nasbnn_hw.timing): a drifting machine's speed factors out; the reference baseline
+lives in the store; small layers launch no parallel loop; the device's noise floor in one line."""
+from __future__ import annotations
+
+import math
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.profiler import TimingSettings, profile_layers
+from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.timing import (ESTIMATORS, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
+                              noise_warning)
+
+
+class DriftingRunner:
+    """A simulated device: each library has a true time; the machine's speed drifts by +-40 % and now and
+    then runs 1.8x slower for a moment (as seen on a shared 2-vCPU VM). One state per burst: a reference
+    call and the item call after it see the same state."""
+
+    def __init__(self, true_s: dict):
+        self.true_s, self.calls = true_s, 0
+
+    @staticmethod
+    def factor(state: int) -> float:
+        return (1 + 0.4 * math.sin(state / 8.0)) * (1.8 if state % 9 == 4 else 1.0)
+
+    def time_library(self, lib, args, *, warmup, repeat, number=1, return_outputs=False):
+        from nasbnn_hw.runners.base import Timing
+        self.calls += str(lib) == "ref"   # the item runs right after its reference, in the same state
+        f = self.factor(self.calls)
+        return Timing(tuple(self.true_s[str(lib)] * f for _ in range(repeat)))
+
+
+class InterleavingDriftingRunner(DriftingRunner):
+    """The same device behind a runner that alternates single samples (one state per sample pair)."""
+
+    def time_interleaved(self, items, *, warmup, repeat):
+        out = [[] for _ in items]
+        for _ in range(repeat):
+            self.calls += 1
+            f = self.factor(self.calls)
+            for (lib, _a, _n), s in zip(items, out):
+                s.append(self.true_s[str(lib)] * f)
+        return [tuple(s) for s in out]
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_reference_protocol_factors_out_a_drifting_machine(interleave):
+    true = {"ref": 10e-6, "a": 25e-6, "b": 26e-6, "c": 60e-6}
+    runner = (InterleavingDriftingRunner if interleave else DriftingRunner)(true)
+    proto = Protocol(bursts=8, repeat=3, number=1)
+    ref = ("ref", [])
+    baseline = true["ref"]  # calibrate_reference itself is timed on a drifting machine: only units depend on it
+    assert proto.calibrate_reference(runner, ref) == pytest.approx(true["ref"], rel=0.5)
+    got = {k: proto.measure(runner, k, [], ref) for k in "abc"}
+    for name in ("bracket", "reference"):
+        est = {k: estimate(m, name, baseline) / baseline * true["ref"] for k, m in got.items()}
+        for k in "abc":  # in reference units the drift is gone
+            assert est[k] == pytest.approx(true[k], rel=0.03), (name, k)
+    raw = {k: estimate(m, "median") for k, m in got.items()}
+    assert max(abs(raw[k] / true[k] - 1) for k in "abc") > 0.05  # while the raw medians drift
+    assert set(ESTIMATORS) >= {"median", "min", "reference", "bracket"}
+    with pytest.raises(Exception, match="unknown estimator"):
+        estimate(got["a"], "mean", baseline)
+
+
+def test_bracket_uses_the_reference_before_and_after_each_sample():
+    m = ItemTiming(bursts=((2.0,), (4.0,)), reference=((1.0,), (3.0,), (1.0,)))
+    assert m.ratios(bracket=True) == [1.0, 2.0]          # 2 / mean(1, 3), 4 / mean(3, 1)
+    assert m.ratios(bracket=False) == [2.0, 4.0 / 3.0]
+    assert estimate(m, "bracket", 5.0) == pytest.approx(7.5)
+    assert m.normalised_samples(1.0) == (1.0, 2.0)
+
+
+def test_store_keeps_the_first_baseline_and_old_stores_open(tmp_path):
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)  # a store written before the reference and agreement tables existed
+    db.executescript("""CREATE TABLE measurements (id INTEGER PRIMARY KEY, device TEXT NOT NULL, target TEXT NOT NULL,
+        tvm_version TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, config TEXT NOT NULL, median_s REAL NOT NULL,
+        iqr_s REAL NOT NULL, repeats INTEGER NOT NULL, samples TEXT NOT NULL, created REAL NOT NULL,
+        UNIQUE (device, target, tvm_version, kind, key));
+        INSERT INTO measurements VALUES (1, 'local', 't', 'v', 'layer', 'k', '{}', 1e-5, 0, 3, '[1e-5]', 0);""")
+    db.commit()
+    db.close()
+    with MeasurementStore(old) as st:
+        assert st.count() == 1 and st.query()[0].median_s == 1e-5
+        key = ("local", "t", "v", REFERENCE_LAYER.key())
+        assert st.reference_baseline(*key) is None
+        assert st.set_reference_baseline(*key, 2e-5) == 2e-5
+        assert st.set_reference_baseline(*key, 9e-5) == 2e-5    # the first calibration is kept
+        assert st.agreement("local") is None and noise_warning(st, "local") is None
+        st.add_agreement("local", 8, NOISE_TAU - 0.3, 0.25)
+        warn = noise_warning(st, "local")
+        assert "noise-dominated" in warn and "local" in warn
+        st.add_agreement("local", 8, 0.95, 1.0)
+        assert noise_warning(st, "local") is None
+
+
+def test_profiling_under_the_reference_protocol_stores_reference_units(tmp_path):
+    from nasbnn_hw.kernels import resolve_target
+    from nasbnn_hw.profiler import _tvm_version
+    from nasbnn_hw.runners.local import LocalRunner
+    timing = TimingSettings(warmup=1, repeat=2, bursts=3, reference=True, min_sample_ms=0.2)
+    cfgs = [LayerConfig("bconv", 16, 16, 3, 1, 1, 8), LayerConfig("bconv", 64, 128, 1, 1, 1, 8)]
+    with MeasurementStore(tmp_path / "m.db") as st, LocalRunner(threads=1) as runner:
+        rep = profile_layers("small16", "local", st, runner, "local", timing=timing, layers=cfgs, progress=False)
+        assert len(rep.measured) == 2 and not rep.failed
+        key = ("local", resolve_target("local").description(), _tvm_version(), REFERENCE_LAYER.key())
+        base = st.reference_baseline(*key)
+        assert base is not None and 1e-7 < base < 1e-2
+        rows = st.query(kind="layer")
+        assert all(r.median_s > 0 and r.repeats == 6 for r in rows)   # 3 bursts x 2 samples, each kept
+        # more work, more time, in reference units too
+        t = {r.key: r.median_s for r in rows}
+        assert t[cfgs[1].key()] > t[cfgs[0].key()]
+
+
+def _tir(cfg: LayerConfig) -> str:
+    import tvm
+    from tvm import te
+
+    from nasbnn_hw.kernels import layer as L
+    from nasbnn_hw.kernels.targets import resolve_target
+    spec = resolve_target("local")
+    x = te.placeholder(L.layer_input_shape(cfg), "float32", name="x")
+    ph, out = L.layer_te(cfg, x, "l0", spec)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([x, *ph.values(), out])}))
+    L.schedule_layer(sch, cfg, "l0", spec)
+    return sch.mod.script()
+
+
+def test_small_layers_launch_no_parallel_loop_and_large_ones_do():
+    # a parallel launch costs more than a small layer's whole work (benchmarks/latency_floor.py)
+    for small in (LayerConfig("bconv", 16, 16, 3, 1, 1, 8), LayerConfig("stem", 1, 16, 3, 1, 2, 16)):
+        assert "T.parallel" not in _tir(small)
+    assert "T.parallel" in _tir(LayerConfig("bconv", 256, 256, 3, 1, 1, 14))
+
+
+def test_narrow_groups_pack_only_their_own_bits():
+    import re
+    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 16, 16, 3, 1, 1, 8)))
+    assert loops and loops[0].split(",")[-1].strip() == "16"   # 16 channels: a 16-iteration bit loop, not 64
+    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 96, 96, 3, 1, 1, 8)))
+    assert loops and loops[0].split(",")[-1].strip() == "64"   # 96 channels: two words of 64 bits
+
+
+def test_devices_check_noise_prints_one_line():
+    p = subprocess.run([sys.executable, "-m", "nasbnn_hw.cli", "devices", "check", "local", "--noise"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = [l for l in p.stdout.splitlines() if "noise floor" in l]
+    assert len(lines) == 1 and "reference protocol" in lines[0] and "%" in lines[0]
