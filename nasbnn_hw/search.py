@@ -46,14 +46,15 @@ def run_search_with_checkpoint(checkpoint, cost: str, constraints, out_dir, *, s
     from .checkpoint import load_supernet
     from .evaluate import SubnetEvaluator, calibration_batches
     from .subnet_io import data_for_checkpoint
-    if store is not None:
+    if store is not None:  # latency-based costs of a device that does not agree with itself: say so
+        import sys
+
         from cost_models.registry import split_name
         from .timing import noise_warning
         names = [cost] + [str(c).split("<=")[0].strip() for c in constraints]
         for dev in dict.fromkeys(d for d in (split_name(n)[1] for n in names) if d):
             warn = noise_warning(store, dev)
             if warn:
-                import sys
                 print(warn, file=sys.stderr)
     ck = load_supernet(checkpoint)
     net, space = ck.supernet, ck.supernet.space

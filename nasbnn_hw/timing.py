@@ -33,10 +33,7 @@ __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "reference_l
 
 # A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~10-30 us.
 REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
-ESTIMATORS = ("median", "min", "reference", "reference-min", "bracket", "bracket-min", "low", "stable")
-# `stable`: only samples whose two bracketing reference samples agree within this (the machine held one
-# speed across the sample); all samples when fewer than a third qualify
-STABLE_TOLERANCE = 0.03
+ESTIMATORS = ("median", "min", "reference", "bracket", "low")
 LOW_QUANTILE = 20
 # What the profiler stores: each item sample against the mean of the reference samples just before and
 # after it (bracket). Chosen from benchmarks/self_agreement.py on a 2-vCPU Zen 3 VM (docs/measurements.md).
@@ -59,18 +56,18 @@ class ItemTiming:
         """Each burst's reference median."""
         return tuple(statistics.median(r) for r in self.reference)
 
-    def _refs(self, stat, bracket: bool) -> list[float]:
-        r = [stat(x) for x in self.reference]
+    def _refs(self, bracket: bool) -> list[float]:
+        r = list(self.reference_s)
         if bracket and len(r) > len(self.bursts):  # the reference before and after each burst
             return [(a + b) / 2 for a, b in zip(r, r[1:])]
         return r[:len(self.bursts)]
 
-    def ratios(self, stat=statistics.median, bracket: bool = False) -> list[float]:
-        return [stat(b) / r for b, r in zip(self.bursts, self._refs(stat, bracket))]
+    def ratios(self, bracket: bool = False) -> list[float]:
+        return [statistics.median(b) / r for b, r in zip(self.bursts, self._refs(bracket))]
 
     def normalised_samples(self, baseline: float) -> tuple[float, ...]:
         """Each sample in reference units (times the baseline): what the store keeps."""
-        return tuple(s / r * baseline for b, r in zip(self.bursts, self._refs(min, True)) for s in b)
+        return tuple(s / r * baseline for b, r in zip(self.bursts, self._refs(True)) for s in b)
 
 
 def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
@@ -84,18 +81,10 @@ def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         q = lambda xs: float(np.percentile(xs, LOW_QUANTILE))  # noqa: E731
         return q(m.samples) / q([x for r in m.reference for x in r]) * baseline
-    if name == "stable":
-        if not baseline or len(m.reference) <= len(m.bursts):
-            raise NasBnnError(f"the {name} estimator needs bracketing reference samples and a baseline")
-        r = [statistics.median(x) for x in m.reference]
-        ratios = m.ratios(statistics.median, bracket=True)
-        calm = [q for q, a, b in zip(ratios, r, r[1:]) if abs(a / b - 1) <= STABLE_TOLERANCE]
-        return statistics.median(calm if len(calm) * 3 >= len(ratios) else ratios) * baseline
-    if name in ESTIMATORS[2:]:
+    if name in ("reference", "bracket"):
         if not baseline or not m.reference:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
-        stat = min if name.endswith("min") else statistics.median
-        return statistics.median(m.ratios(stat, bracket=name.startswith("bracket"))) * baseline
+        return statistics.median(m.ratios(bracket=name == "bracket")) * baseline
     raise NasBnnError(f"unknown estimator {name!r} (allowed: {', '.join(ESTIMATORS)})")
 
 

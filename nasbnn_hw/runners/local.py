@@ -50,22 +50,28 @@ class LocalRunner(ClosingRunner):
             tvm.get_global_func("runtime.config_threadpool")(1, self.threads)
             self._threads_set = True
 
-    def time_library(self, lib_path: Path, args: Sequence[ArgSpec], *, warmup: int, repeat: int,
-                     number: int = 1, return_outputs: bool = False) -> Timing:
-        import tvm
-        arrays = input_arrays(args, self.seed)
+    def _prepared(self, tvm, lib_path: Path, args: Sequence[ArgSpec], warmup: int):
+        """(library, tensors) for `lib_path`, loaded, with its inputs made and `warmup` calls done."""
         self._configure_threads(tvm)
         try:
             lib = self._load(tvm, Path(lib_path))
             fn = lib["main"]
         except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
             raise KernelError(f"cannot load kernel library {lib_path}: {e}") from e
-        dev = tvm.cpu(0)
-        tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+        tensors = [tvm.runtime.tensor(a, tvm.cpu(0)) for a in input_arrays(args, self.seed)]
         try:
             for _ in range(warmup):
                 fn(*tensors)
-            timer = lib.time_evaluator("main", dev, number=number, repeat=repeat)
+        except Exception as e:  # noqa: BLE001
+            raise KernelError(f"kernel {lib_path} failed: {e}") from e
+        return lib, tensors
+
+    def time_library(self, lib_path: Path, args: Sequence[ArgSpec], *, warmup: int, repeat: int,
+                     number: int = 1, return_outputs: bool = False) -> Timing:
+        import tvm
+        lib, tensors = self._prepared(tvm, lib_path, args, warmup)
+        try:
+            timer = lib.time_evaluator("main", tvm.cpu(0), number=number, repeat=repeat)
             samples = tuple(float(s) for s in timer(*tensors).results)
         except Exception as e:  # noqa: BLE001
             raise KernelError(f"kernel {lib_path} failed: {e}") from e
@@ -81,19 +87,10 @@ class LocalRunner(ClosingRunner):
         state of a machine whose speed changes from one millisecond to the next. `items`: (library,
         arguments, number). Returns each item's samples (seconds per call)."""
         import tvm
-        self._configure_threads(tvm)
-        dev = tvm.cpu(0)
         evals = []
         for lib_path, args, number in items:
-            try:
-                lib = self._load(tvm, Path(lib_path))
-                fn = lib["main"]
-                tensors = [tvm.runtime.tensor(a, dev) for a in input_arrays(args, self.seed)]
-                for _ in range(warmup):
-                    fn(*tensors)
-                evals.append((lib.time_evaluator("main", dev, number=number, repeat=1), tensors))
-            except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
-                raise KernelError(f"cannot run kernel library {lib_path}: {e}") from e
+            lib, tensors = self._prepared(tvm, lib_path, args, warmup)
+            evals.append((lib.time_evaluator("main", tvm.cpu(0), number=number, repeat=1), tensors))
         out: list[list[float]] = [[] for _ in items]
         try:
             for _ in range(repeat):
