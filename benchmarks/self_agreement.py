@@ -47,7 +47,7 @@ def _space(spec: str):
 
 
 def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
-           raw_dir: str | None = None) -> dict:
+           raw_dir: str | None = None, references: tuple[str, ...] = ("layer",)) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -61,7 +61,12 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     runner = LocalRunner(threads=threads)
     proto = Protocol(bursts=chunks, repeat=repeat)
     with tempfile.TemporaryDirectory() as d:
-        ref = reference_library(Path(d), "local")
+        refs = {}
+        if "layer" in references:
+            refs["layer"] = reference_library(Path(d), "local")
+        if "subnet" in references:  # a fixed subnet of the same space: the items' own working set
+            net = compile_random_subnet(random_subnets(space, 1, seed=9973)[0], space, "local", seed=99)
+            refs["subnet"] = (net.export(Path(d) / "reference-subnet.so"), net.arg_specs())
         libs = []
         for i, a in enumerate(archs):
             net = compile_random_subnet(a, space, "local", seed=i)
@@ -71,27 +76,34 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
         if burner:
             burner.start()
         try:
-            baseline = proto.calibrate_reference(runner, ref)
-            campaigns = []
-            for _ in range(2):
-                campaigns.append([proto.measure(runner, lib, args, ref) for lib, args in libs])
+            baselines = {k: proto.calibrate_reference(runner, r) for k, r in refs.items()}
+            campaigns = {k: [] for k in refs}
+            for _ in range(2):  # campaign A with every reference, then B with every reference
+                for k, r in refs.items():
+                    campaigns[k].append([proto.measure(runner, lib, args, r) for lib, args in libs])
         finally:
             if burner:
                 stop.set()
                 burner.join()
     out = {"space": space_spec, "competitor": competitor, "threads": threads, "protocols": {}}
-    for name in ESTIMATORS:
-        a, b = ([estimate(m, name, baseline) for m in c] for c in campaigns)
-        dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
-        out["protocols"][name] = {"kendall_tau": kendall_tau(a, b), "acc10": within(a, b, 0.10),
-                                  "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
-                                  "range_ms": [min(a) * 1e3, max(a) * 1e3]}
-    out["reference_drift"] = [max(m.reference_s) / min(m.reference_s) for c in campaigns for m in c]
+    for k in refs:
+        for name in ESTIMATORS:
+            if k != "layer" and name in ("median", "min"):
+                continue  # the same raw statistics as with the layer reference
+            a, b = ([estimate(m, name, baselines[k]) for m in c] for c in campaigns[k])
+            dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
+            label = name if k == "layer" or name in ("median", "min") else f"{name}/{k}"
+            out["protocols"][label] = {"kendall_tau": kendall_tau(a, b), "acc10": within(a, b, 0.10),
+                                       "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
+                                       "range_ms": [min(a) * 1e3, max(a) * 1e3]}
+    out["reference_drift"] = {k: [max(m.reference_s) / min(m.reference_s) for c in cs for m in c]
+                              for k, cs in campaigns.items()}
     if raw_dir:
         from dataclasses import asdict
         Path(raw_dir).mkdir(parents=True, exist_ok=True)
         (Path(raw_dir) / f"{space_spec}-{'on' if competitor else 'off'}.json").write_text(json.dumps(
-            {"baseline": baseline, "campaigns": [[asdict(m) for m in c] for c in campaigns]}))
+            {"baselines": baselines, "campaigns": {k: [[asdict(m) for m in c] for c in cs]
+                                                   for k, cs in campaigns.items()}}))
     return out
 
 
@@ -103,12 +115,15 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
     ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
+    ap.add_argument("--reference", nargs="+", choices=["layer", "subnet"], default=["layer"],
+                    help="the reference timed beside each item: the fixed reference layer of the protocol, "
+                         "and/or a fixed subnet of the same space (its working set matches the items')")
     ap.add_argument("--raw", metavar="DIR", help="also write every campaign's raw samples there (JSON)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
-                                a.raw)))
+                                a.raw, tuple(a.reference))))
         return 0
     results = []
     print("| space | competitor | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
@@ -116,7 +131,8 @@ def main(argv=None) -> int:
     for sp in a.spaces:
         for comp in a.competitor:
             p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, "--subnets", str(a.subnets),
-                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat)]
+                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
+                                "--reference", *a.reference]
                                + (["--raw", a.raw] if a.raw else []),
                                capture_output=True, text=True)
             if p.returncode:

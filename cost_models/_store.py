@@ -42,14 +42,14 @@ class DeviceMeasurements:
         return layer_from_config(self.layers[key].config)
 
 
-def open_store(store) -> tuple[MeasurementStore, bool]:
+def open_store(store, readonly: bool = True) -> tuple[MeasurementStore, bool]:
     if isinstance(store, MeasurementStore):
         return store, False
     if store is None:
         raise CostModelError("this cost model needs a measurement store (store=PATH or a MeasurementStore)")
     if not Path(store).exists():
         raise CostModelError(f"measurement store {str(store)!r} does not exist")
-    return MeasurementStore(store), True
+    return MeasurementStore(store, readonly=readonly), True
 
 
 def load_device_measurements(store, device: str, target: str | None = None,
@@ -57,8 +57,8 @@ def load_device_measurements(store, device: str, target: str | None = None,
     """All layer and subnet rows of `device`; with several (target, TVM version) pairs, one must be chosen."""
     st, owned = open_store(store)
     try:
-        rows = [m for m in st.query(device=device)
-                if (target is None or m.target == target) and (tvm_version is None or m.tvm_version == tvm_version)]
+        rows = [m for m in st.query(device=device, target=target)  # any spelling of the target
+                if tvm_version is None or m.tvm_version == tvm_version]
         source = str(st.path)
         if not rows:
             devices = st.devices()
@@ -71,7 +71,7 @@ def load_device_measurements(store, device: str, target: str | None = None,
     combos = sorted({(m.target, m.tvm_version) for m in rows})
     if len(combos) > 1:
         raise CostModelError(f"device {device!r} has measurements for several (target, TVM version) pairs "
-                             f"{combos}; choose one with target= and tvm_version=")
+                             f"{combos}; choose one with --target and --tvm-version (Python: target=, tvm_version=)")
     tgt, ver = combos[0]
     # keyed by the config's own key, so a profiler's choice of row key cannot break lookups
     layers = {layer_from_config(m.config, f"{source} row {m.key!r}").key(): m for m in rows if m.kind == "layer"}

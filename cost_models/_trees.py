@@ -9,6 +9,8 @@ import numpy as np
 
 __all__ = ["tree_to_dict", "check_tree_dict", "predict_trees"]
 
+MAX_LOG_RESIDUAL = 50.0   # a leaf scales its layer's base latency by exp(value): e^50 is already absurd
+
 
 def tree_to_dict(estimator) -> dict:
     t = estimator.tree_
@@ -22,6 +24,11 @@ def check_tree_dict(d: dict, n_features: int) -> dict:
     if not isinstance(d, dict) or any(k not in d for k in keys):
         raise ValueError(f"a tree needs keys {keys}")
     arrs = {k: np.asarray(d[k]) for k in keys}
+    for k, a in arrs.items():
+        if a.ndim != 1 or a.dtype.kind not in ("iu" if k in ("left", "right", "feature") else "iuf"):
+            raise ValueError(f"tree field '{k}' must be a flat list of "
+                             f"{'integers' if k in ('left', 'right', 'feature') else 'numbers'} (got {a.dtype} "
+                             f"with shape {a.shape})")
     n = len(arrs["left"])
     if n == 0 or any(len(a) != n for a in arrs.values()):
         raise ValueError("tree arrays differ in length or are empty")
@@ -32,9 +39,18 @@ def check_tree_dict(d: dict, n_features: int) -> dict:
             or (left >= n).any() or (right >= n).any() or (feat[internal] < 0).any()
             or (feat[internal] >= n_features).any()):
         raise ValueError("tree has out-of-range child or feature indices")
-    return {"left": left, "right": right, "feature": np.where(internal, feat, 0),
-            "threshold": arrs["threshold"].astype(np.float64), "value": arrs["value"].astype(np.float64),
-            "max_depth": int(d.get("max_depth", n))}
+    thr, val = arrs["threshold"].astype(np.float64), arrs["value"].astype(np.float64)
+    if not (np.isfinite(thr).all() and (np.abs(val) <= MAX_LOG_RESIDUAL).all()):
+        raise ValueError(f"tree thresholds must be finite and values (log-latency residuals) within "
+                         f"+-{MAX_LOG_RESIDUAL:g}")
+    stored = d.get("max_depth", 0)
+    if type(stored) is not int or not 0 <= stored < n:
+        raise ValueError(f"tree max_depth must be an integer from 0 to {n - 1} (got {stored!r})")
+    depth, node = 0, np.zeros(1, dtype=np.int64)   # the real depth: children always follow their parent
+    while len(node := node[internal[node]]):
+        node, depth = np.unique(np.concatenate([left[node], right[node]])), depth + 1
+    return {"left": left, "right": right, "feature": np.where(internal, feat, 0), "threshold": thr, "value": val,
+            "max_depth": depth}
 
 
 def predict_trees(trees: list[dict], X: np.ndarray) -> np.ndarray:

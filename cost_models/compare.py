@@ -88,7 +88,7 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
         from nasbnn_hw.timing import noise_warning
         from cost_models._store import open_store
         log(format_metrics("measured again", again["remeasured"]) + "  (the device against itself)")
-        st, own = open_store(store)
+        st, own = open_store(store, readonly=False)
         try:
             st.add_agreement(device, again["n"], again["remeasured"]["kendall_tau"], again["remeasured"]["acc10"])
             warn = noise_warning(st, device)

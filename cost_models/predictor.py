@@ -12,6 +12,7 @@ Saved as JSON (trees as arrays, coefficients as numbers) with metadata; never pi
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 import warnings
@@ -29,6 +30,71 @@ from .features import BASE_FEATURE_NAMES, FEATURE_NAMES, FEATURE_SCHEMA_VERSION,
 __all__ = ["LatencyPredictor", "PREDICTOR_FORMAT"]
 
 PREDICTOR_FORMAT = "nasbnn-hw/latency-predictor-v1"
+_INT64 = 2 ** 63
+MAX_SECONDS = 1e3   # bound of the stored coefficients and corrections: predictions stay finite
+
+
+class _Constant(str):
+    """NaN / Infinity / -Infinity as written in a JSON file: kept as text so the loader can name the field."""
+
+
+def _bad_number(v) -> bool:
+    return isinstance(v, _Constant) or (isinstance(v, float) and not math.isfinite(v)) \
+        or (type(v) is int and not -_INT64 <= v < _INT64)
+
+
+def _check_numbers(v, source: str, where: str = "") -> None:
+    """Every number of a loaded document finite and within 64 bits, else an error naming the field."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _check_numbers(x, source, f"{where}.{k}" if where else str(k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            if isinstance(x, (dict, list)) or _bad_number(x):
+                _check_numbers(x, source, f"{where}[{i}]")
+    elif _bad_number(v):
+        raise IncompatibleArtifactError(f"{source}: field '{where}' is {str(v)[:40]}; every number must be finite "
+                                        f"and fit in 64 bits (malformed predictor file)")
+
+
+def _finite_or_none(v):
+    """Metrics in `metadata.held_out` may be undefined (NaN): stored as null."""
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite_or_none(x) for x in v]
+    return None if _bad_number(v) else v
+
+
+_REQUIRED = object()
+_KINDS = {"object": (lambda v: isinstance(v, dict), "must be an object"),
+          "list": (lambda v: isinstance(v, list), "must be a list"),
+          "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "must be a number"),
+          "count": (lambda v: type(v) is int and v >= 0, "must be an integer >= 0"),
+          "text": (lambda v: v is None or (isinstance(v, str) and not isinstance(v, _Constant)),
+                   "must be a string or null"),
+          "time": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+                   "must be a number or null")}
+
+
+def _field(d: dict, path: str, kind: str, source: str, default=_REQUIRED):
+    """`d[a][b]` for path 'a.b', checked to be of `kind`; `default` when missing (else an error)."""
+    v = d
+    for i, key in enumerate(path.split(".")):
+        if not isinstance(v, dict):
+            raise IncompatibleArtifactError(f"{source}: field '{'.'.join(path.split('.')[:i])}' must be an object, "
+                                            f"got {str(v)[:40]!r} (malformed predictor file)")
+        if key not in v:
+            if default is not _REQUIRED:
+                return default
+            raise IncompatibleArtifactError(f"{source}: missing field '{path}' (malformed predictor file; refit it "
+                                            f"with `nasbnn-hw fit`)")
+        v = v[key]
+    ok, what = _KINDS[kind]
+    if not ok(v):
+        raise IncompatibleArtifactError(f"{source}: field '{path}' {what}, got {str(v)[:40]!r} "
+                                        f"(malformed predictor file)")
+    return v
 
 
 def _versions() -> dict:
@@ -186,7 +252,9 @@ class LatencyPredictor:
 
     def save(self, path: str | Path) -> None:
         from nasbnn_hw.utils import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+        d = self.to_dict()
+        d["metadata"]["held_out"] = _finite_or_none(d["metadata"]["held_out"])   # strict JSON: NaN -> null
+        atomic_write_text(path, json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n")
 
     @classmethod
     def from_dict(cls, d: dict, *, device: str | None = None, allow_other_device: bool = False,
@@ -195,48 +263,80 @@ class LatencyPredictor:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise IncompatibleArtifactError(f"{source}: format {got!r} is not a latency predictor "
                                             f"(expected {PREDICTOR_FORMAT!r})")
-        meta = d.get("metadata", {})
-        schema = meta.get("feature_schema", {})
-        if (schema.get("version") != FEATURE_SCHEMA_VERSION or schema.get("names") != list(FEATURE_NAMES)
+        meta = _field(d, "metadata", "object", source, {})
+        held_out = _finite_or_none(_field(d, "metadata.held_out", "object", source, {}))
+        _check_numbers({k: v for k, v in d.items() if k != "metadata"}, source)
+        _check_numbers({**meta, "held_out": {}}, source, "metadata")
+        schema = _field(d, "metadata.feature_schema", "object", source, {})
+        names = schema.get("names")
+        if (schema.get("version") != FEATURE_SCHEMA_VERSION or names != list(FEATURE_NAMES)
                 or schema.get("base_names") != list(BASE_FEATURE_NAMES)):
             raise IncompatibleArtifactError(
-                f"{source}: feature schema v{schema.get('version')} ({len(schema.get('names') or [])} features) "
+                f"{source}: feature schema v{schema.get('version')} "
+                f"({len(names) if isinstance(names, list) else 'no list of'} features) "
                 f"differs from this library's v{FEATURE_SCHEMA_VERSION} ({len(FEATURE_NAMES)} features); "
                 f"refit it with `nasbnn-hw fit --device {meta.get('device')} ...`")
-        if device is not None and meta.get("device") != device:
-            msg = (f"{source}: predictor was fitted for device {meta.get('device')!r}, not {device!r}; "
+        fitted_for = _field(d, "metadata.device", "text", source, None)
+        if device is not None and fitted_for != device:
+            msg = (f"{source}: predictor was fitted for device {fitted_for!r}, not {device!r}; "
                    f"its latencies describe another machine")
             if not allow_other_device:
-                raise IncompatibleArtifactError(msg + " (pass allow_other_device=True to use it anyway)")
+                raise IncompatibleArtifactError(msg + f" (fit one for it: `nasbnn-hw fit --device {device} ...`; from "
+                                                      "Python, allow_other_device=True uses it anyway)")
             warnings.warn(msg, stacklevel=2)
-        p = meta.get("params", {})
+        p = _field(d, "metadata.params", "object", source, {})
         self = cls(**{k: p[k] for k in ("n_estimators", "max_features", "min_samples_leaf", "random_state") if k in p})
         try:
-            self.base_coef_ = np.asarray(d["base"]["coef"], dtype=np.float64)
-            self.base_floor_ = float(d["base"]["floor"])
-            if self.base_coef_.shape != (len(BASE_FEATURE_NAMES),):
-                raise ValueError("base coefficients have the wrong length")
-            self.trees_ = [check_tree_dict(t, len(FEATURE_NAMES)) for t in d["trees"]]
-            if not self.trees_:
-                raise ValueError("no trees")
-            corr = d["correction"]
-            self.correction_ = {k: float(corr[k]) for k in ("slope", "per_layer", "intercept", "residual_std")}
-            self.correction_["n"] = int(corr["n"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise IncompatibleArtifactError(f"{source}: malformed predictor file ({e})") from None
-        self.device_, self.target_, self.tvm_version_ = meta.get("device"), meta.get("target"), meta.get("tvm_version")
-        self.n_train_layers_ = int(meta.get("n_train_layers", 0))
-        self.created_ = meta.get("created")
-        self.library_versions_ = meta.get("library_versions", {})
-        self.held_out_ = meta.get("held_out", {})
+            self._validate_params()
+        except CostModelError as e:
+            raise IncompatibleArtifactError(f"{source}: field 'metadata.params': {e}") from None
+        if not (self.random_state is None or type(self.random_state) is int):
+            raise IncompatibleArtifactError(f"{source}: field 'metadata.params.random_state' must be an integer "
+                                            f"or null, got {str(self.random_state)[:40]!r}")
+        coef = _field(d, "base.coef", "list", source)
+        if len(coef) != len(BASE_FEATURE_NAMES) or not all(_KINDS["number"][0](c) and 0 <= c <= MAX_SECONDS
+                                                           for c in coef):
+            raise IncompatibleArtifactError(f"{source}: field 'base.coef' must be {len(BASE_FEATURE_NAMES)} numbers "
+                                            f"from 0 to {MAX_SECONDS:g} (one per base feature), got {str(coef)[:60]}")
+        self.base_coef_ = np.asarray(coef, dtype=np.float64)
+        self.base_floor_ = float(_field(d, "base.floor", "number", source))
+        if not 0 < self.base_floor_ <= MAX_SECONDS:
+            raise IncompatibleArtifactError(f"{source}: field 'base.floor' must be > 0 and <= {MAX_SECONDS:g} "
+                                            f"seconds, got {self.base_floor_}")
+        trees = _field(d, "trees", "list", source)
+        if not trees or ("n_estimators" in p and len(trees) != self.n_estimators):
+            raise IncompatibleArtifactError(f"{source}: field 'trees' holds {len(trees)} trees; expected "
+                                            f"metadata.params.n_estimators = {p.get('n_estimators', '>= 1')}")
+        self.trees_ = []
+        for i, t in enumerate(trees):
+            try:
+                self.trees_.append(check_tree_dict(t, len(FEATURE_NAMES)))
+            except (TypeError, ValueError, OverflowError) as e:
+                raise IncompatibleArtifactError(f"{source}: field 'trees[{i}]': {e} (malformed predictor "
+                                                f"file)") from None
+        self.correction_ = {k: float(_field(d, f"correction.{k}", "number", source))
+                            for k in ("slope", "per_layer", "intercept", "residual_std")}
+        self.correction_["n"] = _field(d, "correction.n", "count", source)
+        c = self.correction_
+        if not (0 < c["slope"] <= MAX_SECONDS and 0 <= c["residual_std"] <= MAX_SECONDS
+                and abs(c["per_layer"]) <= MAX_SECONDS and abs(c["intercept"]) <= MAX_SECONDS):
+            raise IncompatibleArtifactError(f"{source}: field 'correction' needs 0 < slope, 0 <= residual_std, "
+                                            f"|per_layer| and |intercept|, all <= {MAX_SECONDS:g}; got {c}")
+        self.device_ = fitted_for
+        self.target_ = _field(d, "metadata.target", "text", source, None)
+        self.tvm_version_ = _field(d, "metadata.tvm_version", "text", source, None)
+        self.n_train_layers_ = _field(d, "metadata.n_train_layers", "count", source, 0)
+        self.created_ = _field(d, "metadata.created", "time", source, None)
+        self.library_versions_ = _field(d, "metadata.library_versions", "object", source, {})
+        self.held_out_ = held_out
         return self
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None, allow_other_device: bool = False) -> "LatencyPredictor":
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_bytes(), parse_constant=_Constant)
         except OSError as e:
-            raise CostModelError(f"cannot read predictor file {str(path)!r}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise IncompatibleArtifactError(f"{path}: not a JSON predictor file ({e})") from None
+            raise CostModelError(f"cannot read predictor file {str(path)!r}: {e.strerror or e}") from None
+        except (ValueError, RecursionError) as e:   # JSONDecodeError, bad UTF-8, an integer of 5000 digits
+            raise IncompatibleArtifactError(f"{path}: not a JSON predictor file ({str(e)[:120]})") from None
         return cls.from_dict(d, device=device, allow_other_device=allow_other_device, source=str(path))

@@ -108,7 +108,8 @@ def _load_predictor(predictor, device, allow_other_device=False):
             msg = f"predictor was fitted for device {predictor.device_!r}, not {device!r}"
             if not allow_other_device:
                 from .errors import IncompatibleArtifactError
-                raise IncompatibleArtifactError(msg + " (pass allow_other_device=True to use it anyway)")
+                raise IncompatibleArtifactError(msg + f" (fit one for it: `nasbnn-hw fit --device {device} ...`; from "
+                                                      "Python, allow_other_device=True uses it anyway)")
             warnings.warn(msg, stacklevel=3)
         return predictor
     raise CostModelError(f"predictor= must be a LatencyPredictor or a path to its .json file, got {type(predictor).__name__}")

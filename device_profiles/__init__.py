@@ -163,6 +163,13 @@ def validate_profile(data: dict, where: str, default_name: str = "", path: Path 
     for k in _STR_KEYS:
         if k in d and not isinstance(d[k], str):
             raise _fail(where, k, d[k], "expected a string")
+    for k in _STR_KEYS:
+        if k in d and any(ord(c) < 32 or ord(c) == 127 for c in d[k]):
+            raise _fail(where, k, d[k], "expected text without control characters (newlines, tabs, escapes)")
+    rdir = d.get("remote_dir", "/tmp")
+    if not rdir.startswith("/") or "\0" in rdir:
+        # an absolute path cannot be taken for an option of a remote command (`find -delete ...`)
+        raise _fail(where, "remote_dir", rdir, "expected an absolute path on the board, e.g. \"/tmp\"")
     if not _NAME_RE.match(d["name"]):
         raise _fail(where, "name", d["name"], "expected letters, digits, '.', '_' or '-' (first a letter or digit)")
     if "target" not in d:

@@ -59,6 +59,9 @@ class Arch:
                             "(stages -> blocks -> [channels, kernel, groups1, groups2])")
         if d.get("format", ARCH_FORMAT) != ARCH_FORMAT:
             raise ArchError(f"arch format={d['format']!r} not supported (allowed: {ARCH_FORMAT})")
+        if not isinstance(d["stages"], list):
+            raise ArchError(f"arch 'stages' = {str(d['stages'])[:60]!r} must be a list of stages "
+                            "(stages -> blocks -> [channels, kernel, groups1, groups2])")
         stages = []
         for si, st in enumerate(d["stages"]):
             if not isinstance(st, list) or not st:
@@ -89,7 +92,12 @@ class Arch:
             text = Path(path).read_text()
         except OSError as e:
             raise ArchError(f"cannot read arch file {str(path)!r}: {e.strerror}") from None
-        return cls.from_json(text)
+        except UnicodeDecodeError:
+            raise ArchError(f"arch file {str(path)!r} is not UTF-8 text (expected JSON)") from None
+        try:
+            return cls.from_json(text)
+        except ArchError as e:
+            raise ArchError(f"arch file {str(path)!r}: {e}") from None
 
     def short(self) -> str:
         """Compact human-readable form, e.g. `16|24.24|48k5g2 ...`."""
@@ -114,7 +122,7 @@ class Arch:
 
     @classmethod
     def from_official(cls, rows: Sequence[Sequence[int]], space: SearchSpace) -> "Arch":
-        rows = [[int(x) for x in r] for r in rows]
+        rows = official_rows(rows)
         if len(rows) != space.num_slots or any(len(r) != 6 for r in rows):
             raise ArchError(f"official candidate has {len(rows)} rows of {sorted({len(r) for r in rows})} values; "
                             f"space '{space.name}' needs {space.num_slots} rows of 6 "
@@ -135,6 +143,29 @@ class Arch:
         arch = cls(tuple(tuple(s) for s in stages))
         validate(arch, space)
         return arch
+
+
+def official_rows(rows) -> list[list[int]]:
+    """Official candidate rows as lists of ints: a list/tuple of rows, or a 2-D integer tensor; anything else
+    (strings, floats with a fraction, nesting of another depth) raises ArchError."""
+    if hasattr(rows, "dim") and hasattr(rows, "tolist"):   # a tensor
+        if rows.dim() != 2 or rows.is_floating_point() and not bool((rows == rows.round()).all()):
+            raise ArchError(f"official candidate: a tensor of shape {tuple(rows.shape)} and dtype {rows.dtype}; "
+                            "expected a 2-D integer tensor of [stage, block, channels, kernel, groups1, groups2] rows")
+        return rows.long().tolist()
+    if not isinstance(rows, (list, tuple)):
+        raise ArchError(f"official candidate: {type(rows).__name__} given; expected a list of "
+                        "[stage, block, channels, kernel, groups1, groups2] rows")
+    out = []
+    for i, r in enumerate(rows):
+        if hasattr(r, "tolist"):
+            r = r.tolist()
+        if not isinstance(r, (list, tuple)) or not all(
+                type(x) is int or (type(x) is float and x.is_integer() and abs(x) < 2**31) for x in r):
+            raise ArchError(f"official candidate row {i} = {str(r)[:60]}: expected 6 integers "
+                            "[stage, block, channels, kernel, groups1, groups2]")
+        out.append([int(x) for x in r])
+    return out
 
 
 def validate(arch: Arch, space: SearchSpace) -> Arch:

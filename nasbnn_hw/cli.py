@@ -2,6 +2,7 @@
 in its own `cli_*.py` module; bad input ends in one line on stderr and exit status 2."""
 from __future__ import annotations
 
+from .cli_args import OneLineParser
 import argparse
 import importlib
 import sys
@@ -24,7 +25,7 @@ EPILOG = ("The whole journey on this machine: nasbnn-hw quickstart. A command's 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nasbnn-hw", description=DESCRIPTION, epilog=EPILOG)
+    p = OneLineParser(prog="nasbnn-hw", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -38,14 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sigterm_unwinds() -> None:
+    """Make a kill (SIGTERM) unwind like ^C, so work directories and partial files are removed on the way
+    out; left alone when the program already handles SIGTERM or this is not the main thread."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import NasBnnError
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # a usage error (one line, already printed) or --help: a status, not an exception
+        return int(e.code or 0)
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    sigterm_unwinds()
     try:
         rc = args.func(args)
         return int(rc or 0)

@@ -1,6 +1,7 @@
 """Core subcommands: spaces, ops, sample."""
 from __future__ import annotations
 
+from .cli_args import POSITIVE, SEED
 import json
 import random
 
@@ -31,6 +32,8 @@ def resolve_archs(spec: str | None, space, official_cand: str | None = None, see
                 n = int(part.split(":", 1)[1])
             except ValueError:
                 raise ArchError(f"--arch {part!r}: random:N needs an integer N") from None
+            if not 1 <= n <= 100_000:
+                raise ArchError(f"--arch {part!r}: N = {n} is not allowed; expected random:N with N from 1 to 100000")
             out.extend(sample_uniform(space, rng) for _ in range(n))
         else:
             out.append(validate(Arch.load(part), space))
@@ -103,8 +106,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_spaces)
     p = sub.add_parser("sample", help="print N random archs (uniform under the ND constraint)")
     p.add_argument("--space", default="small")
-    p.add_argument("-n", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=POSITIVE, default=5)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("convert-official", help="convert an official NAS-BNN supernet checkpoint")
     p.add_argument("--checkpoint", required=True)

@@ -2,6 +2,7 @@
 lookup table and predictor against measured subnets: a report with table, plots and points)."""
 from __future__ import annotations
 
+from .cli_args import NON_NEGATIVE, POSITIVE, SEED, float_range, int_range, output_dir, output_file
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ def cmd_fit(args) -> int:
     from cost_models.errors import CostModelError
     if not 0 <= args.test_fraction < 1:
         raise CostModelError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    if Path(args.out).exists() and not args.force:
+        raise NasBnnError(f"--out {args.out!r} exists; pass --force to replace it, or choose another path")
     p = fit_predictor(args.store, args.device, test_fraction=args.test_fraction, seed=args.seed,
                       n_estimators=args.n_estimators, target=args.target, tvm_version=args.tvm_version)
     p.save(args.out)
@@ -75,8 +78,6 @@ def cmd_compare(args) -> int:
     from cost_models.compare import compare_measured
 
     from .space import get_space
-    if args.remeasure < 0:
-        raise NasBnnError(f"--remeasure must be >= 0 (got {args.remeasure})")
     if args.measure:
         _measure_missing_subnets(args)
     remeasure, runner = _remeasurer(args) if args.remeasure else (None, None)
@@ -102,23 +103,24 @@ def _add_store_args(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser("fit", help="fit a latency predictor on a device's measurements; print held-out quality")
     _add_store_args(p)
-    p.add_argument("--out", required=True, help="predictor file to write (.json)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="held out for the quality figures (default 0.2)")
-    p.add_argument("--n-estimators", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=output_file, help="predictor file to write (.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--test-fraction", type=float_range(0, 1, hi_open=True), default=0.2, help="held out for the quality figures (default 0.2)")
+    p.add_argument("--n-estimators", type=int_range(1, 10_000), default=48)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("compare", help="OPs, FLOPs, lookup table and predictor vs measured subnets: a report")
     _add_store_args(p)
-    p.add_argument("--subnets", type=int, default=100, help="how many measured subnets to compare (default 100)")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--subnets", type=POSITIVE, default=100, help="how many measured subnets to compare (default 100)")
+    p.add_argument("--out", required=True, type=output_dir, help="report directory")
     p.add_argument("--predictor", help="a fitted predictor (.json); default: fit one on the other measurements")
     p.add_argument("--space", help="space of the subnets to compare (default: the most measured one)")
     p.add_argument("--measure", action="store_true", help="first measure on the device whatever is missing: the "
                    "space's layers and random subnets up to --measure-subnets (needs --space)")
-    p.add_argument("--measure-subnets", type=int, help="with --measure: subnets to have measured (default 3x --subnets)")
-    p.add_argument("--remeasure", type=int, default=0, metavar="K",
+    p.add_argument("--measure-subnets", type=POSITIVE, help="with --measure: subnets to have measured (default 3x --subnets)")
+    p.add_argument("--remeasure", type=NON_NEGATIVE, default=0, metavar="K",
                    help="measure K of the compared subnets again on the device and report how well the device "
                         "agrees with itself: the measurement noise that bounds every model's score (default 0: off)")
-    p.add_argument("--n-estimators", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-estimators", type=int_range(1, 10_000), default=48)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_compare)

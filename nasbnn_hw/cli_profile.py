@@ -6,6 +6,7 @@ import logging
 import sys
 
 from .devices import open_device as _device, timing_for
+from .cli_args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, int_range
 from .errors import NasBnnError
 
 
@@ -22,6 +23,9 @@ def _profile_in_parallel(args) -> int:
     at a time, all writing to the same store (SQLite serialises the writes)."""
     import subprocess
     import time
+
+    from .store import MeasurementStore
+    MeasurementStore(args.store).close()  # a store that cannot be written fails once, before any device starts
     rest, skip = [], False
     for a in args.raw_argv:
         if skip:
@@ -64,15 +68,20 @@ def cmd_profile(args) -> int:
     space = get_space(args.space)
     if args.resolution:
         space = space.with_resolution(args.resolution)
-    device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
-    timing, rounds = timing_for(profile, args)
+    store = MeasurementStore(args.store)  # refused here (not writable, not a store) before any device work
+    try:
+        device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
+        timing, rounds = timing_for(profile, args)
+    except BaseException:
+        store.close()
+        raise
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if profile is not None and profile.runner == "emulated":
         print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
               f"but the stored times are NOT latency of any board", file=sys.stderr)
     reports = []
     try:
-        with MeasurementStore(args.store) as store:
+        with store:
             if args.active and args.budget:
                 reports.append(("active layers", _profile_active(args, space, device, store, runner, target,
                                                                  timing, rounds)))
@@ -162,10 +171,32 @@ def _load_model(args):
 
 
 def cmd_export(args) -> int:
+    """Refuse outputs that would destroy a file (checked before anything is compiled), load the subnet,
+    export it atomically and check its logits against PyTorch."""
+    from pathlib import Path
+
     import torch
 
     from .deploy_onnx import check_agreement, export_onnx
+    from .deploy_tvm import check_outputs
+    from .errors import CheckpointError
+    out = Path(args.out)
+    outputs = ({"ONNX file": out} if args.format == "onnx"
+               else {"library": out, "parameter file": out.with_suffix(".npz")})
+    named = [("checkpoint", args.checkpoint), *(("arch file", a) for a in (args.arch or "").split(",")),
+             ("official candidate", args.official_cand), ("data", args.data), ("space file", args.space),
+             ("device profile", args.device)]
+    inputs = [(role, v) for role, v in named if v and (role == "checkpoint" or Path(v).exists())]
+    check_outputs(outputs, inputs, force=args.force)
     model, space = _load_model(args)
+    if args.space:
+        from .space import get_space
+        want, have = get_space(args.space).to_dict(), space.to_dict()
+        diff = [k for k in have if k != "name" and want[k] != have[k]]
+        if diff:
+            raise CheckpointError(f"--space {args.space!r} is space '{want['name']}', but {args.checkpoint!r} holds "
+                                  f"space '{have['name']}' (they differ in {', '.join(diff)}); drop --space or "
+                                  f"pass --space {have['name']}")
     shape = (args.batch, space.in_channels, space.resolution, space.resolution)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -203,7 +234,7 @@ def cmd_measurements(args) -> int:
     if not Path(args.store).is_file():
         raise NasBnnError(f"no measurement store at {args.store!r} (create one with `nasbnn-hw profile ... "
                           f"--store {args.store}`)")
-    with MeasurementStore(args.store) as store:
+    with MeasurementStore(args.store, readonly=True) as store:
         if args.csv:
             buf = io.StringIO()
             w = csv.writer(buf)
@@ -246,20 +277,20 @@ def register(sub) -> None:
     p.add_argument("--active", action="store_true", help="measure first the layers the latency predictor is "
                    "least certain about and that are least like anything measured, weighted by how often they "
                    "occur in subnets (needs --budget); with --subnets N, also the N least certain subnets")
-    p.add_argument("--budget", type=int, help="with --active: how many layer configs to measure")
-    p.add_argument("--round-size", type=int, default=8, help="with --active: layers measured per refit")
+    p.add_argument("--budget", type=POSITIVE, help="with --active: how many layer configs to measure")
+    p.add_argument("--round-size", type=POSITIVE, default=8, help="with --active: layers measured per refit")
     p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
-    p.add_argument("--resolution", type=int, help="override the space's input resolution")
+    p.add_argument("--resolution", type=RESOLUTION, help="override the space's input resolution")
     p.add_argument("--layers", action="store_true", help="measure every distinct layer the space can produce")
-    p.add_argument("--subnets", type=int, default=0, metavar="N", help="measure N random whole subnets")
+    p.add_argument("--subnets", type=NON_NEGATIVE, default=0, metavar="N", help="measure N random whole subnets")
     p.add_argument("--store", required=True, help="measurement store (SQLite file; created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random subnets (same seed: same subnets)")
-    p.add_argument("--warmup", type=int, help="warm-up calls (default: the device profile's)")
-    p.add_argument("--repeat", type=int, help="timed samples (default: the device profile's)")
-    p.add_argument("--rounds", type=int, help="measure each layer / subnet this many times, round by round over "
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random subnets (same seed: same subnets)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, help="warm-up calls (default: the device profile's)")
+    p.add_argument("--repeat", type=POSITIVE, help="timed samples (default: the device profile's)")
+    p.add_argument("--rounds", type=int_range(1, 100), help="measure each layer / subnet this many times, round by round over "
                    "the whole campaign (spreads a drifting device's noise; stores the median of the rounds; "
                    "default: the device profile's, else 1)")
-    p.add_argument("--number", type=int, help="calls per sample (default: enough for 20 ms per sample)")
+    p.add_argument("--number", type=POSITIVE, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
 
@@ -279,6 +310,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
     p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
     p.add_argument("--devices-dir", help="extra directory of device profiles")
-    p.add_argument("--batch", type=int, default=1, help="batch size the TVM library is compiled for")
-    p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it)")
+    p.add_argument("--batch", type=POSITIVE, default=1, help="batch size the TVM library is compiled for")
+    p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it); "
+                   "never an input of the export")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_export)

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cli_args import NON_NEGATIVE, POSITIVE, SEED, THREADS, float_range, int_range, output_dir
 
-def parse_budgets(text: str | None) -> list[float]:
-    """'1ms,2ms' or '50M' → SI values."""
-    if not text:
-        return []
+
+def budgets_arg(text: str) -> list[float]:
+    """--budgets '1ms,2ms' or '50M' → SI values, parsed before the search runs."""
+    import argparse
+
     from searchers.constraints import parse_constraint
     out = []
     for part in text.split(","):
-        out.append(parse_constraint(f"x <= {part.strip()}").value)
+        try:
+            v = parse_constraint(f"x <= {part.strip()}").value
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a cost; expected numbers with units, "
+                                             "comma-separated, e.g. '1ms,2ms' or '50M'") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not allowed; a budget is a positive cost")
+        out.append(v)
     return out
 
 
@@ -29,7 +38,7 @@ def cmd_search(args) -> int:
         seed=args.seed, store=args.store, predictor=args.predictor, data=args.data,
         calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, val_limit=args.val_limit,
         searcher_params=params, progress=not args.quiet)
-    rows = write_best_archs(result, out, parse_budgets(args.budgets))
+    rows = write_best_archs(result, out, args.budgets)
     print(f"evaluated {len(result.evaluated)} archs; Pareto set {len(result.pareto)}")
     for r in rows:
         print(f"  budget {r['budget']:.6g} {r['unit']}: accuracy {r['accuracy']:.2f}  -> {r['arch_file']}")
@@ -55,32 +64,32 @@ def register(sub) -> None:
                    "lut@DEVICE, latency@DEVICE, predictor@DEVICE or a plug-in name")
     p.add_argument("--constraint", action="append", help="e.g. 'latency@local <= 2ms', 'ops <= 100M' (repeatable)")
     p.add_argument("--searcher", default="evolutionary", help="evolutionary | random | a plug-in name")
-    p.add_argument("--budget", type=int, help="maximum number of evaluated archs")
-    p.add_argument("--population", type=int)
-    p.add_argument("--generations", type=int)
-    p.add_argument("--mutations", type=int)
-    p.add_argument("--crossovers", type=int)
+    p.add_argument("--budget", type=POSITIVE, help="maximum number of evaluated archs")
+    p.add_argument("--population", type=POSITIVE)
+    p.add_argument("--generations", type=POSITIVE)
+    p.add_argument("--mutations", type=NON_NEGATIVE)
+    p.add_argument("--crossovers", type=NON_NEGATIVE)
     p.add_argument("--store", help="measurement store (for lut@/latency@ cost models)")
     p.add_argument("--predictor", help="latency predictor JSON (nasbnn-hw fit)")
-    p.add_argument("--budgets", help="write the best arch under each of these costs, e.g. '1ms,2ms,3ms'")
+    p.add_argument("--budgets", type=budgets_arg, default=[], help="write the best arch under each of these costs, e.g. '1ms,2ms,3ms'")
     p.add_argument("--data", help="override the data recorded in the checkpoint")
-    p.add_argument("--val-limit", type=int, help="evaluate on the first N validation images only")
-    p.add_argument("--calib-batches", type=int, default=4)
-    p.add_argument("--calib-batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--val-limit", type=POSITIVE, help="evaluate on the first N validation images only")
+    p.add_argument("--calib-batches", type=POSITIVE, default=4)
+    p.add_argument("--calib-batch-size", type=POSITIVE, default=256)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--out", required=True, type=output_dir)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("quickstart", help="the whole journey on the embedded default data: train, profile, "
                        "fit, search, export, report")
-    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--out", default="runs/quickstart", type=output_dir)
     p.add_argument("--data", help="default: Fashion-MNIST if installed, else scikit-learn digits")
     p.add_argument("--space", default="small16")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
-    p.add_argument("--subnets", type=int, default=24, help="whole subnets to measure for the predictor")
-    p.add_argument("--budget-fraction", type=float, default=0.5,
+    p.add_argument("--epochs", type=POSITIVE, default=3)
+    p.add_argument("--steps-per-epoch", type=POSITIVE, default=100)
+    p.add_argument("--subnets", type=int_range(4), default=24, help="whole subnets to measure for the predictor")
+    p.add_argument("--budget-fraction", type=float_range(0, 1, lo_open=True), default=0.5,
                    help="latency budget as a fraction of the largest subnet's predicted latency")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=THREADS, default=2)
     p.set_defaults(func=cmd_quickstart)

@@ -1,6 +1,7 @@
 """Training subcommands: train, eval, finetune."""
 from __future__ import annotations
 
+from .cli_args import FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, float_range, output_dir
 import json
 from pathlib import Path
 
@@ -103,28 +104,28 @@ def cmd_finetune(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a supernet (Bi-Teacher sandwich rule); runs under torchrun too")
     p.add_argument("--space", default="small")
-    p.add_argument("--resolution", type=int, help="override the space's input resolution")
+    p.add_argument("--resolution", type=RESOLUTION, help="override the space's input resolution")
     p.add_argument("--data", default="fashion-mnist", help="digits | fashion-mnist | cifar10:DIR | imagefolder:DIR | idx:DIR")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2.5e-3)
-    p.add_argument("--weight-decay", type=float, default=5e-6)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--num-random", type=int, default=2, help="random students per step")
+    p.add_argument("--epochs", type=POSITIVE, default=10)
+    p.add_argument("--out", required=True, type=output_dir)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
+    p.add_argument("--lr", type=float_range(0, lo_open=True), default=2.5e-3)
+    p.add_argument("--weight-decay", type=float_range(0), default=5e-6)
+    p.add_argument("--label-smoothing", type=float_range(0, 1, hi_open=True), default=0.1)
+    p.add_argument("--num-random", type=NON_NEGATIVE, default=2, help="random students per step")
     p.add_argument("--no-bi-teacher", action="store_true", help="teacher = largest subnet with binary weights")
     p.add_argument("--no-bi-transformation", action="store_true")
     p.add_argument("--no-weight-norm", action="store_true")
-    p.add_argument("--weight-distill", type=float, nargs="?", const=0.1, default=0.0, metavar="COEF",
+    p.add_argument("--weight-distill", type=float_range(0), nargs="?", const=0.1, default=0.0, metavar="COEF",
                    help="add COEF x the weight-distillation MSE (binary vs FP weight) to each student's loss "
                         "(flag alone: 0.1; default off, as in the official recipe)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K", help="also checkpoint every K steps")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0)
-    p.add_argument("--limit-train", type=int, help="use only the first N training images")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=0, metavar="K", help="also checkpoint every K steps")
+    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0)
+    p.add_argument("--limit-train", type=POSITIVE, help="use only the first N training images")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.1)
+    p.add_argument("--threads", type=THREADS)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -133,10 +134,11 @@ def register(sub) -> None:
     p.add_argument("--arch", default="largest,smallest", help="FILE | largest | smallest | random:N, comma-separated")
     p.add_argument("--data", help="override the data recorded in the checkpoint")
     p.add_argument("--split", choices=("val", "test"), default="test")
-    p.add_argument("--calib-batches", type=int, default=10)
-    p.add_argument("--calib-batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--calib-batches", type=POSITIVE, default=10,
+                   help="training batches that recalibrate BN before each arch is evaluated (>= 1)")
+    p.add_argument("--calib-batch-size", type=POSITIVE, default=256)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=THREADS)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("finetune", help="fine-tune one subnet and save it as a static subnet file")
@@ -144,11 +146,11 @@ def register(sub) -> None:
     p.add_argument("--arch", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data")
-    p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-steps-per-epoch", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--epochs", type=POSITIVE, default=25)
+    p.add_argument("--lr", type=float_range(0, lo_open=True), default=1e-5)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
+    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=THREADS)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_finetune)

@@ -14,9 +14,13 @@ MAX_REL_ERR = 1e-4
 
 
 def export_onnx(model, x, out: str | Path) -> np.ndarray:
-    """torch.onnx.export (TorchScript exporter, opset 17), then run the file with onnxruntime on `x`."""
+    """torch.onnx.export (TorchScript exporter, opset 17), written atomically, then run the file with
+    onnxruntime on `x`."""
     import onnxruntime as ort
     import torch
+
+    from .deploy_tvm import check_outputs
+    check_outputs({"ONNX file": out}, force=True)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # shapes are static in a subnet: the tracer's notes about Python-side shape checks do not apply

@@ -10,9 +10,14 @@ buffers inside the function, binary weights are pre-packed uint64 words, BatchNo
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -20,13 +25,162 @@ from .errors import NasBnnError
 from .layers import LayerConfig, arch_layers
 from .runners.base import ArgSpec
 
-__all__ = ["DeployError", "TvmSubnet", "compile_subnet", "compile_random_subnet", "subnet_layers"]
+__all__ = ["DeployError", "TvmSubnet", "check_outputs", "compile_subnet", "compile_random_subnet", "subnet_layers"]
 
 EXPORT_FORMAT = "nasbnn-hw/tvm-subnet-v1"
 
 
 class DeployError(NasBnnError):
     """A model that cannot be compiled or a deployment file that cannot be loaded."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)   # hard links
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, str | Path], inputs: Iterable[tuple[str, str | Path]] = (),
+                  force: bool = False) -> None:
+    """Refuse output paths ({role: path}) that would destroy a file: one of the `inputs` ((role, path)
+    pairs), another output, an existing directory, or (unless `force`) any existing file."""
+    seen = [(r, Path(p), False) for r, p in inputs]
+    for role, out in outputs.items():
+        out = Path(out)
+        if out.is_dir():
+            raise DeployError(f"output {role} {str(out)!r} is an existing directory; give a file path")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise DeployError(f"output {role} {str(out)!r}: {str(out.parent)!r} is not a directory")
+        for other_role, other, is_output in seen:
+            if _same_file(out, other):
+                raise DeployError(
+                    f"output {role} {str(out)!r} would be the same file as the {other_role}; give an output path "
+                    f"not ending in {out.suffix}" if is_output else
+                    f"output {role} {str(out)!r} is the same file as the {other_role} {str(other)!r}; writing it "
+                    f"would destroy that file (choose another output path)")
+        if out.exists() and not force:
+            raise DeployError(f"output {role} {str(out)!r} exists already; pass --force to overwrite it")
+        seen.append((role, out, True))
+
+
+def _check_batch(batch) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise DeployError(f"batch must be a positive integer (got {batch!r})")
+    return int(batch)
+
+
+def _short(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _npz_array(z, key: str, npz: Path, shape=None, dtype=None, what: str = "") -> np.ndarray:
+    """Member `key` of the open archive `z`, its header checked against `shape` / `dtype` before the data
+    is read (a damaged header must not allocate a huge array)."""
+    name = f"array '{key}'" + (f" ({what})" if what else "")
+    if key not in z.files:
+        raise DeployError(f"{npz}: missing {name} (re-export the subnet)")
+    fmt = np.lib.format
+    try:
+        info = z.zip.getinfo(f"{key}.npy")
+        with z.zip.open(info) as f:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            got_shape, _, got_dtype = (fmt.read_array_header_1_0 if version == (1, 0)
+                                       else fmt.read_array_header_2_0)(f)
+    except Exception as e:  # noqa: BLE001 - zipfile / numpy raise many types for a damaged archive
+        raise DeployError(f"{npz}: {name} is damaged (truncated or not a zip?): {_short(e)}") from None
+    if dtype is not None and got_dtype != np.dtype(dtype):
+        raise DeployError(f"{npz}: {name} has dtype {got_dtype}, expected {np.dtype(dtype)}")
+    if shape is not None and tuple(got_shape) != tuple(shape):
+        raise DeployError(f"{npz}: {name} has shape {tuple(got_shape)}, expected {tuple(shape)}")
+    if got_dtype.hasobject or int(np.prod(got_shape, dtype=object)) * got_dtype.itemsize > info.file_size:
+        raise DeployError(f"{npz}: {name} is damaged (its header does not match its size)")
+    try:
+        return np.ascontiguousarray(z[key])
+    except Exception as e:  # noqa: BLE001 - as above (CRC errors, short reads)
+        raise DeployError(f"{npz}: {name} is damaged (truncated or not a zip?): {_short(e)}") from None
+
+
+def _posints(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(type(x) is int and x > 0 for x in v)
+
+
+_STR, _SHAPE = (lambda v: isinstance(v, str), "a string"), (_posints, "a list of positive integers")
+_META = {"format": _STR, "target_name": _STR, "target": (lambda v: isinstance(v, dict), "an object"),
+         "input_shape": _SHAPE, "output_shape": _SHAPE,
+         "param_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+         "layers": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v),
+                    "a non-empty list of objects")}
+_LAYER_INTS = ("in_channels", "out_channels", "kernel", "groups", "stride", "resolution")
+
+
+def _read_meta(z, npz: Path) -> dict:
+    raw = _npz_array(z, "__meta__", npz, dtype=np.uint8, what="metadata")
+    try:
+        meta = json.loads(raw.tobytes().decode(), parse_constant=_no_constant)
+    except ValueError as e:
+        raise DeployError(f"{npz}: bad metadata (invalid JSON: {_short(e)})") from None
+    if not isinstance(meta, dict):
+        raise DeployError(f"{npz}: bad metadata (a JSON object expected, got {type(meta).__name__})")
+    if meta.get("format") != EXPORT_FORMAT:
+        raise DeployError(f"{npz}: format {meta.get('format')!r} not supported (allowed: {EXPORT_FORMAT})")
+    for key, (ok, what) in _META.items():
+        if key not in meta:
+            raise DeployError(f"{npz}: bad metadata: missing '{key}' (re-export the subnet)")
+        if not ok(meta[key]):
+            raise DeployError(f"{npz}: bad metadata: '{key}' must be {what}, got {str(meta[key])[:60]!r}")
+    if not isinstance(meta.get("library_sha256", ""), str):
+        raise DeployError(f"{npz}: bad metadata: 'library_sha256' must be a string")
+    for i, d in enumerate(meta["layers"]):
+        if set(d) != {"kind", *_LAYER_INTS} or not isinstance(d["kind"], str) \
+                or not all(type(d[k]) is int and 0 < d[k] < 2**31 for k in _LAYER_INTS):
+            raise DeployError(f"{npz}: bad metadata: layer {i} must have a kind and positive integers "
+                              f"{', '.join(_LAYER_INTS)} (got {str(d)[:120]})")
+    return meta
+
+
+def _expected_params(meta: dict, npz: Path):
+    """(layers, target, [(name, shape, dtype)] in call order) that the metadata describes, checked to chain."""
+    from tvm import te
+
+    from .kernels.layer import _shape_dtype, layer_input_shape, layer_te, supports
+    from .kernels.targets import resolve_target
+    layers = [LayerConfig(**d) for d in meta["layers"]]
+    for i, cfg in enumerate(layers):
+        ok, why = supports(cfg)
+        if not ok:
+            raise DeployError(f"{npz}: bad metadata: layer {i} ({cfg.key()}): {why}")
+    try:
+        spec = resolve_target("local" if meta["target_name"] == "local" else meta["target"])
+        batch = meta["input_shape"][0]
+        h = te.placeholder(tuple(meta["input_shape"]), "float32", name="x")
+        expected = []
+        for i, cfg in enumerate(layers):
+            if _shape_dtype(h)[0] != layer_input_shape(cfg, batch):
+                raise DeployError(f"{npz}: bad metadata: layer {i} ({cfg.key()}) takes "
+                                  f"{layer_input_shape(cfg, batch)}, gets {_shape_dtype(h)[0]}")
+            ph, h = layer_te(cfg, h, f"l{i}", spec)
+            expected += [(f"l{i}_{key}", *_shape_dtype(t)) for key, t in ph.items()]
+    except NasBnnError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
+        raise DeployError(f"{npz}: bad metadata: the layers do not build ({_short(e)})") from None
+    if [n for n, _, _ in expected] != meta["param_names"]:
+        raise DeployError(f"{npz}: bad metadata: 'param_names' ({len(meta['param_names'])}) differ from the "
+                          f"{len(expected)} parameters the layers take")
+    if list(_shape_dtype(h)[0]) != meta["output_shape"]:
+        raise DeployError(f"{npz}: bad metadata: 'output_shape' {meta['output_shape']}, the layers give "
+                          f"{list(_shape_dtype(h)[0])}")
+    return layers, spec, expected
 
 
 @dataclass
@@ -65,42 +219,72 @@ class TvmSubnet:
         return out.numpy()
 
     def export(self, path: str | Path) -> Path:
-        """Write the library to `path` and the parameters + metadata to `path` with suffix .npz."""
+        """Write the library to `path` and the parameters + metadata to `path` with suffix .npz, each
+        atomically (a temporary file in the same directory, then renamed): a kill leaves no half file."""
         from .kernels.targets import export_library
         from .utils import atomic_write_bytes
         import io
         path = Path(path)
-        export_library(self.executable, path, self.target)
-        meta = {"format": EXPORT_FORMAT, "target": self.target.config, "target_name": self.target.name,
-                "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-                "param_names": self.param_names, "layers": [l.to_dict() for l in self.layers]}
-        buf = io.BytesIO()
-        np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                 **{f"p{i:04d}": p for i, p in enumerate(self.params)})
-        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+        npz = path.with_suffix(".npz")
+        check_outputs({"library": path, "parameter file": npz}, force=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        try:
+            lib = export_library(self.executable, tmp / path.name, self.target)
+            meta = {"format": EXPORT_FORMAT, "target": self.target.config, "target_name": self.target.name,
+                    "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+                    "param_names": self.param_names, "layers": [l.to_dict() for l in self.layers],
+                    "library_sha256": hashlib.sha256(lib.read_bytes()).hexdigest()}
+            buf = io.BytesIO()
+            np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                     **{f"p{i:04d}": p for i, p in enumerate(self.params)})
+            atomic_write_bytes(npz, buf.getvalue())
+            os.replace(lib, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "TvmSubnet":
+        """The library `path` with its parameters (`path` with suffix .npz), every array, the metadata and
+        the library's checksum validated before TVM sees them."""
         import tvm
-
-        from .kernels.targets import resolve_target
         path = Path(path)
+        npz = path.with_suffix(".npz")
+        if npz == path:
+            raise DeployError(f"{str(path)!r} is a parameter file: give the library beside it (e.g. .so)")
         try:
-            z = np.load(path.with_suffix(".npz"))
-            meta = json.loads(bytes(z["__meta__"]).decode())
-        except (OSError, KeyError, ValueError) as e:
-            raise DeployError(f"cannot read deployment parameters {str(path.with_suffix('.npz'))!r}: {e}") from None
-        if meta.get("format") != EXPORT_FORMAT:
-            raise DeployError(f"{path}: format {meta.get('format')!r} not supported (allowed: {EXPORT_FORMAT})")
-        spec = resolve_target(meta["target_name"]) if meta["target_name"] == "local" else resolve_target(meta["target"])
+            z = np.load(npz, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - zipfile / numpy raise many types for a damaged archive
+            why = e.strerror if isinstance(e, OSError) and e.strerror else f"truncated or not a zip: {_short(e)}"
+            raise DeployError(f"cannot read deployment parameters {str(npz)!r}: {why}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DeployError(f"cannot read deployment parameters {str(npz)!r}: a single .npy array, not an .npz")
+        with z:
+            meta = _read_meta(z, npz)
+            layers, spec, expected = _expected_params(meta, npz)
+            keys = [f"p{i:04d}" for i in range(len(expected))]
+            extra = sorted(set(z.files) - {"__meta__", *keys})
+            if extra:
+                raise DeployError(f"{npz}: unexpected arrays {', '.join(extra[:5])} (expected __meta__ and "
+                                  f"p0000..p{len(keys) - 1:04d})")
+            params = [_npz_array(z, k, npz, shape, dtype, name) for k, (name, shape, dtype) in zip(keys, expected)]
+        if not path.is_file():
+            raise DeployError(f"compiled subnet {str(path)!r} does not exist (export writes it beside {npz.name})")
+        try:
+            got = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise DeployError(f"cannot read compiled subnet {str(path)!r}: {e.strerror or e}") from None
+        digest = meta.get("library_sha256")
+        if digest and got != digest:
+            raise DeployError(f"compiled subnet {str(path)!r} is not the library {npz.name} was exported with "
+                              f"(changed or damaged since); export both again")
         try:
             ex = tvm.runtime.load_module(str(path))
         except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
-            raise DeployError(f"cannot load compiled subnet {str(path)!r}: {str(e).strip().splitlines()[-1]}") from None
-        params = [z[f"p{i:04d}"] for i in range(len(meta["param_names"]))]
-        return cls([LayerConfig(**d) for d in meta["layers"]], spec, ex, meta["param_names"], params,
-                   tuple(meta["input_shape"]), tuple(meta["output_shape"]))
+            raise DeployError(f"cannot load compiled subnet {str(path)!r}: {_short(e)}") from None
+        return cls(layers, spec, ex, meta["param_names"], params, tuple(meta["input_shape"]),
+                   tuple(meta["output_shape"]))
 
 
 def subnet_layers(model, resolution: int | None = None) -> list[LayerConfig]:
@@ -151,6 +335,7 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
         schedule_layer, supports
     from .kernels.params import random_arrays
     from .kernels.targets import resolve_target
+    batch = _check_batch(batch)
     spec = resolve_target(target)
     for cfg in layers:
         ok, why = supports(cfg)

@@ -15,3 +15,7 @@ class ArchError(NasBnnError):
 
 class CheckpointError(NasBnnError):
     """A checkpoint file has the wrong layout or cannot be loaded safely."""
+
+
+class StoreError(NasBnnError):
+    """A measurement store cannot be opened, read or written (missing, foreign, corrupt, read-only)."""

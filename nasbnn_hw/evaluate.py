@@ -8,10 +8,16 @@ import torch
 from .arch import Arch
 from .binary_ops import DynamicBatchNorm2d
 from .data import TensorData
+from .errors import NasBnnError
 
 
 def calibration_batches(data: TensorData, num_batches: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
     """Fixed training batches for BN recalibration (official: 10 batches of 2048 images)."""
+    if type(num_batches) is not int or type(batch_size) is not int or num_batches < 1 or batch_size < 1:
+        raise NasBnnError(f"BN recalibration needs >= 1 batch of >= 1 image (got {num_batches!r} batches of "
+                          f"{batch_size!r}): without it the subnet would be evaluated with reset statistics")
+    if len(data) == 0:
+        raise NasBnnError("BN recalibration needs training images; the training split is empty")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(data), generator=g)
     n = min(len(data), num_batches * batch_size)
@@ -28,11 +34,15 @@ def recalibrate_bn(supernet, arch: Arch, batches: Iterable[torch.Tensor]) -> Non
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
+    seen = 0
     for x in batches:
         supernet(x, arch)
+        seen += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
         bn.eval()
+    if not seen:  # reset and not re-estimated: the accuracy would be silently wrong
+        raise NasBnnError("BN recalibration got no batches; give at least one (e.g. --calib-batches 1)")
 
 
 @torch.no_grad()

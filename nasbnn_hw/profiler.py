@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .layers import LayerConfig, arch_layers
 from .sampling import sample_uniform
 from .space import SearchSpace, get_space
 from .store import Measurement, MeasurementStore
+from .utils import WorkDir
 
 __all__ = ["enumerate_layers", "random_subnets", "profile_layers", "profile_subnets", "ProfileReport",
            "TimingSettings", "ProfileError"]
@@ -256,7 +256,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
         log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
     total = sum(rounds - done[key] for key, _, _ in todo)
     built: dict[str, tuple] = {}
-    with tempfile.TemporaryDirectory(prefix="nasbnn-profile-", dir=workdir) as tmp, \
+    with WorkDir("nasbnn-profile-", dir=workdir) as tmp, \
             _progress(total, f"{kind}s on {device}", progress) as bar:
         clock = _Clock(runner, timing, store, device, spec, version, Path(tmp)) if todo else None
         for r in range(rounds):
@@ -280,13 +280,12 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                     continue
                 m = Measurement(device, target_key, version, kind, key, config, median_s=med,
                                 iqr_s=iqr, repeats=len(samples), samples=tuple(samples), created=time.time())
-                if r == 0:
-                    store.add(m)
-                else:
-                    store.add_round(m)
-                done[key] = r + 1
-                report.measured.append(key)
-                if done[key] == rounds:
+                # counted and stored in one transaction: a second profiler on this store cannot overshoot
+                n = store.add_round(m, limit=rounds)
+                done[key] = rounds if n is None else n + 1
+                if n is not None:
+                    report.measured.append(key)
+                if done[key] >= rounds:
                     Path(built.pop(key)[0]).unlink(missing_ok=True)
                 bar.update(1)
     return report
@@ -352,10 +351,10 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
     same units as the first measurement), else it is calibrated afresh."""
     from .kernels import resolve_target
     from .timing import REFERENCE_LAYER
-    with tempfile.TemporaryDirectory(prefix="nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
+    with WorkDir("nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
         if timing.reference and baseline_from is not None and Path(baseline_from).exists():
             key = (device, resolve_target(target).description(), _tvm_version(), REFERENCE_LAYER.key())
-            with MeasurementStore(baseline_from) as src:
+            with MeasurementStore(baseline_from, readonly=True) as src:
                 base = src.reference_baseline(*key)
             if base is not None:
                 st.set_reference_baseline(*key, base)

@@ -64,12 +64,33 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "SearchSpace":
+        """A space from its TOML/JSON form; every key and value is checked (SpaceError names the bad one)."""
+        if not isinstance(d, dict):
+            raise SpaceError(f"{source}: expected a table of keys ({', '.join(_TOP_KEYS)}), got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_TOP_KEYS))
+        if unknown:
+            raise SpaceError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(_TOP_KEYS)})")
         for key in ("name", "resolution", "stage"):
             if key not in d:
                 raise SpaceError(f"{source}: missing key '{key}' (a space needs name, resolution, "
                                  f"in_channels, num_classes and [[stage]] tables)")
+        if not isinstance(d["name"], str) or not d["name"].strip() or len(d["name"]) > 200:
+            raise SpaceError(f"{source}: name={d['name']!r} must be a non-empty string")
+        top = {}
+        for key, default in (("resolution", None), ("in_channels", 3), ("num_classes", 1000)):
+            v = d.get(key, default)
+            lo, hi = _LIMITS[key]
+            if type(v) is not int or not lo <= v <= hi:
+                raise SpaceError(f"{source}: {key}={v!r} must be an integer from {lo} to {hi}")
+            top[key] = v
+        if not isinstance(d["stage"], list) or not 1 <= len(d["stage"]) <= _LIMITS["stages"][1]:
+            raise SpaceError(f"{source}: stage must be a list of 2 to {_LIMITS['stages'][1]} [[stage]] tables "
+                             f"(the stem, then binary stages), got {_short(d['stage'])}")
         stages = []
         for i, st in enumerate(d["stage"]):
+            if not isinstance(st, dict):
+                raise SpaceError(f"{source}: stage {i} must be a table of {', '.join(_STAGE_KEYS)}, "
+                                 f"got {_short(st)}")
             missing = [k for k in _STAGE_KEYS if k not in st]
             if missing:
                 raise SpaceError(f"{source}: stage {i} lacks {', '.join(missing)} "
@@ -80,19 +101,30 @@ class SearchSpace:
                                  f"(allowed: {', '.join(_STAGE_KEYS)})")
             vals = {}
             for k in _STAGE_KEYS[:-1]:
-                v = st[k]
-                if not isinstance(v, list) or not v or not all(isinstance(x, int) and x > 0 for x in v):
-                    raise SpaceError(f"{source}: stage {i} {k}={v!r} must be a non-empty list of positive integers")
+                v, (lo, hi) = st[k], _LIMITS[k]
+                if not isinstance(v, list) or not v or len(v) > 64 \
+                        or not all(type(x) is int and lo <= x <= hi for x in v):
+                    raise SpaceError(f"{source}: stage {i} {k}={_short(v)} must be a non-empty list of "
+                                     f"integers from {lo} to {hi}")
                 vals[k] = tuple(sorted(set(v)))
-            if st["stride"] not in (1, 2):
+            if type(st["stride"]) is not int or st["stride"] not in (1, 2):
                 raise SpaceError(f"{source}: stage {i} stride={st['stride']!r} not allowed (allowed: 1, 2)")
             stages.append(StageSpec(stride=st["stride"], **vals))
         try:
-            return cls(name=str(d["name"]), resolution=int(d["resolution"]),
-                       in_channels=int(d.get("in_channels", 3)), num_classes=int(d.get("num_classes", 1000)),
-                       stages=tuple(stages))
+            return cls(name=d["name"], stages=tuple(stages), **top)
         except SpaceError as e:
             raise SpaceError(f"{source}: {e}") from None
+
+
+_TOP_KEYS = ("name", "resolution", "in_channels", "num_classes", "stage")
+# Bounds that keep a space buildable (10^9 channels would make training allocate tens of GB).
+_LIMITS = {"resolution": (2, 4096), "in_channels": (1, 64), "num_classes": (2, 100_000), "stages": (2, 64),
+           "channels": (1, 8192), "depth": (1, 64), "kernel": (1, 15), "groups1": (1, 8192), "groups2": (1, 8192)}
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _check_space(sp: SearchSpace) -> None:
@@ -134,6 +166,8 @@ def load_space(path: str | Path) -> SearchSpace:
         text = path.read_text()
     except OSError as e:
         raise SpaceError(f"cannot read space file {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"space file {str(path)!r} is not UTF-8 text (expected TOML)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -178,11 +178,10 @@ def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None =
     `repeats` times in turn; the noise floor is the median relative deviation of a measurement from the
     probe's median, for the protocol's estimate and for the raw median, and `speed_range` the ratio of the
     90th to the 10th percentile of the reference's burst times (how much the machine's speed moved)."""
-    import tempfile
-
     from .kernels import build_layer
+    from .utils import WorkDir
     proto = timing.protocol()
-    with tempfile.TemporaryDirectory(prefix="nasbnn-noise-", dir=workdir) as d:
+    with WorkDir("nasbnn-noise-", dir=workdir) as d:
         ref = reference_library(Path(d), target)
         probes = []
         for cfg in NOISE_PROBES:
@@ -220,7 +219,7 @@ def noise_warning(store, device: str) -> str | None:
     else:
         if not Path(store).exists():
             return None
-        with MeasurementStore(store) as st:
+        with MeasurementStore(store, readonly=True) as st:
             rec = st.agreement(device)
     if rec is None or rec["kendall_tau"] >= NOISE_TAU:
         return None

@@ -127,6 +127,11 @@ class SupernetTrainer:
                 raise NasBnnError(f"cannot resume {self.checkpoint_path}: it was trained with {key}={saved[key]}, "
                                   f"this run asks for {getattr(self.cfg, key)}")
         ck = load_supernet(self.checkpoint_path)
+        if ck.supernet.space.to_dict() != self.space.to_dict():
+            old, new = ck.supernet.space, self.space
+            raise NasBnnError(f"cannot resume {self.checkpoint_path}: it holds space '{old.name}' at "
+                              f"{old.resolution}x{old.resolution}, this run asks for '{new.name}' at "
+                              f"{new.resolution}x{new.resolution}; pass the checkpoint's --space/--resolution")
         self.net.load_state_dict(ck.supernet.state_dict())
         st = obj["train_state"]
         self.opt.load_state_dict(st["optimizer"])

@@ -33,3 +33,50 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+OWNER_FILE = ".owner-pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, someone else's
+        return True
+    return True
+
+
+def sweep_orphans(prefix: str, base: str | Path | None = None) -> int:
+    """Remove work directories `prefix*` under `base` (default: the temp dir) left by a killed process of
+    this user: those whose owner PID (in `OWNER_FILE`) no longer runs. Returns how many were removed."""
+    import shutil
+    base = Path(base or tempfile.gettempdir())
+    n = 0
+    try:
+        cands = [p for p in base.iterdir() if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return 0
+    for p in cands:
+        try:
+            if p.stat().st_uid != os.getuid():
+                continue
+            pid = int((p / OWNER_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue              # not ours, or being set up right now
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    return n
+
+
+class WorkDir(tempfile.TemporaryDirectory):
+    """A temporary directory that records its owner's PID, so that the next run removes it if this process
+    is killed before it could (`sweep_orphans`, done on creation). Removed on exit like TemporaryDirectory;
+    the CLI turns SIGTERM into a normal exit, so only SIGKILL leaves one behind until the next run."""
+
+    def __init__(self, prefix: str, dir: str | Path | None = None):
+        sweep_orphans(prefix, dir)
+        super().__init__(prefix=prefix, dir=dir)
+        Path(self.name, OWNER_FILE).write_text(f"{os.getpid()}\n")

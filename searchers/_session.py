@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nasbnn_hw.arch import Arch
+from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.sampling import largest, sample_uniform, smallest
 from nasbnn_hw.space import SearchSpace
 from nasbnn_hw.utils import atomic_write_text
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "search_state.json"
 EVAL_LOG = "evaluations.jsonl"
 STATE_FORMAT = "nasbnn-hw/search-state-v1"
+STATE_KEYS = ("rng", "generation", "bin_width", "hv_reference", "evaluated", "history")
 
 
 def _rng_to_json(rng: random.Random) -> list:
@@ -94,20 +97,40 @@ class Session:
         if state_path.exists():
             try:
                 st = json.loads(state_path.read_text())
-            except json.JSONDecodeError as e:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SearchError(f"{state_path}: unreadable checkpoint ({e})") from None
-            if st.get("format") != STATE_FORMAT or st.get("fingerprint") != self.fingerprint():
+            if not isinstance(st, dict) or st.get("format") != STATE_FORMAT \
+                    or st.get("fingerprint") != self.fingerprint():
                 raise SearchError(f"{state_path} belongs to a different search (searcher, space, cost model, "
                                   f"constraints, seed or budget differ); use another checkpoint directory")
-            self.rng = _rng_from_json(st["rng"])
-            self.generation = int(st["generation"])
-            self.bin_width = float(st["bin_width"])
-            self.hv_reference = tuple(st["hv_reference"])
-            for d in st["evaluated"]:
-                c = Candidate.from_dict(d)
-                self.evaluated[c.arch] = c
-            self.history = [GenerationStats(**h) for h in st["history"]]
-            self.extra = st.get("extra", {})
+            missing = [k for k in STATE_KEYS if k not in st]
+            if missing:
+                raise SearchError(f"{state_path}: search state lacks {', '.join(missing)} (a complete state has "
+                                  f"{', '.join(STATE_KEYS)}); remove the file to start the search afresh")
+            try:
+                self.rng = _rng_from_json(st["rng"])
+                self.generation = int(st["generation"])
+                self.bin_width = float(st["bin_width"])
+                self.hv_reference = tuple(float(x) for x in st["hv_reference"])
+                if len(self.hv_reference) != 2:
+                    raise ValueError(f"hv_reference has {len(self.hv_reference)} values, expected 2")
+                for d in st["evaluated"]:
+                    c = Candidate.from_dict(d)
+                    lacking = sorted(set(self.models) - set(c.costs))
+                    if lacking or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in
+                                          [c.accuracy, *c.costs.values()]):
+                        raise ValueError(f"candidate {c.arch.short()}: costs {sorted(c.costs)} (need "
+                                         f"{sorted(self.models)}) or accuracy not finite numbers")
+                    self.evaluated[c.arch] = c
+                self.history = [GenerationStats(**h) for h in st["history"]]
+                self.extra = st.get("extra", {})
+                if not isinstance(self.extra, dict):
+                    raise ValueError("extra is not a dict")
+            except NasBnnError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
+                raise SearchError(f"{state_path}: malformed search state ({type(e).__name__}: {str(e)[:120]}); "
+                                  "remove the file to start the search afresh") from None
             resumed = True
             log.info("resumed %s search from %s at generation %d", self.searcher, state_path, self.generation)
         self._log_file = open(log_path, "a")

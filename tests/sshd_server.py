@@ -87,7 +87,7 @@ class SshServer:
     `new_host_key()` = re-installed board."""
 
     def __init__(self, workdir: Path, client_pub: Path, user: str, host: str = "127.0.0.1",
-                 netns: str | None = None, extra_config: str = ""):
+                 netns: str | None = None, extra_config: str = "", sftp: bool = True):
         self.dir, self.user, self.host, self.netns = Path(workdir), user, host, netns
         self.port = free_port() if netns is None else 2222
         self.dir.chmod(0o755)
@@ -110,7 +110,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
 AllowUsers {user}
-Subsystem sftp internal-sftp
+{"Subsystem sftp internal-sftp" if sftp else "# no SFTP subsystem"}
 LogLevel VERBOSE
 MaxStartups 100
 {extra_config}

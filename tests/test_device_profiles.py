@@ -71,6 +71,11 @@ def test_user_directory_env_var_and_override(tmp_path, monkeypatch):
     (GOOD.replace("}", ', mattr = "neon"}'), "target.mattr", '["+neon"]'),
     ('runner = "local"\ntarget = {kind = "llvm", mtriple = "riscv64-linux-gnu"}\n', "target.mtriple", "runner 'local'"),
     ('runner = "ssh"\ntarget = {kind = "cuda"}\nhost_target = {kind = "llvm"}\nhost = "x"\n', "runner", "tvm-rpc"),
+    # a remote path that would become an option of the first remote command (`find -delete ...`)
+    (GOOD + 'remote_dir = "-delete"\n', "remote_dir", "absolute path"),
+    (GOOD + 'remote_dir = "tmp/work"\n', "remote_dir", "absolute path"),
+    (GOOD + 'remote_dir = "/tmp\\n-delete"\n', "remote_dir", "control characters"),
+    (GOOD.replace('host = "', 'host = "-oProxyCommand=x\\n'), "host", "control characters"),
 ])
 def test_bad_values_name_key_value_and_allowed(tmp_path, text, key, allowed):
     p = _write(tmp_path, "bad", text)

@@ -279,6 +279,19 @@ def test_wrong_key_is_a_setup_error_not_retried(ssh_board, ssh_known_hosts, xor_
     assert time.monotonic() - t0 < 5
 
 
+def test_server_without_sftp_is_a_setup_error_that_names_sftp(request, ssh_client_key, xor_kernels, tmp_path):
+    from nasbnn_hw.runners import DeviceSetupError
+    from ssh_fixtures import _server
+    srv = _server(request, ssh_client_key, sftp=False)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(srv.known_hosts_line())
+    t0 = time.monotonic()
+    with pytest.raises(DeviceSetupError, match="offers no SFTP.*Subsystem sftp"):
+        with get_runner(profile_for(srv, ssh_client_key, kh)) as r:
+            r.time_library(xor_kernels["k0"], rk.xor_popcount_args(*SHAPES["k0"]), warmup=0, repeat=1)
+    assert time.monotonic() - t0 < 5, "a missing subsystem is not a board that is down: no retries"
+
+
 def test_fingerprint_matches_ssh_keygen(ssh_board):
     import paramiko
     key = paramiko.Ed25519Key.from_private_key_file(str(ssh_board.host_key))

@@ -45,8 +45,10 @@ class TargetSpec:
         return tvm.target.Target(self.config)
 
     def description(self) -> str:
-        """Stable text for the measurement store (the full TVM target string)."""
-        return self.key or str(self.tvm_target())
+        """The store's text for this target (`nasbnn_hw.store.canonical_target`): the same for a named
+        target and a device profile that compile alike (`"local"` and the `local` profile)."""
+        from ..store import canonical_target
+        return canonical_target(self.key or str(self.tvm_target()))
 
 
 def _named(name: str) -> TargetSpec:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from ..utils import WorkDir
 from .base import ArgSpec, ClosingRunner, Timing
 from .errors import KernelError
 from .inputs import DEFAULT_SEED, input_arrays
@@ -21,7 +21,7 @@ class LocalRunner(ClosingRunner):
         self.threads = threads
         self.seed = seed
         self._threads_set = False
-        self._copies: tempfile.TemporaryDirectory | None = None
+        self._copies: WorkDir | None = None
         self._modules: dict[str, object] = {}
 
     def _load(self, tvm, lib_path: Path):
@@ -30,7 +30,7 @@ class LocalRunner(ClosingRunner):
         digest = hashlib.sha256(lib_path.read_bytes()).hexdigest()[:24]
         if digest not in self._modules:
             if self._copies is None:
-                self._copies = tempfile.TemporaryDirectory(prefix="nasbnn-local-")
+                self._copies = WorkDir("nasbnn-local-")
             copy = Path(self._copies.name) / f"{digest}.so"
             shutil.copyfile(lib_path, copy)
             self._modules[digest] = tvm.runtime.load_module(str(copy))

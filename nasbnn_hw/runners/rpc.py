@@ -1,6 +1,7 @@
 """RPCRunner: time kernel libraries through a TVM RPC server on the device (needed for GPU targets).
 
-On the device: `python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090` (TVM runtime installed there).
+On the device: `python -m tvm.exec.rpc_server --host 127.0.0.1 --port 9090` (TVM runtime installed there),
+reached through an SSH tunnel: the RPC server has no authentication (docs/devices.md).
 Flow per kernel: upload → load_module → deterministic inputs → warm-up calls → time_evaluator. A lost or
 unreachable server is retried with exponential backoff and reconnection, then `BoardUnavailable`.
 """

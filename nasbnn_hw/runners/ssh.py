@@ -170,18 +170,31 @@ class SSHRunner(ClosingRunner):
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        self._sftp = self._client.open_sftp()
+        try:
+            self._sftp = self._client.open_sftp()
+        except paramiko.SSHException as e:
+            if not transport.is_active():
+                raise
+            # the server refused the subsystem: retrying cannot help
+            raise DeviceSetupError(
+                f"device '{self.device}' ({self.settings}): the SSH server offers no SFTP ({e}); nasbnn-hw "
+                "uploads kernels over SFTP: enable it on the board (OpenSSH: `Subsystem sftp internal-sftp` "
+                "in /etc/ssh/sshd_config; Dropbear: install an sftp-server)") from None
         self._sftp.get_channel().settimeout(self.profile.timeout("transfer"))
         if self._sessions:
             self.reconnects += 1
         self._sessions += 1
         self._clean_stale()
         base = self.profile.remote_dir.rstrip("/") or "/"
+        if not base.startswith("/"):   # validated in the profile; never let a path become an option
+            raise DeviceSetupError(f"device '{self.device}': remote_dir {self.profile.remote_dir!r} is not an "
+                                   "absolute path")
         template = base.rstrip("/") + "/nasbnn-hw.XXXXXX"
-        # orphans of sessions whose board went down for good (untouched for a day) go first
+        # orphans of sessions whose board went down for good (untouched for a day) go first; `base` is
+        # absolute, so it cannot read as an option (BusyBox find takes no `--`)
         sweep = (f"find {quote(base)} -maxdepth 1 -type d -name 'nasbnn-hw.*' -user \"$(id -u)\" -mmin +1440 "
                  "-exec rm -rf {} + 2>/dev/null")
-        rc, out, err = self._exec(f"{sweep}; mktemp -d {quote(template)}", timeout=tmo)
+        rc, out, err = self._exec(f"{sweep}; mktemp -d -- {quote(template)}", timeout=tmo)
         if rc != 0 or not out.strip():
             raise DeviceSetupError(f"device '{self.device}': cannot create a work directory under "
                                    f"{self.profile.remote_dir!r} on the board: {err.strip()}")
@@ -199,7 +212,7 @@ class SSHRunner(ClosingRunner):
         if rc != 0:
             first = " ".join(err.split())[-300:]
             self._put(harness_source(), f"{wd}/harness.c")
-            build = (f"cd {quote(wd)} && CC=$(command -v cc || command -v gcc) && \"$CC\" "
+            build = (f"cd -- {quote(wd)} && CC=$(command -v cc || command -v gcc) && \"$CC\" "
                      + " ".join(quote(f) for f in CFLAGS) + f" -o {HARNESS_NAME} harness.c "
                      + " ".join(quote(f) for f in LDFLAGS))
             rc_b, _, err_b = self._exec(build, timeout=tmo)
@@ -238,7 +251,7 @@ class SSHRunner(ClosingRunner):
         parts = []
         for d, pid in self._stale:
             if pid:
-                parts.append(f"(cd {quote(d)} 2>/dev/null && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
+                parts.append(f"(cd -- {quote(d)} 2>/dev/null && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
                              f"&& kill -9 {pid}) 2>/dev/null")
             parts.append(f"rm -rf -- {quote(d)}")
         self._exec("; ".join(parts) + "; true", timeout=self.profile.timeout("connect"))
@@ -247,7 +260,7 @@ class SSHRunner(ClosingRunner):
     # ---- remote primitives ------------------------------------------------------------------------------
     def _harness_command(self, arg: str) -> str:
         wrapper = " ".join(quote(w) for w in self.profile.exec_wrapper)
-        script = f"cd {quote(self._workdir)} && echo pid $$ && exec {wrapper} ./{HARNESS_NAME} {quote(arg)}"
+        script = f"cd -- {quote(self._workdir)} && echo pid $$ && exec {wrapper} ./{HARNESS_NAME} {quote(arg)}"
         # through `sh -c`: $$ is then the PID the harness gets by exec, whatever the login shell is
         return "sh -c " + quote(script)
 
@@ -294,7 +307,7 @@ class SSHRunner(ClosingRunner):
         wd = self._workdir
         if pid is not None and wd:
             try:
-                rc, _, _ = self._exec(f"cd {quote(wd)} && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
+                rc, _, _ = self._exec(f"cd -- {quote(wd)} && [ \"$(readlink /proc/{pid}/cwd)\" = \"$(pwd -P)\" ] "
                                       f"&& kill -9 {pid}", timeout=self.profile.timeout("connect"))
             except _TRANSIENT:
                 rc = None
