@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from nasbnn_hw import get_space, largest, sample_uniform, smallest
-from nasbnn_hw.data import load_splits
-from nasbnn_hw.evaluate import accuracy, calibration_batches, recalibrate_bn
-from nasbnn_hw.train import SupernetTrainer, TrainConfig
+from nasbnn_hw.data.sets import load_splits
+from nasbnn_hw.train.evaluate import accuracy, calibration_batches, recalibrate_bn
+from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig
 
 VARIANTS = {"all strategies": {}, "no weight norm": {"weight_norm": False},
             "no bi-transformation": {"bi_transformation": False}, "no bi-teacher": {"bi_teacher": False}}

@@ -31,9 +31,9 @@ from cost_models.active import active_profile, coverage_scores, hybrid_scores  #
 from cost_models.metrics import evaluate  # noqa: E402
 from cost_models.predictor import LatencyPredictor  # noqa: E402
 from cost_models.synthetic import SimulatedDevice  # noqa: E402
-from nasbnn_hw.layers import arch_layers  # noqa: E402
-from nasbnn_hw.sampling import sample_uniform  # noqa: E402
-from nasbnn_hw.space import get_space  # noqa: E402
+from nasbnn_hw.core.layers import arch_layers  # noqa: E402
+from nasbnn_hw.core.sampling import sample_uniform  # noqa: E402
+from nasbnn_hw.core.space import get_space  # noqa: E402
 
 
 class ReplayDevice:

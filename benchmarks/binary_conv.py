@@ -31,7 +31,7 @@ def worker_tvm(repeat: int) -> dict:
     import numpy as np
     import tvm
 
-    from nasbnn_hw.kernels.layer import build_binary_conv
+    from nasbnn_hw.deploy.kernels.layer import build_binary_conv
     out = {}
     dev = tvm.cpu(0)
     for name, ci, co, k, g, r in CASES:

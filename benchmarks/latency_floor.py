@@ -30,7 +30,7 @@ SMALL_MOPS = 0.04
 
 
 def _time_us(lib_path, args, repeat: int, threads: int) -> float:
-    from nasbnn_hw.runners.local import LocalRunner
+    from nasbnn_hw.profiling.runners.local import LocalRunner
     r = LocalRunner(threads=threads)
     probe = r.time_library(lib_path, args, warmup=3, repeat=1, number=1).median
     number = max(1, int(2e-3 / max(probe, 1e-7)))
@@ -48,12 +48,12 @@ def worker(n_subnets: int, repeat: int, threads: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from nasbnn_hw.deploy_tvm import compile_random_subnet
-    from nasbnn_hw.kernels import build_layer
-    from nasbnn_hw.layers import LayerConfig, count_ops
-    from nasbnn_hw.profiler import random_subnets
-    from nasbnn_hw.sampling import largest, smallest
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    from nasbnn_hw.deploy.kernels import build_layer
+    from nasbnn_hw.core.layers import LayerConfig, count_ops
+    from nasbnn_hw.profiling.profiler import random_subnets
+    from nasbnn_hw.core.sampling import largest, smallest
+    from nasbnn_hw.core.space import get_space
     out = {"layers": {}, "subnets": []}
     with tempfile.TemporaryDirectory() as d:
         for kind, cfgs in LAYERS.items():

@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 def _collect(space, n_sets: int, per_set: int, pool: int, seed: int = 3):
-    from nasbnn_hw.layers import count_ops
-    from nasbnn_hw.sampling import sample_uniform
+    from nasbnn_hw.core.layers import count_ops
+    from nasbnn_hw.core.sampling import sample_uniform
     rng = random.Random(seed)
     archs = list({sample_uniform(space, rng) for _ in range(pool)})
     archs.sort(key=lambda a: a.to_json())
@@ -45,13 +45,13 @@ def _collect(space, n_sets: int, per_set: int, pool: int, seed: int = 3):
 
 def run(resolution: int, n_sets: int, per_set: int, pool: int) -> dict:
     from device_profiles import load_profile
-    from nasbnn_hw.deploy_tvm import compile_random_subnet
-    from nasbnn_hw.devices import timing_for
-    from nasbnn_hw.profiler import _Clock, _tvm_version
-    from nasbnn_hw.kernels import resolve_target
-    from nasbnn_hw.runners.local import LocalRunner
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.store import MeasurementStore
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    from nasbnn_hw.profiling.devices import timing_for
+    from nasbnn_hw.profiling.profiler import _Clock, _tvm_version
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.runners.local import LocalRunner
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.store import MeasurementStore
     from searchers.synthetic import SyntheticAccuracy
     from cost_models.metrics import calibrate_linear
     space = get_space("imagenet").with_resolution(resolution)

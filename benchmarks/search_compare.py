@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cost_models import fit_predictor, get_cost_model  # noqa: E402
 from cost_models._layers import space_layer_configs  # noqa: E402
 from cost_models.synthetic import SimulatedDevice  # noqa: E402
-from nasbnn_hw.sampling import sample_uniform  # noqa: E402
-from nasbnn_hw.space import get_space  # noqa: E402
-from nasbnn_hw.store import MeasurementStore  # noqa: E402
+from nasbnn_hw.core.sampling import sample_uniform  # noqa: E402
+from nasbnn_hw.core.space import get_space  # noqa: E402
+from nasbnn_hw.profiling.store import MeasurementStore  # noqa: E402
 from searchers import run_search  # noqa: E402
 from searchers.synthetic import SyntheticAccuracy  # noqa: E402
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from cost_models.registry import get_cost_model
-from nasbnn_hw.checkpoint import load_supernet
-from nasbnn_hw.evaluate import SubnetEvaluator, calibration_batches
-from nasbnn_hw.sampling import largest, smallest
-from nasbnn_hw.subnet_io import data_for_checkpoint
+from nasbnn_hw.nn.checkpoint import load_supernet
+from nasbnn_hw.train.evaluate import SubnetEvaluator, calibration_batches
+from nasbnn_hw.core.sampling import largest, smallest
+from nasbnn_hw.nn.subnet_io import data_for_checkpoint
 from searchers.pareto import hypervolume
 from searchers.run import run_search
 

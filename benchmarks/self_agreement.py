@@ -6,7 +6,7 @@ protocol, with and without a competing process.
 
 Every subnet is compiled once; then two campaigns (A, then B) time every subnet in turn. Within a campaign
 each subnet gets `chunks` short bursts, each burst timing the fixed reference kernel of the protocol
-(`nasbnn_hw.timing.REFERENCE_LAYER`) right before the subnet. From the same samples every protocol's
+(`nasbnn_hw.profiling.timing.REFERENCE_LAYER`) right before the subnet. From the same samples every protocol's
 estimate is computed, so they are compared on equal data:
 
 - `median`: the median of the subnet's samples (the previous protocol);
@@ -40,7 +40,7 @@ def _burn(stop, seed: int) -> None:
 
 
 def _space(spec: str):
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.core.space import get_space
     name, _, res = spec.partition("@")
     sp = get_space(name)
     return sp.with_resolution(int(res)) if res else sp
@@ -52,10 +52,10 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     from pathlib import Path
 
     from cost_models.metrics import kendall_tau, within
-    from nasbnn_hw.deploy_tvm import compile_random_subnet
-    from nasbnn_hw.profiler import random_subnets
-    from nasbnn_hw.runners.local import LocalRunner
-    from nasbnn_hw.timing import ESTIMATORS, Protocol, estimate, reference_library
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    from nasbnn_hw.profiling.profiler import random_subnets
+    from nasbnn_hw.profiling.runners.local import LocalRunner
+    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, reference_library
     space = _space(space_spec)
     archs = random_subnets(space, n, seed=11)
     runner = LocalRunner(threads=threads)

@@ -18,7 +18,7 @@ import time
 
 
 def _archs(space, n_random: int):
-    from nasbnn_hw.sampling import largest, sample_uniform, smallest
+    from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
     rng = random.Random(1)
     return [("largest", largest(space)), ("smallest", smallest(space))] + [
         (f"random{i}", sample_uniform(space, rng)) for i in range(n_random)]
@@ -27,8 +27,8 @@ def _archs(space, n_random: int):
 def _models(space_name: str, n_random: int):
     import torch
 
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.supernet import SuperBNN, extract_subnet
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
     space = get_space(space_name)
     torch.manual_seed(0)
     sup = SuperBNN(space).eval()
@@ -80,7 +80,7 @@ def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: in
         else:
             import tvm
 
-            from nasbnn_hw.deploy_tvm import compile_subnet
+            from nasbnn_hw.deploy.tvm_net import compile_subnet
             t0 = time.perf_counter()
             net = compile_subnet(model)
             compile_s = time.perf_counter() - t0

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from nasbnn_hw import get_space
-from nasbnn_hw.binary_ops import DynamicBinaryConv2d, binary_weight_sign
-from nasbnn_hw.train import SupernetTrainer, TrainConfig
-from nasbnn_hw.data import Splits, TensorData
+from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d, binary_weight_sign
+from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig
+from nasbnn_hw.data.sets import Splits, TensorData
 
 
 def naive_weight(self, in_c, out_c, k, groups, binary=True):
@@ -89,7 +89,7 @@ def time_steps(space, batch, res, steps, naive, typical=False):
     data = TensorData(torch.randn(n, space.in_channels, res, res), torch.randint(0, space.num_classes, (n,)),
                       space.num_classes, "random")
     splits = Splits(data, data.subset(range(batch)), data.subset(range(batch)))
-    import nasbnn_hw.supernet as sn
+    import nasbnn_hw.nn.supernet as sn
     orig, orig_act = DynamicBinaryConv2d.forward, sn.binary_activation
     if typical:
         DynamicBinaryConv2d.forward = typical_forward

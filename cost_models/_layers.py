@@ -1,6 +1,6 @@
 """Fast, cached mapping from archs to the indices of their layers in a table of unique `LayerConfig`s.
 
-`nasbnn_hw.layers.arch_layers` is the reference; this module yields the same layers (a test checks it) but
+`nasbnn_hw.core.layers.arch_layers` is the reference; this module yields the same layers (a test checks it) but
 caches per block, so a batch of archs becomes one flat integer array plus offsets. Every cost model that
 sums (or maxes) a per-layer quantity then needs one numpy reduction per batch.
 """
@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.core.space import SearchSpace
 
 __all__ = ["LayerIndex", "space_layer_configs"]
 

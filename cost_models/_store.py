@@ -5,11 +5,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasbnn_hw.arch import Arch
+from nasbnn_hw.core.arch import Arch
 from nasbnn_hw.errors import NasBnnError
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.space import SearchSpace, get_space
-from nasbnn_hw.store import Measurement, MeasurementStore
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.core.space import SearchSpace, get_space
+from nasbnn_hw.profiling.store import Measurement, MeasurementStore
 
 from .errors import CostModelError
 

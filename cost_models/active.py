@@ -101,8 +101,8 @@ def plan_next_layers(space, store, device: str, k: int, *, seed: int = 0, n_esti
     """
     from collections import Counter
 
-    from nasbnn_hw.sampling import sample_uniform
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.core.sampling import sample_uniform
+    from nasbnn_hw.core.space import get_space
 
     from ._layers import LayerIndex, space_layer_configs
     from ._store import load_device_measurements

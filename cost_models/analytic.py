@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Sequence
 
 
-from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.core.layers import LayerConfig
 
 from .base import LayerTableCostModel
 

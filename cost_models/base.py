@@ -9,9 +9,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.core.space import SearchSpace, get_space
 
 from ._layers import LayerIndex
 

@@ -30,7 +30,7 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
     from cost_models.errors import CostModelError, MissingMeasurementError
     from cost_models.learned import PredictorCostModel
     from cost_models.report import write_report
-    from nasbnn_hw.layers import arch_layers
+    from nasbnn_hw.core.layers import arch_layers
 
     data = load_device_measurements(store, device, target, tvm_version)
     subnets = [(m, sa) for m in data.subnets if (sa := subnet_space_arch(m)) is not None]
@@ -85,7 +85,7 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
     for name, m in metrics.items():
         log(format_metrics(name, m) + ("" if m["unit"] == "s" else "  (linear fit to seconds)"))
     if again is not None:
-        from nasbnn_hw.timing import noise_warning
+        from nasbnn_hw.profiling.timing import noise_warning
         from cost_models._store import open_store
         log(format_metrics("measured again", again["remeasured"]) + "  (the device against itself)")
         st, own = open_store(store, readonly=False)

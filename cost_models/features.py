@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.core.layers import LayerConfig
 
 __all__ = ["FEATURE_SCHEMA_VERSION", "FEATURE_NAMES", "BASE_FEATURE_NAMES", "layer_features", "base_features"]
 

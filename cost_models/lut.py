@@ -9,9 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.core.space import SearchSpace
 
 from ._store import load_device_measurements, subnet_space_arch
 from .base import TIME_UNIT, LayerTableCostModel

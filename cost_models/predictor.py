@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.core.layers import LayerConfig
 
 from ._trees import check_tree_dict, predict_trees, tree_to_dict
 from .errors import CostModelError, IncompatibleArtifactError

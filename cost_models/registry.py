@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.core.space import SearchSpace, get_space
 
 from .analytic import (BopsModel, FlopsModel, ModelBytesModel, OpsModel, ParamsModel, PeakMemoryModel)
 from .base import check_cost_model

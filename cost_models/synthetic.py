@@ -13,10 +13,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.layers import LayerConfig, arch_layers
-from nasbnn_hw.space import SearchSpace
-from nasbnn_hw.store import Measurement, MeasurementStore
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.layers import LayerConfig, arch_layers
+from nasbnn_hw.core.space import SearchSpace
+from nasbnn_hw.profiling.store import Measurement, MeasurementStore
 
 from .features import _terms
 

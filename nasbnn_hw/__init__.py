@@ -1,9 +1,9 @@
 """nasbnn-hw: hardware-aware neural architecture search for binary neural networks."""
-from .arch import Arch, Block, validate
-from .errors import ArchError, CheckpointError, NasBnnError, SpaceError
-from .layers import LayerConfig, OpsCount, arch_layers, count_ops
-from .sampling import largest, sample_in_range, sample_uniform, smallest
-from .space import SearchSpace, StageSpec, get_space, load_space
+from nasbnn_hw.core.arch import Arch, Block, validate
+from nasbnn_hw.errors import ArchError, CheckpointError, NasBnnError, SpaceError
+from nasbnn_hw.core.layers import LayerConfig, OpsCount, arch_layers, count_ops
+from nasbnn_hw.core.sampling import largest, sample_in_range, sample_uniform, smallest
+from nasbnn_hw.core.space import SearchSpace, StageSpec, get_space, load_space
 
 __version__ = "0.1.0"
 

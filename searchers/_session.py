@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nasbnn_hw.arch import Arch
+from nasbnn_hw.core.arch import Arch
 from nasbnn_hw.errors import NasBnnError
-from nasbnn_hw.sampling import largest, sample_uniform, smallest
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
+from nasbnn_hw.core.space import SearchSpace
 from nasbnn_hw.utils import atomic_write_text
 
 from .constraints import Constraint, format_cost
@@ -151,7 +151,7 @@ class Session:
               checkpoint_dir: str | Path | None) -> "Session":
         """A session for a searcher's `search(...)` arguments: the space by name or object, the cost model
         and constraints by name or object. Use it as a context manager (closes the log)."""
-        from nasbnn_hw.space import get_space
+        from nasbnn_hw.core.space import get_space
 
         from .run import prepare
         space = get_space(space)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.space import SearchSpace
 
 from .errors import InvalidParameterError
 from .result import SearchResult

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.space import SearchSpace
 
 from ._session import Session
 from .base import check_float, check_int

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
-from nasbnn_hw.arch import Arch, Block, is_valid
-from nasbnn_hw.space import SearchSpace
+from nasbnn_hw.core.arch import Arch, Block, is_valid
+from nasbnn_hw.core.space import SearchSpace
 
 __all__ = ["mutate", "crossover"]
 

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nasbnn_hw.arch import Arch
+from nasbnn_hw.core.arch import Arch
 
 from .errors import SearchError
 

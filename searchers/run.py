@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.space import SearchSpace, get_space
 
 from .constraints import bind_constraints
 from .errors import SearchError

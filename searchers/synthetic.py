@@ -11,10 +11,10 @@ import random
 import time
 import zlib
 
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.layers import count_ops
-from nasbnn_hw.sampling import largest, smallest
-from nasbnn_hw.space import SearchSpace, get_space
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.core.layers import count_ops
+from nasbnn_hw.core.sampling import largest, smallest
+from nasbnn_hw.core.space import SearchSpace, get_space
 
 __all__ = ["SyntheticAccuracy"]
 

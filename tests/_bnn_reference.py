@@ -1,4 +1,4 @@
-"""PyTorch reference layers with the attribute layout of a static subnet (see nasbnn_hw.supernet), used
+"""PyTorch reference layers with the attribute layout of a static subnet (see nasbnn_hw.nn.supernet), used
 as ground truth by the kernel and deployment tests."""
 from __future__ import annotations
 

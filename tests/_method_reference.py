@@ -1,6 +1,6 @@
 """One Bi-Teacher training step written from METHOD.md alone, as plain functions of a parameter dict.
 
-It shares no code with `nasbnn_hw.supernet` / `nasbnn_hw.binary_ops`: only the parameter names (the
+It shares no code with `nasbnn_hw.nn.supernet` / `nasbnn_hw.nn.binary_ops`: only the parameter names (the
 official checkpoint layout, METHOD.md "Exactness details") and the `Arch` / `SearchSpace` descriptions.
 The tests compare every parameter gradient of the project's trainer with the gradients of `reference_step`.
 Two details METHOD.md leaves open follow the project (and, by the official comparison, the official code):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasbnn_hw.runners import ArgSpec
+from nasbnn_hw.profiling.runners import ArgSpec
 
 
 def build_xor_popcount(n: int, m: int, words: int, target: dict, path: Path, cc: str | None = None) -> Path:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from device_profiles import validate_profile
-from nasbnn_hw.runners import BoardUnavailable, KernelError, KernelTimeout
-from nasbnn_hw.runners.inputs import input_arrays
-from nasbnn_hw.runners.local import LocalRunner
-from nasbnn_hw.store import Measurement
+from nasbnn_hw.profiling.runners import BoardUnavailable, KernelError, KernelTimeout
+from nasbnn_hw.profiling.runners.inputs import input_arrays
+from nasbnn_hw.profiling.runners.local import LocalRunner
+from nasbnn_hw.profiling.store import Measurement
 
 import runner_kernels as rk
 from sshd_server import SshServer, have_sshd, keygen, login_user

@@ -12,9 +12,9 @@ from nasbnn_hw.cli import main
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from nasbnn_hw.checkpoint import save_supernet
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.supernet import SuperBNN
+    from nasbnn_hw.nn.checkpoint import save_supernet
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.nn.supernet import SuperBNN
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "supernet.pt"
     save_supernet(path, SuperBNN(get_space("small16")), data_config={"source": "digits"})
@@ -26,7 +26,7 @@ def test_export_tvm_and_reload(checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--arch", "smallest", "--format", "tvm",
                  "--out", str(out)]) == 0
     assert "same top-1: True" in capsys.readouterr().out
-    from nasbnn_hw.deploy_tvm import TvmSubnet
+    from nasbnn_hw.deploy.tvm_net import TvmSubnet
     net = TvmSubnet.load(out)
     assert np.isfinite(net(np.zeros(net.input_shape, np.float32))).all()
 
@@ -49,11 +49,11 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path, capsys):
 
 
 def test_export_needs_data_for_recalibration_and_takes_subnet_files(tmp_path, capsys):
-    from nasbnn_hw.checkpoint import save_supernet
-    from nasbnn_hw.sampling import smallest
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.subnet_io import save_subnet
-    from nasbnn_hw.supernet import SuperBNN, extract_subnet
+    from nasbnn_hw.nn.checkpoint import save_supernet
+    from nasbnn_hw.core.sampling import smallest
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.nn.subnet_io import save_subnet
+    from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
     net = SuperBNN(get_space("small16"))
     save_supernet(tmp_path / "nodata.pt", net)
     assert main(["export", "--checkpoint", str(tmp_path / "nodata.pt"), "--arch", "largest", "--format", "onnx",
@@ -66,7 +66,7 @@ def test_export_needs_data_for_recalibration_and_takes_subnet_files(tmp_path, ca
 
 
 def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
-    from nasbnn_hw.store import MeasurementStore
+    from nasbnn_hw.profiling.store import MeasurementStore
     db = tmp_path / "m.db"
     assert main(["profile", "--space", "small16", "--active", "--budget", "5", "--round-size", "2",
                  "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
@@ -81,7 +81,7 @@ def test_active_profiling_measures_its_budget_in_rounds(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
-    from nasbnn_hw.store import MeasurementStore
+    from nasbnn_hw.profiling.store import MeasurementStore
     space = tmp_path / "tiny.toml"
     space.write_text("name='tiny'\nresolution=16\nin_channels=1\nnum_classes=10\n"
                      "[[stage]]\nchannels=[8,16]\ndepth=[1]\nkernel=[3]\ngroups1=[1]\ngroups2=[1]\nstride=2\n"
@@ -116,9 +116,9 @@ def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
 def test_active_subnets_are_the_least_certain(tmp_path):
     from cost_models.active import next_batch
     from cost_models.learned import PredictorCostModel, fit_predictor
-    from nasbnn_hw.profiler import random_subnets, subnet_key
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.store import MeasurementStore
+    from nasbnn_hw.profiling.profiler import random_subnets, subnet_key
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.store import MeasurementStore
     db = tmp_path / "m.db"
     assert main(["profile", "--space", "small16", "--active", "--budget", "8", "--round-size", "4",
                  "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0

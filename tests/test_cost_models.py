@@ -20,11 +20,11 @@ from cost_models.analytic import layer_params
 from cost_models.metrics import kendall_tau, mape, rmse, spearman, within
 from cost_models.report import write_report
 from cost_models.synthetic import SimulatedDevice
-from nasbnn_hw.arch import Arch, Block
-from nasbnn_hw.layers import LayerConfig, arch_layers, count_ops
-from nasbnn_hw.sampling import largest, sample_uniform, smallest
-from nasbnn_hw.space import get_space
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.core.arch import Arch, Block
+from nasbnn_hw.core.layers import LayerConfig, arch_layers, count_ops
+from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
+from nasbnn_hw.core.space import get_space
+from nasbnn_hw.profiling.store import MeasurementStore
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = get_space("small")
@@ -433,7 +433,7 @@ def test_predictor_parameters_validated():
 
 
 def test_lut_reads_rows_by_config_not_row_key(tmp_path):
-    from nasbnn_hw.store import Measurement
+    from nasbnn_hw.profiling.store import Measurement
     st = MeasurementStore(tmp_path / "m.db")
     layers = space_layer_configs(SMALL)
     st.add_many(Measurement("d", "llvm", "0.27", "layer", f"row{n}", {**c.to_dict(), "dtype": "int32"},

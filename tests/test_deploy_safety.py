@@ -20,9 +20,9 @@ from nasbnn_hw.errors import NasBnnError
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from nasbnn_hw.checkpoint import save_supernet
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.supernet import SuperBNN
+    from nasbnn_hw.nn.checkpoint import save_supernet
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.nn.supernet import SuperBNN
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "supernet.pt"
     save_supernet(path, SuperBNN(get_space("small16")), data_config={"source": "digits"})
@@ -32,10 +32,10 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(library path, its .npz bytes) of the smallest small16 subnet, batch 1."""
-    from nasbnn_hw.deploy_tvm import compile_subnet
-    from nasbnn_hw.sampling import smallest
-    from nasbnn_hw.space import get_space
-    from nasbnn_hw.supernet import SuperBNN, extract_subnet
+    from nasbnn_hw.deploy.tvm_net import compile_subnet
+    from nasbnn_hw.core.sampling import smallest
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
     torch.manual_seed(0)
     sup = SuperBNN(get_space("small16")).eval()
     net = compile_subnet(extract_subnet(sup, smallest(sup.space)).eval(), batch=1)
@@ -56,8 +56,8 @@ def _one_error(capsys, *needles):
 
 # --- export: outputs that would destroy a file -----------------------------------------------------
 def test_export_refuses_outputs_that_destroy_files(checkpoint, tmp_path, capsys):
-    from nasbnn_hw.sampling import smallest
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.core.sampling import smallest
+    from nasbnn_hw.core.space import get_space
     ck = tmp_path / "ck.pt"
     shutil.copy(checkpoint, ck)
     shutil.copy(checkpoint, tmp_path / "model.npz")   # a checkpoint whose name is another output's companion
@@ -91,7 +91,7 @@ def test_export_refuses_outputs_that_destroy_files(checkpoint, tmp_path, capsys)
 
 
 def test_export_force_overwrites_atomically(checkpoint, tmp_path, capsys):
-    from nasbnn_hw.deploy_tvm import TvmSubnet
+    from nasbnn_hw.deploy.tvm_net import TvmSubnet
     out = tmp_path / "net.so"
     out.write_bytes(b"old")
     args = ["export", "--checkpoint", str(checkpoint), "--arch", "smallest", "--no-recalibrate", "--space",
@@ -106,8 +106,8 @@ def test_export_force_overwrites_atomically(checkpoint, tmp_path, capsys):
 
 
 def test_export_killed_midway_leaves_old_files(exported, tmp_path, monkeypatch):
-    import nasbnn_hw.kernels.targets as targets
-    from nasbnn_hw.deploy_tvm import TvmSubnet
+    import nasbnn_hw.deploy.kernels.targets as targets
+    from nasbnn_hw.deploy.tvm_net import TvmSubnet
     so, npz = exported
     shutil.copy(so, tmp_path / "n.so")
     (tmp_path / "n.npz").write_bytes(npz)
@@ -136,9 +136,9 @@ def test_export_killed_midway_leaves_old_files(exported, tmp_path, monkeypatch):
 
 # --- export: --batch and --space -------------------------------------------------------------------
 def test_batch_must_be_positive(checkpoint, tmp_path, capsys):
-    from nasbnn_hw.deploy_tvm import DeployError, compile_random_subnet
-    from nasbnn_hw.sampling import smallest
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.deploy.tvm_net import DeployError, compile_random_subnet
+    from nasbnn_hw.core.sampling import smallest
+    from nasbnn_hw.core.space import get_space
     for bad in ("0", "-3", "x"):
         assert main(["export", "--checkpoint", str(checkpoint), "--arch", "smallest", "--batch", bad,
                      "--out", str(tmp_path / "n.so")]) == 2
@@ -183,7 +183,7 @@ def _savez(arrays: dict) -> bytes:
 
 
 def _load(so, tmp_path, npz: bytes, name: str = "v"):
-    from nasbnn_hw.deploy_tvm import TvmSubnet
+    from nasbnn_hw.deploy.tvm_net import TvmSubnet
     lib = tmp_path / f"{name}.so"
     if not lib.exists():
         shutil.copy(so, lib)
@@ -192,7 +192,7 @@ def _load(so, tmp_path, npz: bytes, name: str = "v"):
 
 
 def test_npz_is_validated_at_load(exported, tmp_path):
-    from nasbnn_hw.deploy_tvm import DeployError, TvmSubnet
+    from nasbnn_hw.deploy.tvm_net import DeployError, TvmSubnet
     so, npz = exported
     a = _arrays(npz)
     meta = _meta(a)
@@ -232,7 +232,7 @@ def test_npz_is_validated_at_load(exported, tmp_path):
 
 
 def test_so_is_checked_at_load(exported, tmp_path):
-    from nasbnn_hw.deploy_tvm import DeployError, TvmSubnet
+    from nasbnn_hw.deploy.tvm_net import DeployError, TvmSubnet
     so, npz = exported
     (tmp_path / "n.npz").write_bytes(npz)
     with pytest.raises(DeployError, match="n.so' does not exist"):
@@ -280,7 +280,7 @@ def test_npz_fuzz_raises_only_nasbnn_errors(exported, tmp_path):
 def predictor_json(tmp_path_factory):
     from cost_models import LatencyPredictor
     from cost_models._layers import space_layer_configs
-    from nasbnn_hw.space import get_space
+    from nasbnn_hw.core.space import get_space
     cfgs = space_layer_configs(get_space("small16"))
     lat = [1e-6 * (1 + c.bops() / 1e5 + c.flops() / 1e5) for c in cfgs]
     p = LatencyPredictor(n_estimators=4).fit(cfgs, lat, device="dev")

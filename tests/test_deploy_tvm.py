@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from _bnn_reference import StaticSubnet
-from nasbnn_hw.deploy_tvm import DeployError, TvmSubnet, compile_random_subnet, compile_subnet, subnet_layers
-from nasbnn_hw.layers import arch_layers
-from nasbnn_hw.sampling import largest, sample_uniform, smallest
-from nasbnn_hw.space import get_space
+from nasbnn_hw.deploy.tvm_net import DeployError, TvmSubnet, compile_random_subnet, compile_subnet, subnet_layers
+from nasbnn_hw.core.layers import arch_layers
+from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
+from nasbnn_hw.core.space import get_space
 
 
 def _check(model, net, space, batch=2, seed=0):
@@ -37,7 +37,7 @@ def test_standin_subnet_matches_pytorch(which):
 
 
 def test_real_extracted_subnet_matches_pytorch():
-    import nasbnn_hw.supernet as sn
+    import nasbnn_hw.nn.supernet as sn
     space = get_space("small16")
     torch.manual_seed(0)
     sup = sn.SuperBNN(space)
@@ -85,7 +85,7 @@ def test_not_a_subnet_is_rejected():
 
 
 def test_whole_subnet_for_aarch64_runs_under_qemu(tmp_path):
-    from nasbnn_hw.runners.process import HarnessProcessRunner
+    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
     space = get_space("small16")
     model = StaticSubnet(sample_uniform(space, random.Random(8)), space, seed=3)
     net = compile_subnet(model, target="aarch64-neon", resolution=space.resolution)

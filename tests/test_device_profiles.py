@@ -100,7 +100,7 @@ def test_missing_keys_and_bad_toml(tmp_path):
 
 
 def test_ssh_config_alias_is_honoured(tmp_path):
-    from nasbnn_hw.runners.sshconn import resolve_ssh
+    from nasbnn_hw.profiling.runners.sshconn import resolve_ssh
     key = tmp_path / "id_test"
     key.write_text("not read here")
     cfg = tmp_path / "ssh_config"
@@ -120,7 +120,7 @@ def test_ssh_config_alias_is_honoured(tmp_path):
 
 def test_inputs_are_deterministic_and_sane():
     import numpy as np
-    from nasbnn_hw.runners.inputs import random_input
+    from nasbnn_hw.profiling.runners.inputs import random_input
     a = random_input(0, (4, 5), "uint64")
     assert np.array_equal(a, random_input(0, (4, 5), "uint64")) and not np.array_equal(a, random_input(1, (4, 5), "uint64"))
     f = random_input(2, (1000,), "float32")
@@ -133,8 +133,8 @@ def test_inputs_are_deterministic_and_sane():
 
 def test_get_runner_by_name_and_cli_errors(tmp_path, capsys):
     from nasbnn_hw.cli import main
-    from nasbnn_hw.runners import get_runner
-    from nasbnn_hw.runners.local import LocalRunner
+    from nasbnn_hw.profiling.runners import get_runner
+    from nasbnn_hw.profiling.runners.local import LocalRunner
     r = get_runner("local")
     assert isinstance(r, LocalRunner) and r.device == "local"
     _write(tmp_path, "bad", GOOD + "repeat = 0\n")
@@ -148,7 +148,7 @@ def test_get_runner_by_name_and_cli_errors(tmp_path, capsys):
 
 
 def test_runner_errors_are_one_line():
-    from nasbnn_hw.runners import BoardUnavailable, KernelError
+    from nasbnn_hw.profiling.runners import BoardUnavailable, KernelError
     e = KernelError("kernel failed: line one\nline two\n\ttraceback...")
     assert str(e) == "kernel failed: line one line two traceback..." and isinstance(e, NasBnnError)
     assert len(str(BoardUnavailable("x" * 5000))) <= 1200

@@ -3,11 +3,11 @@ import numpy as np
 
 from device_profiles import load_profile
 from nasbnn_hw.cli import main
-from nasbnn_hw.deploy_tvm import compile_random_subnet
-from nasbnn_hw.runners import get_runner
-from nasbnn_hw.sampling import largest
-from nasbnn_hw.space import get_space
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+from nasbnn_hw.profiling.runners import get_runner
+from nasbnn_hw.core.sampling import largest
+from nasbnn_hw.core.space import get_space
+from nasbnn_hw.profiling.store import MeasurementStore
 
 
 def test_emulated_board_runs_a_whole_subnet_like_the_local_cpu(tmp_path):

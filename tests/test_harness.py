@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from nasbnn_hw.runners import ArgSpec
-from nasbnn_hw.runners.harness import build_harness, parse_samples, write_spec
-from nasbnn_hw.runners.inputs import random_input
+from nasbnn_hw.profiling.runners import ArgSpec
+from nasbnn_hw.profiling.runners.harness import build_harness, parse_samples, write_spec
+from nasbnn_hw.profiling.runners.inputs import random_input
 
 import runner_kernels as rk
 

@@ -19,13 +19,13 @@ import torch
 
 from _fuzz import byte_variants, toml_dumps, value_variants
 from device_profiles import load_profile_file
-from nasbnn_hw.arch import Arch
-from nasbnn_hw.checkpoint import import_official_search, load_official_candidate, load_supernet, save_supernet
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.nn.checkpoint import import_official_search, load_official_candidate, load_supernet, save_supernet
 from nasbnn_hw.cli import main
 from nasbnn_hw.errors import NasBnnError
-from nasbnn_hw.sampling import largest
-from nasbnn_hw.space import SearchSpace, get_space, load_space
-from nasbnn_hw.supernet import SuperBNN
+from nasbnn_hw.core.sampling import largest
+from nasbnn_hw.core.space import SearchSpace, get_space, load_space
+from nasbnn_hw.nn.supernet import SuperBNN
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL16 = get_space("small16")
@@ -261,8 +261,8 @@ def test_resume_with_another_space_is_refused_and_checkpoint_kept(tiny_run, caps
 
 
 def test_recalibration_without_batches_is_refused(tiny_run):
-    from nasbnn_hw.data import load_splits
-    from nasbnn_hw.evaluate import calibration_batches, recalibrate_bn
+    from nasbnn_hw.data.sets import load_splits
+    from nasbnn_hw.train.evaluate import calibration_batches, recalibrate_bn
     ck = load_supernet(tiny_run / "checkpoint.pt")
     splits = load_splits("digits", 16, 1, 0.1, None)
     with pytest.raises(NasBnnError, match="needs >= 1 batch"):
@@ -305,7 +305,7 @@ def test_work_directory_of_a_killed_run_is_removed(tmp_path, sig):
 
 # --- measurement stores ----------------------------------------------------------------------------
 def test_store_loader_fuzz(tmp_path):
-    from nasbnn_hw.store import Measurement, MeasurementStore
+    from nasbnn_hw.profiling.store import Measurement, MeasurementStore
     good = tmp_path / "good.db"
     with MeasurementStore(good) as st:
         for i in range(40):

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from _bnn_reference import StaticBlock, StaticStem, shortcut
-from nasbnn_hw.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
-from nasbnn_hw.kernels.binary import border_classes, pack_weights, padding_correction
-from nasbnn_hw.kernels.layer import build_binary_conv
-from nasbnn_hw.kernels.params import binary_half_params, head_params, stem_params
-from nasbnn_hw.layers import LayerConfig
+from nasbnn_hw.deploy.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
+from nasbnn_hw.deploy.kernels.binary import border_classes, pack_weights, padding_correction
+from nasbnn_hw.deploy.kernels.layer import build_binary_conv
+from nasbnn_hw.deploy.kernels.params import binary_half_params, head_params, stem_params
+from nasbnn_hw.core.layers import LayerConfig
 
 RTOL = 1e-5
 
@@ -146,7 +146,7 @@ def test_cuda_source_uses_popcount():
 
 
 def test_aarch64_neon_build_runs_under_qemu(tmp_path):
-    from nasbnn_hw.runners.process import HarnessProcessRunner
+    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
     g = torch.Generator().manual_seed(11)
     blk = StaticBlock(48, 48, 5, 2, 2, 1, g).eval()
     x = torch.randn(1, 48, 6, 6, generator=g)

@@ -7,8 +7,8 @@ import torch
 
 from _method_reference import forward, reference_step
 from nasbnn_hw import get_space, largest
-from nasbnn_hw.data import Splits, TensorData
-from nasbnn_hw.train import SupernetTrainer, TrainConfig
+from nasbnn_hw.data.sets import Splits, TensorData
+from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig
 
 SPACE = get_space("small16")
 
@@ -73,7 +73,7 @@ def test_training_step_gradients_equal_the_method(tmp_path, bi_teacher, weight_n
 def test_full_precision_teacher_standardises_its_weight():
     """The defect of issue 17 in one line: the FP path's logits equal the reference's standardised-FP
     forward, and differ from those of the raw (unstandardised) weight."""
-    from nasbnn_hw.supernet import SuperBNN
+    from nasbnn_hw.nn.supernet import SuperBNN
     net = SuperBNN(SPACE)
     _randomize(net, seed=2)
     net.double().train()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nasbnn_hw import CheckpointError, get_space, largest, sample_uniform, smallest, count_ops
-from nasbnn_hw.checkpoint import import_official_search, load_official_candidate, load_supernet
-from nasbnn_hw.supernet import SuperBNN
+from nasbnn_hw.nn.checkpoint import import_official_search, load_official_candidate, load_supernet
+from nasbnn_hw.nn.supernet import SuperBNN
 
 from test_supernet import _randomize
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nasbnn_hw.layers import LayerConfig, arch_layers
-from nasbnn_hw.profiler import (ProfileError, TimingSettings, _TimeEvaluatorRunner, enumerate_layers,
+from nasbnn_hw.core.layers import LayerConfig, arch_layers
+from nasbnn_hw.profiling.profiler import (ProfileError, TimingSettings, _TimeEvaluatorRunner, enumerate_layers,
                                 profile_layers, profile_subnets, random_subnets)
-from nasbnn_hw.sampling import sample_uniform
-from nasbnn_hw.space import SearchSpace, get_space
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.core.sampling import sample_uniform
+from nasbnn_hw.core.space import SearchSpace, get_space
+from nasbnn_hw.profiling.store import MeasurementStore
 
 TINY = {"name": "tiny", "resolution": 8, "in_channels": 1, "num_classes": 4, "stage": [
     {"channels": [8], "depth": [1], "kernel": [3], "groups1": [1], "groups2": [1], "stride": 2},
@@ -96,7 +96,7 @@ def test_profile_layers_then_skip(tmp_path):
 
 
 def test_store_rounds_keep_every_measurement_and_the_median_of_rounds(tmp_path):
-    from nasbnn_hw.store import Measurement
+    from nasbnn_hw.profiling.store import Measurement
     k = ("d", "t", "0.27", "layer", "L1")
     with MeasurementStore(tmp_path / "m.db") as store:
         assert store.rounds(*k) == 0 and store.round_medians(*k) == []
@@ -114,7 +114,7 @@ def test_measurements_command_summarises_and_exports(tmp_path, capsys):
     import csv
 
     from nasbnn_hw.cli import main
-    from nasbnn_hw.store import Measurement
+    from nasbnn_hw.profiling.store import Measurement
     db = tmp_path / "m.db"
     with MeasurementStore(db) as store:
         for i in range(3):
@@ -248,7 +248,7 @@ def test_a_failing_item_is_reported_and_the_rest_measured(tmp_path):
 
 
 def rep_target():
-    from nasbnn_hw.kernels import resolve_target
+    from nasbnn_hw.deploy.kernels import resolve_target
     return resolve_target("local").description()
 
 
@@ -258,7 +258,7 @@ def tvm_version():
 
 
 def test_an_unreachable_device_stops_the_run(tmp_path):
-    from nasbnn_hw.runners.errors import BoardUnavailable
+    from nasbnn_hw.profiling.runners.errors import BoardUnavailable
 
     class DownRunner:
         device = "board"

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from nasbnn_hw.quickstart import QuickstartConfig, run_quickstart
+from nasbnn_hw.workflows.quickstart import QuickstartConfig, run_quickstart
 
 TINY_SPACE = """
 name = "tiny"
@@ -58,7 +58,7 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     budgets = [d["budget_ms"] for d in duel[::2]]
     assert budgets == sorted(budgets) and all(d["measured_ms"] > 0 and 0 <= d["test_top1"] <= 100 for d in duel)
     assert summary["ops_fit"]["slope_s_per_op"] > 0
-    from nasbnn_hw.store import MeasurementStore
+    from nasbnn_hw.profiling.store import MeasurementStore
     with MeasurementStore(tmp_path / "qs" / "measurements.db") as st:   # the self-agreement is kept
         rec = st.agreement("local")
     assert rec is not None and rec["subnets"] == 5

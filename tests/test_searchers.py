@@ -18,10 +18,10 @@ import pytest
 from cost_models import fit_predictor, get_cost_model
 from cost_models._layers import space_layer_configs
 from cost_models.synthetic import SimulatedDevice
-from nasbnn_hw.arch import Arch, Block, is_valid
-from nasbnn_hw.sampling import largest, sample_uniform, smallest
-from nasbnn_hw.space import get_space
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.core.arch import Arch, Block, is_valid
+from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
+from nasbnn_hw.core.space import get_space
+from nasbnn_hw.profiling.store import MeasurementStore
 from searchers import (ConstraintError, ConstraintUnsatisfiableError, EvolutionarySearcher, InvalidParameterError,
                        RandomSearcher, SearchError, SearchResult, UnknownSearcherError, get_searcher, hypervolume,
                        list_searchers, nondominated, pareto_bins, parse_constraint, run_search)

@@ -7,8 +7,8 @@ import pytest
 
 from nasbnn_hw import (Arch, ArchError, Block, SpaceError, count_ops, get_space, largest, load_space,
                        sample_in_range, sample_uniform, smallest, validate)
-from nasbnn_hw.arch import is_valid
-from nasbnn_hw.sampling import sample_widths
+from nasbnn_hw.core.arch import is_valid
+from nasbnn_hw.core.sampling import sample_widths
 
 
 def test_official_ops_check_values():
@@ -98,7 +98,7 @@ def test_space_file_errors(tmp_path):
         get_space("nope")
     # a custom space round-trips through TOML-like dicts
     sp = get_space("small")
-    from nasbnn_hw.space import SearchSpace
+    from nasbnn_hw.core.space import SearchSpace
     assert SearchSpace.from_dict(sp.to_dict()) == sp
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nasbnn_hw.runners import get_runner
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.profiling.runners import get_runner
+from nasbnn_hw.profiling.store import MeasurementStore
 
 import runner_kernels as rk
 

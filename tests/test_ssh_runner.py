@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from device_profiles import validate_profile
-from nasbnn_hw.runners import BoardUnavailable, HostKeyError, KernelError, get_runner
-from nasbnn_hw.runners.local import LocalRunner
-from nasbnn_hw.runners.ssh import SSHRunner
-from nasbnn_hw.runners.sshconn import fingerprint
-from nasbnn_hw.store import MeasurementStore
+from nasbnn_hw.profiling.runners import BoardUnavailable, HostKeyError, KernelError, get_runner
+from nasbnn_hw.profiling.runners.local import LocalRunner
+from nasbnn_hw.profiling.runners.ssh import SSHRunner
+from nasbnn_hw.profiling.runners.sshconn import fingerprint
+from nasbnn_hw.profiling.store import MeasurementStore
 
 import runner_kernels as rk
 
@@ -52,8 +52,8 @@ def test_local_runner_reloads_a_rewritten_path(xor_kernels, tmp_path):
 
 def test_project_layers_over_ssh_match_local(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
     """Real layers of the kernels package (8-bit stem, binary conv block) through the harness."""
-    from nasbnn_hw.kernels.layer import build_layer
-    from nasbnn_hw.layers import LayerConfig
+    from nasbnn_hw.deploy.kernels.layer import build_layer
+    from nasbnn_hw.core.layers import LayerConfig
     prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, threads=2)
     with get_runner(prof) as r, LocalRunner(threads=2) as lr:
         for cfg in (LayerConfig("stem", 3, 16, 3, 1, 2, 16), LayerConfig("bconv", 32, 64, 3, 2, 2, 8)):
@@ -268,7 +268,7 @@ def test_hashed_known_hosts_and_revoked_keys(ssh_board, ssh_client_key, ssh_know
 
 
 def test_wrong_key_is_a_setup_error_not_retried(ssh_board, ssh_known_hosts, xor_kernels, tmp_path):
-    from nasbnn_hw.runners import DeviceSetupError
+    from nasbnn_hw.profiling.runners import DeviceSetupError
     from sshd_server import keygen
     other = keygen(tmp_path / "other_key", "not-authorized")
     prof = profile_for(ssh_board, other, ssh_known_hosts)
@@ -280,7 +280,7 @@ def test_wrong_key_is_a_setup_error_not_retried(ssh_board, ssh_known_hosts, xor_
 
 
 def test_server_without_sftp_is_a_setup_error_that_names_sftp(request, ssh_client_key, xor_kernels, tmp_path):
-    from nasbnn_hw.runners import DeviceSetupError
+    from nasbnn_hw.profiling.runners import DeviceSetupError
     from ssh_fixtures import _server
     srv = _server(request, ssh_client_key, sftp=False)
     kh = tmp_path / "known_hosts"

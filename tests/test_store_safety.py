@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nasbnn_hw.errors import StoreError
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.store import SCHEMA, Measurement, MeasurementStore, canonical_target
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.profiling.store import SCHEMA, Measurement, MeasurementStore, canonical_target
 
 K = ("dev", "t", "0.27", "layer")
 
@@ -202,7 +202,7 @@ def test_sqlite_errors_from_queries_are_store_errors(tmp_path):
 
 
 def test_profile_with_an_unwritable_store_fails_before_the_device(tmp_path, capsys, monkeypatch):
-    from nasbnn_hw import cli_profile
+    from nasbnn_hw.cli import profile as cli_profile
     from nasbnn_hw.cli import main
     opened = []
     monkeypatch.setattr(cli_profile, "_device", lambda *a, **kw: opened.append(a) or pytest.fail("device opened"))
@@ -270,9 +270,9 @@ def test_concurrent_add_round_never_exceeds_the_rounds_wanted(tmp_path):
 
 
 def test_two_profilers_with_rounds_2_store_exactly_2_rounds(tmp_path, monkeypatch):
-    from nasbnn_hw import profiler
-    from nasbnn_hw.kernels.targets import TargetSpec
-    from nasbnn_hw.runners.base import Timing
+    from nasbnn_hw.profiling import profiler
+    from nasbnn_hw.deploy.kernels.targets import TargetSpec
+    from nasbnn_hw.profiling.runners.base import Timing
     monkeypatch.setattr(profiler, "_tvm_version", lambda: "0.27")
     spec = TargetSpec("fake", {"kind": "llvm"}, key='{"target":{"kind":"llvm"}}')
     db = tmp_path / "m.db"
@@ -324,7 +324,7 @@ def test_canonical_target_spellings():
 def test_api_local_and_the_local_profile_share_one_key_and_old_stores_still_read(tmp_path):
     from cost_models._store import load_device_measurements
     from device_profiles import load_profile
-    from nasbnn_hw.kernels import resolve_target
+    from nasbnn_hw.deploy.kernels import resolve_target
     api, prof = resolve_target("local"), resolve_target(load_profile("local", []))
     key = api.description()
     assert key == prof.description() == canonical_target(key)

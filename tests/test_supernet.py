@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nasbnn_hw import get_space, largest, sample_uniform, smallest
-from nasbnn_hw.supernet import SuperBNN, extract_subnet
+from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
 
 
 def _randomize(net, seed=0):
@@ -129,7 +129,7 @@ def test_bn_recalibration_mode_cumulative():
 
 
 def test_sign_gradients_follow_the_method():
-    from nasbnn_hw.binary_ops import binary_activation, binary_weight_sign
+    from nasbnn_hw.nn.binary_ops import binary_activation, binary_weight_sign
     x = torch.tensor([-1.5, -0.5, -0.1, 0.0, 0.3, 0.9, 1.2], requires_grad=True)
     y = binary_activation(x)
     assert torch.equal(y, torch.sign(x.detach()))

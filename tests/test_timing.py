@@ -1,4 +1,4 @@
-"""The timing protocol (nasbnn_hw.timing): a drifting machine's speed factors out; the reference baseline
+"""The timing protocol (nasbnn_hw.profiling.timing): a drifting machine's speed factors out; the reference baseline
 lives in the store; small layers launch no parallel loop; the device's noise floor in one line."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from nasbnn_hw.layers import LayerConfig
-from nasbnn_hw.profiler import TimingSettings, profile_layers
-from nasbnn_hw.store import MeasurementStore
-from nasbnn_hw.timing import (ESTIMATORS, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.profiling.profiler import TimingSettings, profile_layers
+from nasbnn_hw.profiling.store import MeasurementStore
+from nasbnn_hw.profiling.timing import (ESTIMATORS, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
                               noise_warning)
 
 
@@ -29,7 +29,7 @@ class DriftingRunner:
         return (1 + 0.4 * math.sin(state / 8.0)) * (1.8 if state % 9 == 4 else 1.0)
 
     def time_library(self, lib, args, *, warmup, repeat, number=1, return_outputs=False):
-        from nasbnn_hw.runners.base import Timing
+        from nasbnn_hw.profiling.runners.base import Timing
         self.calls += str(lib) == "ref"   # the item runs right after its reference, in the same state
         f = self.factor(self.calls)
         return Timing(tuple(self.true_s[str(lib)] * f for _ in range(repeat)))
@@ -101,9 +101,9 @@ def test_store_keeps_the_first_baseline_and_old_stores_open(tmp_path):
 
 
 def test_profiling_under_the_reference_protocol_stores_reference_units(tmp_path):
-    from nasbnn_hw.kernels import resolve_target
-    from nasbnn_hw.profiler import _tvm_version
-    from nasbnn_hw.runners.local import LocalRunner
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.profiler import _tvm_version
+    from nasbnn_hw.profiling.runners.local import LocalRunner
     timing = TimingSettings(warmup=1, repeat=2, bursts=3, reference=True, min_sample_ms=0.2)
     cfgs = [LayerConfig("bconv", 16, 16, 3, 1, 1, 8), LayerConfig("bconv", 64, 128, 1, 1, 1, 8)]
     with MeasurementStore(tmp_path / "m.db") as st, LocalRunner(threads=1) as runner:
@@ -123,8 +123,8 @@ def _tir(cfg: LayerConfig) -> str:
     import tvm
     from tvm import te
 
-    from nasbnn_hw.kernels import layer as L
-    from nasbnn_hw.kernels.targets import resolve_target
+    from nasbnn_hw.deploy.kernels import layer as L
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
     spec = resolve_target("local")
     x = te.placeholder(L.layer_input_shape(cfg), "float32", name="x")
     ph, out = L.layer_te(cfg, x, "l0", spec)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from nasbnn_hw import NasBnnError, get_space, largest, smallest
-from nasbnn_hw.checkpoint import load_supernet
-from nasbnn_hw.data import DataError, load_splits
-from nasbnn_hw.evaluate import SubnetEvaluator, accuracy, calibration_batches, recalibrate_bn
-from nasbnn_hw.subnet_io import load_subnet, recalibrated_subnet, save_subnet
-from nasbnn_hw.train import SupernetTrainer, TrainConfig, finetune
+from nasbnn_hw.nn.checkpoint import load_supernet
+from nasbnn_hw.data.sets import DataError, load_splits
+from nasbnn_hw.train.evaluate import SubnetEvaluator, accuracy, calibration_batches, recalibrate_bn
+from nasbnn_hw.nn.subnet_io import load_subnet, recalibrated_subnet, save_subnet
+from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig, finetune
 
 SPACE = get_space("small16")
 

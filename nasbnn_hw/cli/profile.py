@@ -1,0 +1,317 @@
+"""Subcommands `profile` (measure layers / subnets of a space on a device into the store) and `export`
+(a subnet of a trained supernet as a compiled TVM library or an ONNX file)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from nasbnn_hw.profiling.devices import open_device as _device, timing_for
+from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, int_range
+from nasbnn_hw.errors import NasBnnError
+
+
+def _target(name: str, devices_dir=None):
+    """What to compile for on --device, without connecting to it."""
+    if name == "local":
+        return "local"
+    from device_profiles import load_profile
+    return load_profile(name, [devices_dir] if devices_dir else [])
+
+
+def _profile_in_parallel(args) -> int:
+    """One `nasbnn-hw profile` process per device: boards run concurrently, each strictly one measurement
+    at a time, all writing to the same store (SQLite serialises the writes)."""
+    import subprocess
+    import time
+
+    from nasbnn_hw.profiling.store import MeasurementStore
+    MeasurementStore(args.store).close()  # a store that cannot be written fails once, before any device starts
+    rest, skip = [], False
+    for a in args.raw_argv:
+        if skip:
+            skip = False
+        elif a == "--device":
+            skip = True
+        elif not a.startswith("--device="):
+            rest.append(a)
+    if "--quiet" not in rest:
+        rest.append("--quiet")
+    procs = {}
+    for d in args.device:
+        procs[d] = subprocess.Popen([sys.executable, "-m", "nasbnn_hw.cli", *rest, "--device", d],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(f"profiling {d} (pid {procs[d].pid})")
+    t0, worst = time.time(), 0
+    for d, p in procs.items():
+        out, _ = p.communicate()
+        worst = max(worst, p.returncode)
+        for line in out.strip().splitlines():
+            print(f"[{d}] {line}")
+    print(f"{len(procs)} devices done in {time.time() - t0:.0f} s")
+    return worst
+
+
+def cmd_profile(args) -> int:
+    args.device = args.device or ["local"]
+    if len(set(args.device)) > 1:
+        return _profile_in_parallel(args)
+    args.device = args.device[0]
+    from nasbnn_hw.profiling.profiler import profile_layers, profile_subnets
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.store import MeasurementStore
+    if args.active and not args.budget and not args.subnets:
+        raise NasBnnError("--active needs --budget N (layer configs to measure) and/or --subnets N")
+    if not args.layers and not args.subnets and not args.active:
+        raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
+    if args.subnets < 0:
+        raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
+    space = get_space(args.space)
+    if args.resolution:
+        space = space.with_resolution(args.resolution)
+    store = MeasurementStore(args.store)  # refused here (not writable, not a store) before any device work
+    try:
+        device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
+        timing, rounds = timing_for(profile, args)
+    except BaseException:
+        store.close()
+        raise
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if profile is not None and profile.runner == "emulated":
+        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
+              f"but the stored times are NOT latency of any board", file=sys.stderr)
+    reports = []
+    try:
+        with store:
+            if args.active and args.budget:
+                reports.append(("active layers", _profile_active(args, space, device, store, runner, target,
+                                                                 timing, rounds)))
+            elif args.layers:
+                reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
+                                                         progress=not args.quiet, rounds=rounds)))
+            if args.subnets and args.active:
+                archs = _uncertain_subnets(args, space, device, store)
+                reports.append(("active subnets", profile_subnets(space, 0, device, store, runner, target,
+                                                                  archs=archs, timing=timing,
+                                                                  progress=not args.quiet, rounds=rounds)))
+            elif args.subnets:
+                reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
+                                                           seed=args.seed, timing=timing,
+                                                           progress=not args.quiet, rounds=rounds)))
+    finally:
+        runner.close()
+    failed = 0
+    for what, rep in reports:
+        print(f"{what}: {rep.summary()}")
+        for key, why in rep.failed.items():
+            print(f"  failed {key}: {why}", file=sys.stderr)
+        failed += len(rep.failed)
+    return 1 if failed else 0
+
+
+def _profile_active(args, space, device, store, runner, target, timing,
+                                                                               rounds):
+    """Measure `--budget` layer configs, `--round-size` at a time, each round choosing the unmeasured
+    layers ranked by `cost_models.active.hybrid_scores`: where a predictor refitted on everything measured
+    so far is least certain, and farthest from what is measured, weighted by how often the layer occurs in
+    subnets."""
+    from cost_models.active import plan_next_layers
+
+    from nasbnn_hw.profiling.profiler import ProfileReport, profile_layers
+    total = ProfileReport()
+    left, rnd = args.budget, 0
+    while left > 0:
+        cfgs = plan_next_layers(space, args.store, device, min(args.round_size, left), seed=args.seed + rnd)
+        if not cfgs:
+            break
+        rnd += 1
+        rep = profile_layers(space, device, store, runner, target, timing=timing, layers=cfgs,
+                             progress=not args.quiet, rounds=rounds)
+        total.measured += rep.measured
+        total.skipped += rep.skipped
+        total.failed.update(rep.failed)
+        left -= len(cfgs)
+        if not args.quiet:
+            print(f"active round {rnd}: measured {len(rep.measured)} layer configs ({left} left in the budget)")
+    return total
+
+
+def _uncertain_subnets(args, space, device, store, pool_factor: int = 20):
+    """--active --subnets N: of `pool_factor * N` random unmeasured subnets, the N whose latency the
+    predictor (fitted on everything measured so far) is least sure of."""
+    from cost_models.active import next_batch
+    from cost_models.learned import PredictorCostModel, fit_predictor
+
+    from nasbnn_hw.profiling.profiler import random_subnets, subnet_key
+    done = {m.key for m in store.query(device=device, kind="subnet")}
+    pool = [a for a in random_subnets(space, pool_factor * args.subnets, seed=args.seed) if subnet_key(a) not in done]
+    predictor = fit_predictor(store, device, test_fraction=0.0)
+    return next_batch(PredictorCostModel(space, predictor, device), pool, args.subnets)
+
+
+def _load_model(args):
+    """The static subnet to export: a subnet file as is, or an arch of a supernet checkpoint after BN
+    recalibration on its training data (`--no-recalibrate` keeps the stored statistics)."""
+    from nasbnn_hw.nn.checkpoint import load_supernet, safe_load
+    from nasbnn_hw.cli.core import resolve_archs
+    from nasbnn_hw.nn.subnet_io import SUBNET_FORMAT, data_for_checkpoint, load_subnet, recalibrated_subnet
+    from nasbnn_hw.nn.supernet import extract_subnet
+    obj = safe_load(args.checkpoint)
+    if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
+        sub = load_subnet(args.checkpoint, obj)
+        return sub, sub.space
+    ck = load_supernet(args.checkpoint, args.space)
+    sup = ck.supernet
+    archs = resolve_archs(args.arch, sup.space, getattr(args, "official_cand", None))
+    if len(archs) != 1:
+        raise NasBnnError(f"--arch names {len(archs)} archs; export takes exactly one")
+    if args.no_recalibrate:
+        return extract_subnet(sup, archs[0]).eval(), sup.space
+    splits = data_for_checkpoint(ck.extra, sup.space, args.data)
+    return recalibrated_subnet(sup, archs[0], splits).eval(), sup.space
+
+
+def cmd_export(args) -> int:
+    """Refuse outputs that would destroy a file (checked before anything is compiled), load the subnet,
+    export it atomically and check its logits against PyTorch."""
+    from pathlib import Path
+
+    import torch
+
+    from nasbnn_hw.deploy.onnx_net import check_agreement, export_onnx
+    from nasbnn_hw.deploy.tvm_net import check_outputs
+    from nasbnn_hw.errors import CheckpointError
+    out = Path(args.out)
+    outputs = ({"ONNX file": out} if args.format == "onnx"
+               else {"library": out, "parameter file": out.with_suffix(".npz")})
+    named = [("checkpoint", args.checkpoint), *(("arch file", a) for a in (args.arch or "").split(",")),
+             ("official candidate", args.official_cand), ("data", args.data), ("space file", args.space),
+             ("device profile", args.device)]
+    inputs = [(role, v) for role, v in named if v and (role == "checkpoint" or Path(v).exists())]
+    check_outputs(outputs, inputs, force=args.force)
+    model, space = _load_model(args)
+    if args.space:
+        from nasbnn_hw.core.space import get_space
+        want, have = get_space(args.space).to_dict(), space.to_dict()
+        diff = [k for k in have if k != "name" and want[k] != have[k]]
+        if diff:
+            raise CheckpointError(f"--space {args.space!r} is space '{want['name']}', but {args.checkpoint!r} holds "
+                                  f"space '{have['name']}' (they differ in {', '.join(diff)}); drop --space or "
+                                  f"pass --space {have['name']}")
+    shape = (args.batch, space.in_channels, space.resolution, space.resolution)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if args.format == "onnx":
+        got = export_onnx(model, x, args.out)
+        how = "onnxruntime"
+    else:
+        from nasbnn_hw.deploy.tvm_net import compile_subnet
+        from nasbnn_hw.deploy.kernels import resolve_target
+        target = _target(args.device, args.devices_dir)
+        net = compile_subnet(model, target=target, batch=args.batch)
+        net.export(args.out)
+        if not net.target.runs_here:
+            print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; not verified here (other device)")
+            return 0
+        got = net(x.numpy())
+        how = "TVM"
+    check = check_agreement(how, got, ref)
+    print(f"wrote {args.out}; {how} vs PyTorch: max rel err {check['max_rel_err']:.2e}, "
+          f"same top-1: {check['same_top1']}")
+    return 0
+
+
+def cmd_measurements(args) -> int:
+    """What a store holds: a table per device / target / TVM version / kind (/ space), or every
+    measurement as CSV."""
+    import csv
+    import datetime
+    import io
+    from pathlib import Path
+
+    from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.utils import atomic_write_text
+    if not Path(args.store).is_file():
+        raise NasBnnError(f"no measurement store at {args.store!r} (create one with `nasbnn-hw profile ... "
+                          f"--store {args.store}`)")
+    with MeasurementStore(args.store, readonly=True) as store:
+        if args.csv:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["device", "target", "tvm_version", "kind", "key", "median_s", "iqr_s", "repeats",
+                        "rounds", "created"])
+            n, rounds = 0, store.round_counts()
+            for m in store.query(device=args.device):
+                w.writerow([m.device, m.target, m.tvm_version, m.kind, m.key, repr(m.median_s), repr(m.iqr_s),
+                            m.repeats, rounds.get((m.device, m.target, m.tvm_version, m.kind, m.key), 1),
+                            datetime.datetime.fromtimestamp(m.created).isoformat(timespec="seconds")])
+                n += 1
+            atomic_write_text(args.csv, buf.getvalue())
+            print(f"{n} measurements written to {args.csv}")
+            return 0
+        rows = [r for r in store.summary() if args.device is None or r["device"] == args.device]
+    if not rows:
+        print(f"{args.store}: no measurements" + (f" for device {args.device!r}" if args.device else ""))
+        return 0
+
+    def ms(v):
+        return f"{v * 1e3:.4g}"
+    print(f"{'device':14s} {'kind':6s} {'space':16s} {'items':>6s} {'rounds':>7s} {'median ms':>10s} "
+          f"{'range ms':>19s}  {'TVM':12s} {'last measured':19s}  target")
+    for r in rows:
+        rnd = f"{r['multi_round']}x{r['max_rounds']}" if r["multi_round"] else "1"
+        last = datetime.datetime.fromtimestamp(r["last"]).isoformat(sep=" ", timespec="seconds")
+        print(f"{r['device']:14s} {r['kind']:6s} {r['space'] or '-':16s} {r['items']:6d} {rnd:>7s} "
+              f"{ms(r['median_s']):>10s} {ms(r['min_s']) + ' - ' + ms(r['max_s']):>19s}  {r['tvm_version']:12s} "
+              f"{last:19s}  {r['target']}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("profile", help="measure every layer (and N random subnets) of a space on a device")
+    p.add_argument("--device", action="append", help="device profile name or .toml file (default: local); "
+                   "repeat it to profile several boards in parallel, each one measurement at a time")
+    p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
+                   "(its fingerprint is printed) instead of refusing it")
+    p.add_argument("--active", action="store_true", help="measure first the layers the latency predictor is "
+                   "least certain about and that are least like anything measured, weighted by how often they "
+                   "occur in subnets (needs --budget); with --subnets N, also the N least certain subnets")
+    p.add_argument("--budget", type=POSITIVE, help="with --active: how many layer configs to measure")
+    p.add_argument("--round-size", type=POSITIVE, default=8, help="with --active: layers measured per refit")
+    p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
+    p.add_argument("--resolution", type=RESOLUTION, help="override the space's input resolution")
+    p.add_argument("--layers", action="store_true", help="measure every distinct layer the space can produce")
+    p.add_argument("--subnets", type=NON_NEGATIVE, default=0, metavar="N", help="measure N random whole subnets")
+    p.add_argument("--store", required=True, help="measurement store (SQLite file; created if missing)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random subnets (same seed: same subnets)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, help="warm-up calls (default: the device profile's)")
+    p.add_argument("--repeat", type=POSITIVE, help="timed samples (default: the device profile's)")
+    p.add_argument("--rounds", type=int_range(1, 100), help="measure each layer / subnet this many times, round by round over "
+                   "the whole campaign (spreads a drifting device's noise; stores the median of the rounds; "
+                   "default: the device profile's, else 1)")
+    p.add_argument("--number", type=POSITIVE, help="calls per sample (default: enough for 20 ms per sample)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("measurements", help="what a measurement store holds, per device and kind; or all of it as CSV")
+    p.add_argument("store", help="measurement store (SQLite file)")
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--csv", metavar="FILE", help="write every measurement to FILE as CSV instead")
+    p.set_defaults(func=cmd_measurements)
+
+    p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library or ONNX)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--space", help="space of the checkpoint (default: the one stored in it)")
+    p.add_argument("--arch", help="arch JSON file (e.g. search/best/budget0.json), largest or smallest")
+    p.add_argument("--official-cand", help="official NAS-BNN candidate file instead of --arch")
+    p.add_argument("--data", help="data for BN recalibration (default: the one recorded in the checkpoint)")
+    p.add_argument("--no-recalibrate", action="store_true", help="export with the supernet's stored BN statistics")
+    p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
+    p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
+    p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--batch", type=POSITIVE, default=1, help="batch size the TVM library is compiled for")
+    p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it); "
+                   "never an input of the export")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_export)

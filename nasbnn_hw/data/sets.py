@@ -1,0 +1,218 @@
+"""Datasets, read from local files only (nothing is downloaded).
+
+Sources: `fashion-mnist` (Debian package `dataset-fashion-mnist`, or any directory of the standard IDX
+gzip files), `digits` (scikit-learn, always available), `cifar10:DIR` (a `cifar-10-batches-py`
+directory), `imagefolder:DIR` (class-per-folder images read with Pillow), or a bare directory path
+(kind detected). Inputs are resized to the space's resolution and channel count.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nasbnn_hw.errors import NasBnnError
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm")
+
+
+class DataError(NasBnnError):
+    """A dataset is missing or malformed."""
+
+
+@dataclass
+class TensorData:
+    """A dataset held in memory: images (N, C, H, W) float32 normalised, labels (N,) int64."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    name: str
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, idx) -> "TensorData":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return TensorData(self.images[idx], self.labels[idx], self.num_classes, self.name)
+
+
+@dataclass
+class Splits:
+    train: TensorData   # supernet training
+    val: TensorData     # held-out part of the training set: search fitness
+    test: TensorData    # the dataset's own test split: final numbers
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(d: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem, stem.replace("-idx", ".idx")):
+        if (d / name).exists():
+            return d / name
+    raise DataError(f"{d} lacks {stem}.gz (expected the four standard IDX files of MNIST/Fashion-MNIST)")
+
+
+def load_idx_dir(d: Path, name: str):
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x = _read_idx(_find_idx(d, f"{prefix}-images-idx3-ubyte"))
+        y = _read_idx(_find_idx(d, f"{prefix}-labels-idx1-ubyte"))
+        out[split] = (x[:, None].astype(np.float32) / 255.0, y.astype(np.int64))
+    return out
+
+
+def load_digits_arrays():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.images[:, None] / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))  # fixed split: 80 % train, 20 % test
+    cut = int(0.8 * len(y))
+    return {"train": (x[perm[:cut]], y[perm[:cut]]), "test": (x[perm[cut:]], y[perm[cut:]])}
+
+
+def load_cifar_dir(d: Path):
+    import pickle
+
+    class _NumpyOnly(pickle.Unpickler):  # the CIFAR files are pickles: allow plain containers and numpy only
+        def find_class(self, module, name):
+            if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in (
+                    "ndarray", "dtype", "_reconstruct", "scalar"):
+                return getattr(__import__(module, fromlist=[name]), name)
+            raise DataError(f"{d}: refusing to unpickle {module}.{name} from a CIFAR batch file")
+
+    def read(name):
+        p = d / name
+        if not p.exists():
+            raise DataError(f"{d} lacks {name} (expected a cifar-10-batches-py directory: data_batch_1..5, test_batch)")
+        with open(p, "rb") as f:
+            b = _NumpyOnly(f, encoding="bytes").load()
+        return (np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0,
+                np.asarray(b[b"labels"], dtype=np.int64))
+    parts = [read(f"data_batch_{i}") for i in range(1, 6)]
+    return {"train": (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+            "test": read("test_batch")}
+
+
+def load_imagefolder(d: Path, resolution: int):
+    from PIL import Image
+    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{d} has no class folders (expected DIR/<class>/<image>, or DIR/train and DIR/val)")
+    xs, ys = [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((d / c).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+                ys.append(ci)
+    if not xs:
+        raise DataError(f"{d}: no images found (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def _to_space(x: np.ndarray, resolution: int, in_channels: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if t.size(1) != in_channels:
+        if in_channels == 1:
+            t = t.mean(1, keepdim=True)
+        elif t.size(1) == 1:
+            t = t.expand(-1, in_channels, -1, -1)
+        else:
+            raise DataError(f"cannot map {t.size(1)} input channels to the space's {in_channels}")
+    if t.size(-1) != resolution or t.size(-2) != resolution:
+        t = F.interpolate(t, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return t.contiguous()
+
+
+def resolve_source(source: str) -> tuple[str, Path | None]:
+    if source in ("digits",):
+        return "digits", None
+    if source in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        for d in FASHION_MNIST_DIRS:
+            if Path(d).is_dir():
+                return "idx", Path(d)
+        raise DataError("Fashion-MNIST not found in /usr/share/datasets/fashion-mnist: install it with "
+                        "'apt-get install dataset-fashion-mnist', or pass --data DIR holding the four IDX .gz files")
+    if ":" in source and source.split(":", 1)[0] in ("idx", "mnist", "cifar10", "imagefolder"):
+        kind, path = source.split(":", 1)
+        kind = "idx" if kind == "mnist" else kind
+        p = Path(path)
+    else:
+        p = Path(source)
+        if not p.is_dir():
+            raise DataError(f"unknown data source {source!r} (allowed: digits, fashion-mnist, cifar10:DIR, "
+                            f"imagefolder:DIR, idx:DIR, or a directory)")
+        if (p / "data_batch_1").exists():
+            kind = "cifar10"
+        elif any(p.glob("train-images-idx3-ubyte*")):
+            kind = "idx"
+        else:
+            kind = "imagefolder"
+    if not p.is_dir():
+        raise DataError(f"data directory {str(p)!r} does not exist")
+    return kind, p
+
+
+def load_splits(source: str, resolution: int, in_channels: int, val_fraction: float = 0.1,
+                limit_train: int | None = None, seed: int = 0) -> Splits:
+    """Train/val/test splits. val is a deterministic held-out part of the training set (search fitness)."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must lie in (0, 1)")
+    kind, path = resolve_source(source)
+    name = {"digits": "digits", "idx": f"idx:{path}", "cifar10": "cifar10", "imagefolder": f"imagefolder:{path}"}[kind]
+    if kind == "digits":
+        arrays = load_digits_arrays()
+    elif kind == "idx":
+        arrays = load_idx_dir(path, name)
+    elif kind == "cifar10":
+        arrays = load_cifar_dir(path)
+    else:
+        if (path / "train").is_dir():
+            xtr, ytr, classes = load_imagefolder(path / "train", resolution)
+            vdir = path / "val" if (path / "val").is_dir() else path / "test"
+            xte, yte, _ = load_imagefolder(vdir, resolution) if vdir.is_dir() else (xtr[:0], ytr[:0], None)
+        else:
+            xtr, ytr, classes = load_imagefolder(path, resolution)
+            xte, yte = xtr[:0], ytr[:0]
+        arrays = {"train": (xtr, ytr), "test": (xte, yte)}
+    xtr, ytr = arrays["train"]
+    xte, yte = arrays["test"]
+    num_classes = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
+    x_all = _to_space(np.concatenate([xtr, xte]) if len(xte) else xtr, resolution, in_channels)
+    mean = x_all[: len(xtr)].mean(dim=(0, 2, 3), keepdim=True)  # normalise with training statistics only
+    std = x_all[: len(xtr)].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    x_all = (x_all - mean) / std
+    xtr_t, xte_t = x_all[: len(xtr)], x_all[len(xtr):]
+    perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(val_fraction * len(ytr))))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if limit_train is not None:
+        train_idx = train_idx[:limit_train]
+    full = TensorData(xtr_t, torch.from_numpy(ytr), num_classes, name)
+    return Splits(full.subset(train_idx), full.subset(val_idx),
+                  TensorData(xte_t, torch.from_numpy(yte), num_classes, name))
+
+
+def default_source() -> tuple[str, str]:
+    """The main job's data: Fashion-MNIST when installed, else digits (with the reason)."""
+    try:
+        resolve_source("fashion-mnist")
+        return "fashion-mnist", "Fashion-MNIST from the dataset-fashion-mnist package"
+    except DataError:
+        return "digits", "scikit-learn digits (Fashion-MNIST not installed: apt-get install dataset-fashion-mnist)"

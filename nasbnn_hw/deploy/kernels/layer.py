@@ -1,0 +1,187 @@
+"""Layer-level API: one `LayerConfig` -> one compiled function `main(x, *params, out)`.
+
+    lay = build_layer(LayerConfig("bconv", 64, 64, 3, 2, 2, 28), target="local")
+    lay.export("bconv.so")       # for a runner (entry function `main`)
+    out = lay.run()              # local targets only: run once on the random arguments
+
+Layouts: the stem takes NCHW float input (as PyTorch) and every later layer NHWC float; outputs are NHWC.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.profiling.runners.base import ArgSpec
+from nasbnn_hw.deploy.kernels.targets import TargetSpec, export_library, resolve_target
+
+LAYER_KINDS = ("stem", "bconv", "head")
+
+
+class KernelBuildError(NasBnnError):
+    """A layer the kernels cannot build (bad shape, unsupported kind)."""
+
+
+def supports(cfg: LayerConfig) -> tuple[bool, str]:
+    """Whether `build_layer` can compile `cfg`, and why not."""
+    if cfg.kind not in LAYER_KINDS:
+        return False, f"layer kind {cfg.kind!r} not supported (allowed: {', '.join(LAYER_KINDS)})"
+    if cfg.kind == "bconv":
+        if cfg.in_channels % cfg.groups or cfg.out_channels % cfg.groups:
+            return False, f"groups={cfg.groups} must divide in_channels={cfg.in_channels} and out_channels={cfg.out_channels}"
+        if cfg.out_channels < cfg.in_channels:
+            return False, f"out_channels={cfg.out_channels} < in_channels={cfg.in_channels} (shortcut needs C_out >= C_in)"
+        if cfg.kernel % 2 == 0:
+            return False, f"kernel={cfg.kernel} must be odd"
+    if cfg.kind != "head" and cfg.stride not in (1, 2):
+        return False, f"stride={cfg.stride} not supported (allowed: 1, 2)"
+    if cfg.kind == "bconv" and cfg.stride == 2 and cfg.resolution % 2:
+        return False, f"stride 2 needs an even resolution (got {cfg.resolution})"
+    if cfg.resolution < 1:
+        return False, f"resolution={cfg.resolution} must be positive"
+    return True, ""
+
+
+def layer_input_shape(cfg: LayerConfig, batch: int = 1) -> tuple[int, ...]:
+    r = cfg.resolution
+    return (batch, cfg.in_channels, r, r) if cfg.kind == "stem" else (batch, r, r, cfg.in_channels)
+
+
+def _acc_dtype(spec: TargetSpec | None) -> str:
+    from nasbnn_hw.deploy.kernels.schedule import cpu_tile
+    return "int32" if spec is not None and spec.is_gpu else cpu_tile(spec)["acc_dtype"]
+
+
+def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None):
+    """TE of `cfg` applied to tensor `x`: (placeholders dict, output tensor)."""
+    from nasbnn_hw.deploy.kernels import binary, float_ops
+    if cfg.kind == "stem":
+        return float_ops.stem_conv(x, cfg.out_channels, cfg.kernel, cfg.stride, name)
+    if cfg.kind == "bconv":
+        return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
+                                        _acc_dtype(spec))
+    return float_ops.pool_classifier(x, cfg.out_channels, name)
+
+
+def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec) -> None:
+    from nasbnn_hw.deploy.kernels import schedule
+    if spec.is_gpu:
+        return  # GPU: one generic pass over the whole function (see `compile_function`)
+    tile = schedule.cpu_tile(spec)
+    if cfg.kind == "stem":
+        schedule.cpu_stem(sch, name, tile)
+    elif cfg.kind == "bconv":
+        schedule.cpu_binary_half(sch, name, cfg.groups, tile)
+    else:
+        schedule.cpu_head(sch, name)
+
+
+def compile_function(args, spec: TargetSpec, schedule_fn):
+    """create_prim_func(args) -> schedule -> tvm.compile for `spec`."""
+    import tvm
+    from tvm import te
+
+    from nasbnn_hw.deploy.kernels import schedule
+    mod = tvm.IRModule({"main": te.create_prim_func(list(args))})
+    sch = tvm.s_tir.Schedule(mod)
+    if spec.is_gpu:
+        schedule.gpu_generic(sch)
+    else:
+        schedule_fn(sch)
+    return tvm.compile(sch.mod, target=spec.tvm_target())
+
+
+def _shape_dtype(t) -> tuple[tuple[int, ...], str]:
+    return tuple(int(v) for v in t.shape), str(t.dtype)
+
+
+@dataclass
+class CompiledLayer:
+    """A compiled function and the arguments it takes, in call order (inputs, then the output)."""
+    cfg: object
+    target: TargetSpec
+    executable: object = field(repr=False)
+    arg_names: list[str]
+    args: list[ArgSpec] = field(repr=False)
+
+    def export(self, path: str | Path) -> Path:
+        return export_library(self.executable, path, self.target)
+
+    def run(self, inputs: dict | None = None) -> np.ndarray:
+        """Call once here (local targets only) on the stored arguments, overridden by `inputs`."""
+        import tvm
+        if not self.target.runs_here:
+            raise KernelBuildError(f"a module built for target {self.target.name!r} cannot run on this machine")
+        dev = tvm.cpu(0)
+        inputs = inputs or {}
+        tensors = []
+        for nm, a in zip(self.arg_names, self.args):
+            if a.is_output:
+                tensors.append(tvm.runtime.empty(a.shape, a.dtype, dev))
+            else:
+                data = np.ascontiguousarray(inputs.get(nm, a.data), dtype=a.dtype)
+                if data.shape != a.shape:
+                    raise KernelBuildError(f"argument {nm!r} has shape {data.shape}; the kernel needs {a.shape}")
+                tensors.append(tvm.runtime.tensor(data, dev))
+        self.executable["main"](*tensors)
+        return tensors[-1].numpy()
+
+
+def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
+                params: dict | None = None) -> CompiledLayer:
+    """Compile `cfg` for `target` with random (or given) parameters and a random input."""
+    ok, why = supports(cfg)
+    if not ok:
+        raise KernelBuildError(f"cannot build layer {cfg.key()}: {why}")
+    from tvm import te
+
+    from nasbnn_hw.deploy.kernels.params import random_arrays
+    spec = resolve_target(target)
+    x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
+    placeholders, out = layer_te(cfg, x, "l0", spec)
+    rng = np.random.default_rng(seed)
+    data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
+    for key, val in (params or {}).items():
+        if key not in placeholders:
+            raise KernelBuildError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
+        data[key] = np.asarray(val)
+    ex = compile_function([x, *placeholders.values(), out], spec, lambda s: schedule_layer(s, cfg, "l0", spec))
+    names = ["x", *placeholders, "out"]
+    args = [ArgSpec(*_shape_dtype(x), data=data["x"])]
+    args += [ArgSpec(*_shape_dtype(v), data=np.ascontiguousarray(data[k], _shape_dtype(v)[1]))
+             for k, v in placeholders.items()]
+    args.append(ArgSpec(*_shape_dtype(out), is_output=True))
+    return CompiledLayer(cfg, spec, ex, names, args)
+
+
+def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: int, stride: int,
+                      resolution: int, target="local", batch: int = 1, seed: int = 0) -> CompiledLayer:
+    """The integer +-1 conv of sign(x + move) alone (int32 NHWC output): for exactness tests, benchmarks."""
+    from tvm import te
+
+    from nasbnn_hw.deploy.kernels import binary, schedule
+    from nasbnn_hw.deploy.kernels.params import random_arrays
+    cfg = LayerConfig("bconv", in_channels, out_channels, kernel, groups, stride, resolution)
+    ok, why = supports(LayerConfig("bconv", in_channels, max(in_channels, out_channels), kernel, groups, stride,
+                                   resolution))
+    if not ok:
+        raise KernelBuildError(f"cannot build binary conv {cfg.key()}: {why}")
+    spec = resolve_target(target)
+    x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
+    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", _acc_dtype(spec))
+    rng = np.random.default_rng(seed)
+    data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
+
+    def _sched(sch):
+        schedule.cpu_pack(sch, "l0", schedule.cpu_tile(spec))
+        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=schedule.cpu_tile(spec))
+
+    ex = compile_function([x, *placeholders.values(), out], spec, _sched)
+    names = ["x", *placeholders, "out"]
+    args = [ArgSpec(*_shape_dtype(x), data=data["x"])]
+    args += [ArgSpec(*_shape_dtype(v), data=data[k]) for k, v in placeholders.items()]
+    args.append(ArgSpec(*_shape_dtype(out), is_output=True))
+    return CompiledLayer(cfg, spec, ex, names, args)

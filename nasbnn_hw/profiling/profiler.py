@@ -1,0 +1,373 @@
+"""The profiler: compile every layer a space can produce (and whole random subnets), time each on a
+device through a runner, and store the results.
+
+    with MeasurementStore("lat.db") as store:
+        profile_layers(get_space("small"), "local", store, LocalRunner(), target="local")
+        profile_subnets(get_space("small"), 20, "local", store, LocalRunner(), target="local")
+
+Batch size 1 (the store's keys carry no batch size). Resumable: an item is skipped when the store already
+has it for (device, target, TVM version), and each result is written in its own transaction right after it
+is measured, so a run killed at any moment loses at most the item in flight and never duplicates one.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from nasbnn_hw.core.arch import Arch
+from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.core.layers import LayerConfig, arch_layers
+from nasbnn_hw.core.sampling import sample_uniform
+from nasbnn_hw.core.space import SearchSpace, get_space
+from nasbnn_hw.profiling.store import Measurement, MeasurementStore
+from nasbnn_hw.utils import WorkDir
+
+__all__ = ["enumerate_layers", "random_subnets", "profile_layers", "profile_subnets", "ProfileReport",
+           "TimingSettings", "ProfileError"]
+
+log = logging.getLogger(__name__)
+
+
+class ProfileError(NasBnnError):
+    """Bad profiler input (space, count, settings)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What to measure
+
+def _next_width(choices: tuple[int, ...], at_least: int) -> int | None:
+    ok = [c for c in choices if c >= at_least]
+    return min(ok) if ok else None
+
+
+def _completable(space: SearchSpace, stage: int, width: int) -> bool:
+    """Whether a block of `stage` with output `width` can be followed by a non-decreasing completion."""
+    w = width
+    for st in space.stages[stage + 1:]:
+        w = _next_width(st.channels, w)
+        if w is None:
+            return False
+    return True
+
+
+def enumerate_layers(space: SearchSpace) -> list[LayerConfig]:
+    """Every distinct `LayerConfig` that some arch of `space` (under the ND constraint) contains."""
+    space = get_space(space)
+    res_in = space.stage_resolutions()
+    stem = space.stages[0]
+    widths = {c for c in stem.channels if _completable(space, 0, c)}
+    out: set[LayerConfig] = {LayerConfig("stem", space.in_channels, c, k, 1, stem.stride, space.resolution)
+                             for c in widths for k in stem.kernel}
+    for si in range(1, len(space.stages)):
+        st, res = space.stages[si], res_in[si]
+        # first block: stride of the stage at the stage's input resolution; later blocks: stride 1
+        positions = [(st.stride, res)] + [(1, res // st.stride)] * (st.max_depth - 1)
+        reach = set(widths)     # widths entering the current block
+        after: set[int] = set()  # widths that can leave this stage (after any allowed depth)
+        for bi, (s, r) in enumerate(positions):
+            nxt = set()
+            for c_in in reach:
+                for c_out in st.channels:
+                    if c_out < c_in or not _completable(space, si, c_out):
+                        continue
+                    nxt.add(c_out)
+                    for k in st.kernel:
+                        for g1 in st.groups1:
+                            out.add(LayerConfig("bconv", c_in, c_in, k, g1, s, r))
+                    for g2 in st.groups2:
+                        out.add(LayerConfig("bconv", c_in, c_out, 1, g2, 1, r // s))
+            reach = nxt
+            if bi + 1 in st.depth:
+                after |= nxt
+        widths = after
+    final_res = space.resolution
+    for st in space.stages:
+        final_res //= st.stride
+    out |= {LayerConfig("head", c, space.num_classes, 1, 1, 1, final_res) for c in widths}
+    return sorted(out)
+
+
+def random_subnets(space: SearchSpace, n: int, seed: int = 0, max_tries: int = 1000) -> list[Arch]:
+    """`n` distinct uniform ND archs, the same list for the same (space, n, seed)."""
+    if n < 0:
+        raise ProfileError(f"the number of subnets must be >= 0 (got {n})")
+    rng, seen, out = random.Random(seed), set(), []
+    tries = 0
+    while len(out) < n and tries < max_tries + n:
+        tries += 1
+        a = sample_uniform(space, rng)
+        if a not in seen:
+            seen.add(a)
+            out.append(a)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """warmup calls, `repeat` timed samples, each the mean of `number` calls; number=0: choose `number`
+    so that one sample lasts at least `min_sample_ms`. `bursts` > 1 takes `repeat` samples that many
+    times; `reference` times the reference kernel before each burst and stores the latency in units of the
+    device's reference time (`nasbnn_hw.profiling.timing`: the machine's current speed factors out)."""
+    warmup: int = 5
+    repeat: int = 20
+    number: int = 0
+    min_sample_ms: float = 20.0
+    bursts: int = 1
+    reference: bool = False
+
+    def __post_init__(self):
+        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1:
+            raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number}, "
+                               f"bursts={self.bursts}, min_sample_ms={self.min_sample_ms} must be >= 0, >= 1, "
+                               f">= 0, >= 1, > 0")
+
+    def protocol(self):
+        from nasbnn_hw.profiling.timing import Protocol
+        return Protocol(bursts=self.bursts, repeat=self.repeat, warmup=self.warmup, number=self.number,
+                        min_sample_ms=self.min_sample_ms)
+
+
+class _TimeEvaluatorRunner:
+    """Fallback local runner (TVM `time_evaluator` in this process) for when `nasbnn_hw.profiling.runners.local` is
+    not available."""
+    device = "local"
+
+    def time_library(self, lib_path, args, *, warmup, repeat, number=1, return_outputs=False):
+        import numpy as np
+        import tvm
+
+        from nasbnn_hw.profiling.runners.base import Timing
+        lib = tvm.runtime.load_module(str(lib_path))
+        dev = tvm.cpu(0)
+        rng = np.random.default_rng(0)
+        tensors = []
+        for a in args:
+            if a.is_output:
+                tensors.append(tvm.runtime.empty(a.shape, a.dtype, dev))
+            else:
+                data = a.data if a.data is not None else rng.standard_normal(a.shape).astype(a.dtype)
+                tensors.append(tvm.runtime.tensor(np.ascontiguousarray(data, a.dtype), dev))
+        for _ in range(warmup):
+            lib["main"](*tensors)
+        r = lib.time_evaluator("main", dev, number=number, repeat=repeat)(*tensors)
+        outs = tuple(t.numpy() for t, a in zip(tensors, args) if a.is_output) if return_outputs else None
+        return Timing(tuple(float(s) for s in r.results), outs)
+
+    def close(self):
+        pass
+
+
+def default_runner():
+    """`LocalRunner` when the runners package has it, else an equivalent in-process timer."""
+    try:
+        from nasbnn_hw.profiling.runners.local import LocalRunner
+    except ImportError:
+        return _TimeEvaluatorRunner()
+    return LocalRunner()
+
+
+class _Clock:
+    """Times items under one run's settings: the protocol, and with `reference` the reference kernel
+    (built once for the target) and the device's baseline (calibrated once and kept in the store)."""
+
+    def __init__(self, runner, timing: TimingSettings, store: MeasurementStore, device: str, spec, version: str,
+                 tmp: Path):
+        from nasbnn_hw.profiling.timing import REFERENCE_LAYER, reference_library
+        self.runner, self.protocol, self.baseline, self.reference = runner, timing.protocol(), None, None
+        if timing.reference:
+            self.reference = reference_library(tmp, spec)
+            key = (device, spec.description(), version, REFERENCE_LAYER.key())
+            self.baseline = store.reference_baseline(*key)
+            if self.baseline is None:
+                self.baseline = store.set_reference_baseline(
+                    *key, self.protocol.calibrate_reference(runner, self.reference))
+                log.info("reference kernel on %s: %.2f us (kept in the store)", device, self.baseline * 1e6)
+
+    def time(self, lib: Path, args) -> tuple[float, float, tuple[float, ...]]:
+        """(median, iqr, samples) in seconds; in reference units times the baseline with a reference."""
+        from nasbnn_hw.profiling.timing import PROTOCOL_ESTIMATOR, estimate
+        m = self.protocol.measure(self.runner, lib, args, self.reference)
+        if self.reference is None:
+            samples = m.samples
+            med = estimate(m, "median")
+        else:
+            samples = m.normalised_samples(self.baseline)
+            med = estimate(m, PROTOCOL_ESTIMATOR, self.baseline)
+        q = np.percentile(samples, [25, 75])
+        return med, float(q[1] - q[0]), samples
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiling loops
+
+@dataclass
+class ProfileReport:
+    measured: list[str] = field(default_factory=list)   # one key per stored measurement (a key per round)
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        items = len(set(self.measured))
+        s = f"{items} measured" + (f" ({len(self.measured)} measurements)" if len(self.measured) != items else "")
+        s += f", {self.skipped} already stored"
+        return s + (f", {len(self.failed)} failed" if self.failed else "")
+
+
+def _tvm_version() -> str:
+    import tvm
+    return str(tvm.__version__)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+
+
+def _device_level(e: Exception) -> bool:
+    """Errors that concern the device, not the item (unreachable board, refused host key, bad key or
+    remote setup): stop the run; everything measured so far is stored and the same command resumes later."""
+    from nasbnn_hw.profiling.runners.errors import BoardUnavailable, DeviceSetupError
+    return isinstance(e, (BoardUnavailable, DeviceSetupError))
+
+
+def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
+         timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
+         rounds: int = 1) -> ProfileReport:
+    """Measure each item until it has `rounds` measurements in the store, round by round (every item's
+    round r before any item's round r + 1, so that rounds fall at different moments of a drifting device).
+    A library is built once per run and kept until its last round."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ProfileError(f"rounds must be an integer >= 1 (got {rounds!r})")
+    version, target_key = _tvm_version(), spec.description()
+    report = ProfileReport()
+    done = {key: store.rounds(device, target_key, version, kind, key) for key, _, _ in items}
+    todo = [it for it in items if done[it[0]] < rounds]
+    report.skipped = len(items) - len(todo)
+    if report.skipped:
+        log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
+    total = sum(rounds - done[key] for key, _, _ in todo)
+    built: dict[str, tuple] = {}
+    with WorkDir("nasbnn-profile-", dir=workdir) as tmp, \
+            _progress(total, f"{kind}s on {device}", progress) as bar:
+        clock = _Clock(runner, timing, store, device, spec, version, Path(tmp)) if todo else None
+        for r in range(rounds):
+            for key, config, build in todo:
+                if done[key] != r or key in report.failed:
+                    continue
+                label = key if kind == "layer" else f"#{len(set(report.measured)) + 1}"
+                bar.set_postfix_str(label if rounds == 1 else f"{label} round {r + 1}/{rounds}", refresh=False)
+                try:
+                    if key not in built:
+                        built[key] = build(Path(tmp))
+                    lib_path, args = built[key]
+                    med, iqr, samples = clock.time(lib_path, args)
+                except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
+                    if stop_on_error or _device_level(e):
+                        raise
+                    why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+                    report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+                    log.warning("%s %s failed: %s", kind, key, report.failed[key])
+                    bar.update(rounds - done[key])
+                    continue
+                m = Measurement(device, target_key, version, kind, key, config, median_s=med,
+                                iqr_s=iqr, repeats=len(samples), samples=tuple(samples), created=time.time())
+                # counted and stored in one transaction: a second profiler on this store cannot overshoot
+                n = store.add_round(m, limit=rounds)
+                done[key] = rounds if n is None else n + 1
+                if n is not None:
+                    report.measured.append(key)
+                if done[key] >= rounds:
+                    Path(built.pop(key)[0]).unlink(missing_ok=True)
+                bar.update(1)
+    return report
+
+
+def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
+                   timing: TimingSettings = TimingSettings(), layers: Iterable[LayerConfig] | None = None,
+                   progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False,
+                   rounds: int = 1) -> ProfileReport:
+    """Measure every layer of `space` (or the given `layers`) on `device` and store each one; `rounds` > 1
+    measures each layer that many times, round by round, and stores the median of the round medians."""
+    from nasbnn_hw.deploy.kernels import build_layer, resolve_target
+    space = get_space(space)
+    spec = resolve_target(target)
+    runner = runner or default_runner()
+    cfgs = list(layers) if layers is not None else enumerate_layers(space)
+
+    def _builder(cfg):
+        def build(tmp: Path):
+            lay = build_layer(cfg, spec, batch=1)
+            return lay.export(tmp / f"{cfg.key()}.so"), lay.args
+        return build
+
+    items = [(c.key(), c.to_dict(), _builder(c)) for c in cfgs]
+    return _run(items, "layer", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
+
+
+def subnet_key(arch: Arch) -> str:
+    return arch.to_json()
+
+
+def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
+                    seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
+                    progress: bool = True, workdir: Path | None = None,
+                    stop_on_error: bool = False, rounds: int = 1) -> ProfileReport:
+    """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights;
+    `rounds` as in `profile_layers`."""
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    from nasbnn_hw.deploy.kernels import resolve_target
+    space = get_space(space)
+    spec = resolve_target(target)
+    runner = runner or default_runner()
+    chosen = list(archs) if archs is not None else random_subnets(space, n, seed)
+
+    def _builder(arch, i):
+        def build(tmp: Path):
+            net = compile_random_subnet(arch, space, spec, batch=1, seed=i)
+            return net.export(tmp / f"subnet{i}.so"), net.arg_specs()
+        return build
+
+    items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict(),
+                                         "space_def": space.to_dict()},
+              _builder(a, i)) for i, a in enumerate(chosen)]
+    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
+
+
+def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
+                  timing: TimingSettings = TimingSettings(), progress: bool = False,
+                  baseline_from: str | Path | None = None) -> list[float]:
+    """Compile and time `archs` once more on `device`, independently of any stored measurement (into a
+    throw-away store): seconds, one per arch. For how well a device agrees with itself. Under the reference
+    protocol the device's reference baseline comes from the store `baseline_from` when it has one (the
+    same units as the first measurement), else it is calibrated afresh."""
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.timing import REFERENCE_LAYER
+    with WorkDir("nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
+        if timing.reference and baseline_from is not None and Path(baseline_from).exists():
+            key = (device, resolve_target(target).description(), _tvm_version(), REFERENCE_LAYER.key())
+            with MeasurementStore(baseline_from, readonly=True) as src:
+                base = src.reference_baseline(*key)
+            if base is not None:
+                st.set_reference_baseline(*key, base)
+        rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress)
+        got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
+    missing = [subnet_key(a) for a in archs if subnet_key(a) not in got]
+    if missing:
+        raise ProfileError(f"measuring {len(missing)} subnet(s) again on {device} failed: "
+                           f"{next(iter(rep.failed.values()), 'no result')}")
+    return [got[subnet_key(a)] for a in archs]
+
+
+def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:
+    """Layers of `archs` missing from `enumerate_layers(space)` (empty when the enumeration is complete)."""
+    known = set(enumerate_layers(space))
+    return {l for a in archs for l in arch_layers(a, space)} - known

@@ -1,0 +1,228 @@
+"""The timing protocol: latencies that are a property of the device, not of the minute they were taken in.
+
+A shared machine's speed drifts (other processes, shared cores, host contention): on a 2-vCPU VM the same
+subnet measured a minute apart moved by 20-40 %. The protocol times a fixed *reference kernel* right
+before the item, in several short bursts spread over the item's measurement:
+
+    for each burst b:   r_b = median(reference samples),  t_b = median(item samples)
+    latency = median_b(t_b / ((r_b + r_b+1) / 2)) * baseline      (the reference before and after burst b)
+
+The machine's current speed is in both t_b and r_b and cancels in their ratio; `baseline` is the
+reference's time on that device, measured once (`calibrate_reference`) and kept with the measurements
+(`MeasurementStore.reference_baseline`), so every item of a device is in the same units whenever it was
+measured. Samples are short (~1 ms) so a burst sees one state of the machine; a runner that can interleave
+(`LocalRunner.time_interleaved`) alternates single samples, so each burst is one sample bracketed by two
+reference samples taken within about a millisecond of it. Which estimator holds best
+was measured side by side on the same samples (`benchmarks/self_agreement.py`, docs/measurements.md).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.core.layers import LayerConfig
+from nasbnn_hw.profiling.runners.base import ArgSpec
+
+__all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "reference_library", "ESTIMATORS"]
+
+# A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~10-30 us.
+REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
+ESTIMATORS = ("median", "min", "reference", "bracket", "low")
+LOW_QUANTILE = 20
+# What the profiler stores: each item sample against the mean of the reference samples just before and
+# after it (bracket). Chosen from benchmarks/self_agreement.py on a 2-vCPU Zen 3 VM (docs/measurements.md).
+PROTOCOL_ESTIMATOR = "bracket"
+
+
+@dataclass(frozen=True)
+class ItemTiming:
+    """One item's raw measurement: per burst, the item's samples and the reference's samples (seconds)."""
+    bursts: tuple[tuple[float, ...], ...]
+    reference: tuple[tuple[float, ...], ...] = ()
+    number: int = 1
+
+    @property
+    def samples(self) -> tuple[float, ...]:
+        return tuple(s for b in self.bursts for s in b)
+
+    @property
+    def reference_s(self) -> tuple[float, ...]:
+        """Each burst's reference median."""
+        return tuple(statistics.median(r) for r in self.reference)
+
+    def _refs(self, bracket: bool) -> list[float]:
+        r = list(self.reference_s)
+        if bracket and len(r) > len(self.bursts):  # the reference before and after each burst
+            return [(a + b) / 2 for a, b in zip(r, r[1:])]
+        return r[:len(self.bursts)]
+
+    def ratios(self, bracket: bool = False) -> list[float]:
+        return [statistics.median(b) / r for b, r in zip(self.bursts, self._refs(bracket))]
+
+    def normalised_samples(self, baseline: float) -> tuple[float, ...]:
+        """Each sample in reference units (times the baseline): what the store keeps."""
+        return tuple(s / r * baseline for b, r in zip(self.bursts, self._refs(True)) for s in b)
+
+
+def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
+    """Seconds per call of `m` by estimator `name` (one of ESTIMATORS)."""
+    if name == "median":
+        return statistics.median(m.samples)
+    if name == "min":
+        return min(m.samples)
+    if name == "low":
+        if not baseline or not m.reference:
+            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
+        q = lambda xs: float(np.percentile(xs, LOW_QUANTILE))  # noqa: E731
+        return q(m.samples) / q([x for r in m.reference for x in r]) * baseline
+    if name in ("reference", "bracket"):
+        if not baseline or not m.reference:
+            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
+        return statistics.median(m.ratios(bracket=name == "bracket")) * baseline
+    raise NasBnnError(f"unknown estimator {name!r} (allowed: {', '.join(ESTIMATORS)})")
+
+
+def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:
+    """Compile the reference kernel for `target` into `workdir`: (library path, its arguments)."""
+    from nasbnn_hw.deploy.kernels import build_layer
+    lay = build_layer(REFERENCE_LAYER, target, batch=1)
+    return lay.export(Path(workdir) / f"reference-{REFERENCE_LAYER.key()}.so"), lay.args
+
+
+def _plain(args: Sequence[ArgSpec]) -> list[ArgSpec]:
+    # values do not change the time of these kernels (no data-dependent control flow or indexing): the
+    # runner generates its own inputs, so nothing but the library has to travel to a remote device
+    return [ArgSpec(a.shape, a.dtype, a.is_output) for a in args]
+
+
+@dataclass
+class Protocol:
+    """`bursts` x (reference, then item), each `repeat` samples of `number` calls lasting >= `min_sample_ms`
+    (number=0: calibrated per library). `warmup` calls before each library's first burst."""
+    bursts: int = 5
+    repeat: int = 5
+    warmup: int = 5
+    number: int = 0
+    min_sample_ms: float = 1.0
+    _numbers: dict = field(default_factory=dict, repr=False)
+    _probe_s: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.bursts < 1 or self.repeat < 1 or self.warmup < 0 or self.number < 0 or self.min_sample_ms <= 0:
+            raise NasBnnError(f"timing protocol bursts={self.bursts}, repeat={self.repeat} must be >= 1, "
+                              f"warmup={self.warmup}, number={self.number} >= 0, min_sample_ms > 0")
+
+    def _number(self, runner, lib: Path, args) -> int:
+        if self.number:
+            return self.number
+        key = str(lib)
+        if key not in self._numbers:
+            probe = runner.time_library(lib, args, warmup=self.warmup, repeat=3, number=1)
+            self._probe_s[key] = probe.median
+            self._numbers[key] = max(1, min(100_000, math.ceil(self.min_sample_ms / 1e3 / max(probe.median, 1e-8))))
+        return self._numbers[key]
+
+    def _samples(self, runner, lib: Path, args, number: int) -> tuple[float, ...]:
+        return runner.time_library(lib, args, warmup=1, repeat=self.repeat, number=number).samples
+
+    def calibrate_reference(self, runner, reference: tuple[Path, Sequence[ArgSpec]], bursts: int = 20) -> float:
+        """The reference kernel's time on this device: the median of `bursts` burst medians (seconds)."""
+        lib, args = reference[0], _plain(reference[1])
+        n = self._number(runner, lib, args)
+        return statistics.median(statistics.median(self._samples(runner, lib, args, n)) for _ in range(bursts))
+
+    def measure(self, runner, lib: Path, args: Sequence[ArgSpec],
+                reference: tuple[Path, Sequence[ArgSpec]] | None) -> ItemTiming:
+        """Time `lib`; with a reference, each burst times the reference right before the item (and once
+        more after the last). A runner that can interleave (`time_interleaved`) alternates single samples
+        of the reference and the item instead: every burst is then one sample, bracketed by two reference
+        samples taken just before and after it."""
+        args = _plain(args)
+        n = self._number(runner, lib, args)
+        if reference is not None and hasattr(runner, "time_interleaved"):
+            rlib, rargs = reference[0], _plain(reference[1])
+            rn = self._number(runner, rlib, rargs)
+            # a reference sample spans as long as an item sample: both average the machine over one window
+            item_s, ref_s = self._probe_s.get(str(lib)), self._probe_s.get(str(rlib))
+            if item_s and ref_s and n * item_s > rn * ref_s:
+                rn = min(100_000, math.ceil(n * item_s / ref_s))
+            count = self.bursts * self.repeat
+            ref_s, item_s = runner.time_interleaved([(rlib, rargs, rn), (lib, args, n)], warmup=self.warmup,
+                                                    repeat=count + 1)
+            return ItemTiming(tuple((x,) for x in item_s[:count]), tuple((x,) for x in ref_s), n)
+        bursts, refs = [], []
+        if reference is not None:
+            rlib, rargs = reference[0], _plain(reference[1])
+            rn = self._number(runner, rlib, rargs)
+        for _ in range(self.bursts):
+            if reference is not None:
+                refs.append(self._samples(runner, rlib, rargs, rn))
+            bursts.append(self._samples(runner, lib, args, n))
+        if reference is not None:  # closing reference: each burst is bracketed by two
+            refs.append(self._samples(runner, rlib, rargs, rn))
+        return ItemTiming(tuple(bursts), tuple(refs), n)
+
+
+# The probes of `noise_floor`: a small and a larger binary layer beside the reference kernel.
+NOISE_PROBES = (LayerConfig("bconv", 32, 64, 1, 1, 1, 8), LayerConfig("bconv", 128, 128, 3, 1, 1, 8))
+
+
+def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None = None) -> dict:
+    """How well a device agrees with itself under `timing` (a `TimingSettings`): each probe kernel measured
+    `repeats` times in turn; the noise floor is the median relative deviation of a measurement from the
+    probe's median, for the protocol's estimate and for the raw median, and `speed_range` the ratio of the
+    90th to the 10th percentile of the reference's burst times (how much the machine's speed moved)."""
+    from nasbnn_hw.deploy.kernels import build_layer
+    from nasbnn_hw.utils import WorkDir
+    proto = timing.protocol()
+    with WorkDir("nasbnn-noise-", dir=workdir) as d:
+        ref = reference_library(Path(d), target)
+        probes = []
+        for cfg in NOISE_PROBES:
+            lay = build_layer(cfg, target, batch=1)
+            probes.append((lay.export(Path(d) / f"{cfg.key()}.so"), lay.args))
+        baseline = proto.calibrate_reference(runner, ref, bursts=5)
+        runs = [[proto.measure(runner, lib, args, ref) for lib, args in probes] for _ in range(repeats)]
+
+    def spread(name):
+        devs = []
+        for j in range(len(probes)):
+            vals = [estimate(r[j], name, baseline) for r in runs]
+            mid = statistics.median(vals)
+            devs += [abs(v / mid - 1) for v in vals]
+        return statistics.median(devs)
+    refs = [x for r in runs for m in r for x in m.reference_s]
+    lo, hi = np.percentile(refs, [10, 90])
+    return {"protocol": "reference" if timing.reference else "median", "bursts": proto.bursts,
+            "repeat": proto.repeat, "noise": spread(PROTOCOL_ESTIMATOR if timing.reference else "median"),
+            "noise_raw": spread("median"), "noise_reference": spread(PROTOCOL_ESTIMATOR),
+            "speed_range": float(hi / lo), "reference_us": baseline * 1e6}
+
+
+NOISE_TAU = 0.8  # a device whose two measurements of the same subnets rank them below this is noise-dominated
+
+
+def noise_warning(store, device: str) -> str | None:
+    """A one-line warning when the latest recorded self-agreement of `device` in `store` (a path or a
+    MeasurementStore) is below NOISE_TAU; None when it is fine or was never measured."""
+    from nasbnn_hw.profiling.store import MeasurementStore
+    if store is None:
+        return None
+    if isinstance(store, MeasurementStore):
+        rec = store.agreement(device)
+    else:
+        if not Path(store).exists():
+            return None
+        with MeasurementStore(store, readonly=True) as st:
+            rec = st.agreement(device)
+    if rec is None or rec["kendall_tau"] >= NOISE_TAU:
+        return None
+    return (f"warning: device '{device}' does not agree with itself (Kendall tau {rec['kendall_tau']:.2f} < "
+            f"{NOISE_TAU} over {rec['subnets']} subnets measured twice): its latency is noise-dominated; see "
+            f"`nasbnn-hw devices check {device} --noise`")
