@@ -72,24 +72,33 @@ def test_idx_and_cifar_and_imagefolder_loaders(tmp_path):
     assert s.train.num_classes == 2 and len(s.train) + len(s.val) == 6
 
 
+def _killed_then_resumed(make, kill_at: int) -> SupernetTrainer:
+    """Train with `make()`'s trainer until it is killed (^C) at global step `kill_at`; return a new trainer
+    resumed from its last checkpoint, not yet fitted."""
+    part = make()
+    real_step = part.train_step
+
+    def dying_step(x, y):
+        if part.global_step == kill_at:
+            raise KeyboardInterrupt
+        return real_step(x, y)
+    part.train_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    resumed = make()
+    assert resumed.resume()
+    return resumed
+
+
 def test_training_learns_and_resume_is_exact(tmp_path, digits):
     full = SupernetTrainer(SPACE, digits, _cfg(), tmp_path / "a", progress=False)
     hist = full.fit()
     assert len(hist) == 2 and hist[1]["teacher_loss"] < hist[0]["teacher_loss"] + 1.0
 
     # the same run, killed at step 7 (mid-epoch) with a checkpoint every 3 steps, then resumed
-    part = SupernetTrainer(SPACE, digits, _cfg(checkpoint_every=3), tmp_path / "b", progress=False)
-    real_step = part.train_step
-
-    def dying_step(x, y):
-        if part.global_step == 7:
-            raise KeyboardInterrupt
-        return real_step(x, y)
-    part.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
-    resumed = SupernetTrainer(SPACE, digits, _cfg(checkpoint_every=3), tmp_path / "b", progress=False)
-    assert resumed.resume() and (resumed.global_step, resumed.step_in_epoch) == (6, 2)
+    resumed = _killed_then_resumed(lambda: SupernetTrainer(SPACE, digits, _cfg(checkpoint_every=3), tmp_path / "b",
+                                                           progress=False), kill_at=7)
+    assert (resumed.global_step, resumed.step_in_epoch) == (6, 2)
     resumed.fit()
     a, b = full.net.state_dict(), resumed.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -146,11 +155,50 @@ def test_cli_train_eval(tmp_path):
     assert ck.extra["data_config"]["source"] == "digits"
 
 
+def _image_folder(root, classes=3, per_class=12, size=20):
+    """A small train/ + val/ folder of PNG and JPEG files, one of them truncated."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 2)):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                im = Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8))
+                im.save(d / f"{i}.png") if i % 2 else im.save(d / f"{i}.jpg", quality=90)
+    bad = root / "train" / "c0" / "0.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    return root
+
+
+def test_streamed_folder_training_resume_is_exact_with_workers(tmp_path):
+    data = load_splits(f"imagefolder:{_image_folder(tmp_path / 'img')}", 16, 1, val_fraction=0.2)
+    assert type(data.train).__name__ == "FolderData" and len(data.val) == 3 * 2 and len(data.test) == 6
+    cfg = dict(epochs=2, batch_size=8, max_steps_per_epoch=3, seed=1, workers=2)
+    full = SupernetTrainer(SPACE, data, _cfg(**cfg), tmp_path / "a", progress=False)
+    full.fit()
+    resumed = _killed_then_resumed(lambda: SupernetTrainer(SPACE, data, _cfg(checkpoint_every=2, **cfg),
+                                                           tmp_path / "b", progress=False), kill_at=4)
+    assert resumed.global_step == 4
+    resumed.fit()
+    a, b = full.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    acc = accuracy(full.net, data.test, arch=largest(SPACE), workers=1)   # streamed evaluation
+    assert acc["n"] == 6 and 0 <= acc["top1"] <= 100
+    calib = calibration_batches(data.train, 2, 4)
+    assert len(calib) == 2 and [x.shape[0] for x in calib] == [4, 4]     # decoded again on each pass
+    recalibrate_bn(full.net, largest(SPACE), calib)
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("source", ["digits", "folder"])
+def test_torchrun_two_processes_match_single_process(tmp_path, source):
     import os
     import shutil
-    common = ["train", "--space", "small16", "--data", "digits", "--epochs", "1", "--batch-size", "64",
+    data = "digits" if source == "digits" else f"imagefolder:{_image_folder(tmp_path / 'img', per_class=40)}"
+    common = ["train", "--space", "small16", "--data", data, "--epochs", "1",
+              "--batch-size", "64" if source == "digits" else "16", "--workers", "1",
               "--max-steps-per-epoch", "3", "--quiet", "--threads", "1"]
     r = _cli(*common, "--out", str(tmp_path / "single"))
     assert r.returncode == 0, r.stderr
@@ -165,7 +213,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_supernet(tmp_path / "single" / "checkpoint.pt").supernet.state_dict()
     b = load_supernet(tmp_path / "ddp" / "checkpoint.pt").supernet.state_dict()
-    init = SupernetTrainer(SPACE, load_splits("digits", 16, 1), _cfg(seed=0), tmp_path / "x", progress=False)
+    init = SupernetTrainer(SPACE, load_splits(data, 16, 1), _cfg(seed=0, batch_size=16), tmp_path / "x", progress=False)
     init_sd = init.net.state_dict()
     # binarisation makes float reduction order visible (a sign may flip), so compare the two runs'
     # difference with how far training moved the weights: they must agree far better than that.

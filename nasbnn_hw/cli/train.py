@@ -39,11 +39,13 @@ def cmd_train(args) -> int:
                       label_smoothing=args.label_smoothing, num_random=args.num_random,
                       bi_teacher=not args.no_bi_teacher, weight_norm=not args.no_weight_norm,
                       bi_transformation=not args.no_bi_transformation, weight_distill=args.weight_distill,
-                      seed=args.seed, checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch)
+                      seed=args.seed, checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch,
+                      workers=args.workers)
     distributed = _init_distributed()
     data_config = {"source": args.data, "val_fraction": args.val_fraction, "limit_train": args.limit_train,
-                   "split_seed": 0}
-    splits = load_splits(args.data, space.resolution, space.in_channels, args.val_fraction, args.limit_train)
+                   "split_seed": 0, "augment": args.augment, "strict_images": args.strict_images}
+    splits = load_splits(args.data, space.resolution, space.in_channels, args.val_fraction, args.limit_train,
+                         augment=args.augment, strict_images=args.strict_images)
     if splits.train.num_classes > space.num_classes:
         raise NasBnnError(f"data has {splits.train.num_classes} classes; space '{space.name}' has "
                           f"num_classes={space.num_classes}")
@@ -124,7 +126,15 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=0, metavar="K", help="also checkpoint every K steps")
     p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0)
     p.add_argument("--limit-train", type=POSITIVE, help="use only the first N training images")
-    p.add_argument("--val-fraction", type=FRACTION, default=0.1)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="held out for the search's fitness "
+                   "(in-memory sets; an image folder holds out 50 training images per class, as officially)")
+    p.add_argument("--augment", action="store_true", help="the official training augmentation for in-memory "
+                   "sets (CIFAR: pad 4, random crop, flip); image folders are always augmented "
+                   "(RandomResizedCrop + flip)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="processes decoding an image folder "
+                   "(default 2; in-memory sets need none)")
+    p.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image (naming "
+                   "it) instead of skipping and counting it")
     p.add_argument("--threads", type=THREADS)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -33,18 +33,28 @@ class TensorData:
     labels: torch.Tensor
     num_classes: int
     name: str
+    augment: object = None   # a per-sample train transform (tensor, rng) -> tensor, e.g. CIFAR's crop + flip
+    seed: int = 0
 
     def __len__(self):
         return len(self.labels)
 
     def subset(self, idx) -> "TensorData":
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return TensorData(self.images[idx], self.labels[idx], self.num_classes, self.name)
+        return TensorData(self.images[idx], self.labels[idx], self.num_classes, self.name, self.augment, self.seed)
+
+    def batch(self, idx: torch.Tensor, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels at `idx`; augmented per sample from (seed, epoch, index) when `augment` is set."""
+        x, y = self.images[idx], self.labels[idx]
+        if self.augment is not None:
+            from .transforms import sample_rng
+            x = torch.stack([self.augment(xi, sample_rng(self.seed, epoch, int(i))) for xi, i in zip(x, idx)])
+        return x, y
 
 
 @dataclass
 class Splits:
-    train: TensorData   # supernet training
+    train: TensorData   # supernet training (a streamed `folder.FolderData` for image folders)
     val: TensorData     # held-out part of the training set: search fitness
     test: TensorData    # the dataset's own test split: final numbers
 
@@ -108,24 +118,6 @@ def load_cifar_dir(d: Path):
             "test": read("test_batch")}
 
 
-def load_imagefolder(d: Path, resolution: int):
-    from PIL import Image
-    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{d} has no class folders (expected DIR/<class>/<image>, or DIR/train and DIR/val)")
-    xs, ys = [], []
-    for ci, c in enumerate(classes):
-        for f in sorted((d / c).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-                ys.append(ci)
-    if not xs:
-        raise DataError(f"{d}: no images found (suffixes: {', '.join(IMAGE_SUFFIXES)})")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
-
-
 def _to_space(x: np.ndarray, resolution: int, in_channels: int) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.size(1) != in_channels:
@@ -169,28 +161,54 @@ def resolve_source(source: str) -> tuple[str, Path | None]:
     return kind, p
 
 
+def folder_splits(path: Path, resolution: int, in_channels: int, val_fraction: float = 0.1,
+                  limit_train: int | None = None, seed: int = 0, strict_images: bool = False) -> Splits:
+    """An image folder, streamed: train with RandomResizedCrop + flip, the search's fitness split held out of
+    it (the official rule: 50 images per class, fixed seed; fewer in a class with fewer than 500 images:
+    `val_fraction` of its images), test = val/ (or test/) with resize + centre crop. Files are never moved."""
+    import random
+
+    from .folder import FolderData, fitness_split, scan_folder
+    from .transforms import EvalTransform, TrainTransform
+    scan = scan_folder(path)
+    counts = np.bincount([y for _, y in scan["train"]], minlength=len(scan["classes"]))
+    per_class = int(min(50, max(1, round(int(counts.min()) * val_fraction))))
+    train, fitness = fitness_split(scan["train"], per_class=per_class, seed=seed)
+    if limit_train is not None and limit_train < len(train):
+        keep = sorted(random.Random(seed).sample(range(len(train)), limit_train))
+        train = [train[i] for i in keep]
+    if not train:
+        raise DataError(f"image folder {str(path)!r}: no training images left after holding out {per_class} per "
+                        "class for the search's fitness split")
+
+    def make(files, tf):
+        return FolderData(files, scan["classes"], resolution, in_channels, tf, seed=seed, strict=strict_images)
+    test = scan["val"] or []
+    return Splits(make(train, TrainTransform(resolution)), make(fitness, EvalTransform(resolution)),
+                  make(test, EvalTransform(resolution)) if test else TensorData(
+                      torch.zeros(0, in_channels, resolution, resolution), torch.zeros(0, dtype=torch.long),
+                      len(scan["classes"]), f"imagefolder:{path}"))
+
+
 def load_splits(source: str, resolution: int, in_channels: int, val_fraction: float = 0.1,
-                limit_train: int | None = None, seed: int = 0) -> Splits:
-    """Train/val/test splits. val is a deterministic held-out part of the training set (search fitness)."""
+                limit_train: int | None = None, seed: int = 0, *, augment: bool = False,
+                strict_images: bool = False) -> Splits:
+    """Train/val/test splits. val is a deterministic held-out part of the training set (search fitness).
+    Image folders are streamed (`folder_splits`); the small sets are held in memory, and with `augment` their
+    training split gets CIFAR's official augmentation (pad 4, random crop, flip; the padding is 0 after
+    normalisation, i.e. the mean colour)."""
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must lie in (0, 1)")
     kind, path = resolve_source(source)
     name = {"digits": "digits", "idx": f"idx:{path}", "cifar10": "cifar10", "imagefolder": f"imagefolder:{path}"}[kind]
+    if kind == "imagefolder":
+        return folder_splits(path, resolution, in_channels, val_fraction, limit_train, seed, strict_images)
     if kind == "digits":
         arrays = load_digits_arrays()
     elif kind == "idx":
         arrays = load_idx_dir(path, name)
-    elif kind == "cifar10":
-        arrays = load_cifar_dir(path)
     else:
-        if (path / "train").is_dir():
-            xtr, ytr, classes = load_imagefolder(path / "train", resolution)
-            vdir = path / "val" if (path / "val").is_dir() else path / "test"
-            xte, yte, _ = load_imagefolder(vdir, resolution) if vdir.is_dir() else (xtr[:0], ytr[:0], None)
-        else:
-            xtr, ytr, classes = load_imagefolder(path, resolution)
-            xte, yte = xtr[:0], ytr[:0]
-        arrays = {"train": (xtr, ytr), "test": (xte, yte)}
+        arrays = load_cifar_dir(path)
     xtr, ytr = arrays["train"]
     xte, yte = arrays["test"]
     num_classes = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
@@ -205,7 +223,11 @@ def load_splits(source: str, resolution: int, in_channels: int, val_fraction: fl
     if limit_train is not None:
         train_idx = train_idx[:limit_train]
     full = TensorData(xtr_t, torch.from_numpy(ytr), num_classes, name)
-    return Splits(full.subset(train_idx), full.subset(val_idx),
+    train = full.subset(train_idx)
+    if augment:
+        from .transforms import CifarTrain
+        train.augment, train.seed = CifarTrain(resolution), seed
+    return Splits(train, full.subset(val_idx),
                   TensorData(xte_t, torch.from_numpy(yte), num_classes, name))
 
 

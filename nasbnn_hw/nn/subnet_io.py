@@ -32,7 +32,7 @@ def data_for_checkpoint(extra: dict, space: SearchSpace, override: str | None = 
     if not source:
         raise CheckpointError("this checkpoint does not record its training data: pass --data")
     return load_splits(source, space.resolution, space.in_channels, d.get("val_fraction", 0.1),
-                       d.get("limit_train"), d.get("split_seed", 0))
+                       d.get("limit_train"), d.get("split_seed", 0), strict_images=d.get("strict_images", False))
 
 
 def recalibrated_subnet(supernet: SuperBNN, arch: Arch, splits: Splits,

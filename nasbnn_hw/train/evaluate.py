@@ -7,11 +7,12 @@ import torch
 
 from nasbnn_hw.core.arch import Arch
 from nasbnn_hw.nn.binary_ops import DynamicBatchNorm2d
+from nasbnn_hw.data import iter_batches, sequential
 from nasbnn_hw.data.sets import TensorData
 from nasbnn_hw.errors import NasBnnError
 
 
-def calibration_batches(data: TensorData, num_batches: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
+def calibration_batches(data, num_batches: int, batch_size: int, seed: int = 0, workers: int = 0):
     """Fixed training batches for BN recalibration (official: 10 batches of 2048 images)."""
     if type(num_batches) is not int or type(batch_size) is not int or num_batches < 1 or batch_size < 1:
         raise NasBnnError(f"BN recalibration needs >= 1 batch of >= 1 image (got {num_batches!r} batches of "
@@ -21,7 +22,23 @@ def calibration_batches(data: TensorData, num_batches: int, batch_size: int, see
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(data), generator=g)
     n = min(len(data), num_batches * batch_size)
-    return [data.images[perm[i:i + batch_size]] for i in range(0, n, batch_size)]
+    lists = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    if isinstance(data, TensorData):
+        return [data.images[idx] for idx in lists]
+    return StreamedBatches(data, lists, workers)
+
+
+class StreamedBatches:
+    """Calibration batches of a streamed dataset, decoded again at each pass (never all held in memory)."""
+
+    def __init__(self, data, index_lists, workers: int = 0):
+        self.data, self.index_lists, self.workers = data, index_lists, workers
+
+    def __len__(self):
+        return len(self.index_lists)
+
+    def __iter__(self):
+        return (x for x, _ in iter_batches(self.data, self.index_lists, 0, workers=self.workers))
 
 
 @torch.no_grad()
@@ -46,13 +63,12 @@ def recalibrate_bn(supernet, arch: Arch, batches: Iterable[torch.Tensor]) -> Non
 
 
 @torch.no_grad()
-def accuracy(model, data: TensorData, batch_size: int = 1000, arch: Arch | None = None) -> dict:
+def accuracy(model, data, batch_size: int = 1000, arch: Arch | None = None, workers: int = 0) -> dict:
     """top-1 / top-5 (percent) of `model` (a supernet with `arch`, or a static subnet) on `data`."""
     model.eval()
     correct1 = correct5 = 0
     k = min(5, data.num_classes)
-    for i in range(0, len(data), batch_size):
-        x, y = data.images[i:i + batch_size], data.labels[i:i + batch_size]
+    for x, y in iter_batches(data, sequential(len(data), batch_size), 0, workers=workers):
         logits = model(x, arch) if arch is not None else model(x)
         top = logits.topk(k, dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()
@@ -66,7 +82,8 @@ class SubnetEvaluator:
     A seen arch is never evaluated twice."""
 
     def __init__(self, supernet, calib: Sequence[torch.Tensor], val: TensorData, batch_size: int = 1000):
-        self.supernet, self.calib, self.val, self.batch_size = supernet, list(calib), val, batch_size
+        self.supernet, self.val, self.batch_size = supernet, val, batch_size
+        self.calib = calib if isinstance(calib, StreamedBatches) else list(calib)  # a stream is decoded per pass
         self.cache: dict[Arch, float] = {}
 
     def __call__(self, arch: Arch) -> float:

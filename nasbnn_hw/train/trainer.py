@@ -20,12 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d, QuantStemConv
-from nasbnn_hw.nn.checkpoint import load_supernet, safe_load, save_supernet
-from nasbnn_hw.data.sets import Splits
-from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
 from nasbnn_hw.core.space import SearchSpace
+from nasbnn_hw.data import iter_batches
+from nasbnn_hw.data.sets import Splits
+from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d, QuantStemConv
+from nasbnn_hw.nn.checkpoint import load_supernet, safe_load, save_supernet
 from nasbnn_hw.nn.supernet import SuperBNN
 
 log = logging.getLogger("nasbnn_hw.train.trainer")
@@ -46,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0      # also checkpoint every K steps (0: only at epoch ends)
     max_steps_per_epoch: int = 0   # 0: the whole training split
+    workers: int = 0               # DataLoader processes decoding a streamed (image folder) training set
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -195,9 +197,10 @@ class SupernetTrainer:
                 bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not self.progress,
                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
                 t0, agg = time.time(), []
-                while self.step_in_epoch < self.steps_per_epoch:
-                    idx = perm[self.step_in_epoch * B:(self.step_in_epoch + 1) * B][self.rank::self.world]
-                    m = self.train_step(self.data.train.images[idx], self.data.train.labels[idx])
+                steps = [perm[s * B:(s + 1) * B][self.rank::self.world]
+                         for s in range(self.step_in_epoch, self.steps_per_epoch)]
+                for x, y in iter_batches(self.data.train, steps, self.epoch, workers=cfg.workers):
+                    m = self.train_step(x, y)
                     self.step_in_epoch += 1
                     self.global_step += 1
                     agg.append(m)
@@ -253,7 +256,8 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
         for i in tqdm(range(steps), desc=f"finetune {ep + 1}/{epochs}", disable=not progress, unit="step"):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             opt.zero_grad()
-            loss = F.cross_entropy(supernet(data.train.images[idx], arch), data.train.labels[idx],
+            x, y = next(iter_batches(data.train, [idx], ep))
+            loss = F.cross_entropy(supernet(x, arch), y,
                                    label_smoothing=label_smoothing)
             loss.backward()
             opt.step()
