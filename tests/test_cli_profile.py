@@ -5,20 +5,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from nasbnn_hw.cli import main
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from nasbnn_hw.nn.checkpoint import save_supernet
-    from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.nn.supernet import SuperBNN
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "supernet.pt"
-    save_supernet(path, SuperBNN(get_space("small16")), data_config={"source": "digits"})
-    return path
 
 
 def test_export_tvm_and_reload(checkpoint, tmp_path, capsys):

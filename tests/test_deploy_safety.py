@@ -19,17 +19,6 @@ from nasbnn_hw.errors import NasBnnError
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from nasbnn_hw.nn.checkpoint import save_supernet
-    from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.nn.supernet import SuperBNN
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "supernet.pt"
-    save_supernet(path, SuperBNN(get_space("small16")), data_config={"source": "digits"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(library path, its .npz bytes) of the smallest small16 subnet, batch 1."""
     from nasbnn_hw.deploy.tvm_net import compile_subnet

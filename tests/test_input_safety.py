@@ -144,8 +144,7 @@ def test_arch_and_official_loaders_fuzz(tmp_path):
     rows = arch.to_official(SMALL16)
     c = tmp_path / "cand.json"
     _only_own_errors(lambda d: (c.write_text(json.dumps(d)), load_official_candidate(c, SMALL16)),
-                     value_variants({"rows": rows}, random.Random(4), 200) and
-                     ((w, v["rows"] if isinstance(v, dict) and "rows" in v else v)
+                     ((w, v["rows"] if isinstance(v, dict) and "rows" in v else v)   # mutate inside the rows
                       for w, v in value_variants({"rows": rows}, random.Random(4), 200)))
     t = tmp_path / "cand.pt"
     for bad in (torch.tensor([[0.5] * 6] * len(rows)), torch.zeros(3), "abc", [["a"] * 6] * len(rows), [None]):

@@ -23,12 +23,17 @@ def _m(key: str, med: float = 1e-3, target: str = "t") -> Measurement:
                        samples=(med,) * 3)
 
 
-def _foreign(path: Path) -> Path:
+def _sqlite(path: Path, script: str) -> Path:
+    """A plain SQLite file at `path` made by `script` (not a store)."""
     con = sqlite3.connect(str(path))
-    con.executescript("CREATE TABLE x (a); CREATE TABLE y (b); INSERT INTO x VALUES (1);")
+    con.executescript(script)
     con.commit()
     con.close()
     return path
+
+
+def _foreign(path: Path) -> Path:
+    return _sqlite(path, "CREATE TABLE x (a); CREATE TABLE y (b); INSERT INTO x VALUES (1);")
 
 
 def _tables(path: Path) -> set[str]:
@@ -126,11 +131,7 @@ def _tiny(p: Path) -> Path:
 
 
 def _wrong_columns(p: Path) -> Path:
-    con = sqlite3.connect(str(p))
-    con.execute("CREATE TABLE measurements (device, target)")
-    con.commit()
-    con.close()
-    return p
+    return _sqlite(p, "CREATE TABLE measurements (device, target)")
 
 
 BAD = {"random bytes": (_random_bytes, "not an SQLite database"),

@@ -2,10 +2,11 @@
 in its own `cli_*.py` module; bad input ends in one line on stderr and exit status 2."""
 from __future__ import annotations
 
-from nasbnn_hw.cli.args import OneLineParser
 import argparse
 import importlib
 import sys
+
+from nasbnn_hw.cli.args import OneLineParser
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = (  # the order of a user's journey: space, training, devices, costs, search

@@ -1,10 +1,10 @@
 """Core subcommands: spaces, ops, sample."""
 from __future__ import annotations
 
-from nasbnn_hw.cli.args import POSITIVE, SEED
 import json
 import random
 
+from nasbnn_hw.cli.args import POSITIVE, SEED
 from nasbnn_hw.core.arch import Arch, validate
 from nasbnn_hw.errors import ArchError
 from nasbnn_hw.core.layers import count_ops

@@ -2,19 +2,16 @@
 lookup table and predictor against measured subnets: a report with table, plots and points)."""
 from __future__ import annotations
 
-from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, SEED, float_range, int_range, output_dir, output_file
 import sys
 from pathlib import Path
 
+from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, SEED, float_range, int_range, output_dir, output_file
 from nasbnn_hw.errors import NasBnnError
 
 
 def cmd_fit(args) -> int:
     from cost_models.compare import format_metrics
     from cost_models.learned import fit_predictor
-    from cost_models.errors import CostModelError
-    if not 0 <= args.test_fraction < 1:
-        raise CostModelError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     if Path(args.out).exists() and not args.force:
         raise NasBnnError(f"--out {args.out!r} exists; pass --force to replace it, or choose another path")
     p = fit_predictor(args.store, args.device, test_fraction=args.test_fraction, seed=args.seed,

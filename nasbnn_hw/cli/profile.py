@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from nasbnn_hw.profiling.devices import open_device as _device, timing_for
 from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, int_range
+from nasbnn_hw.profiling.devices import open_device as _device, timing_for
 from nasbnn_hw.errors import NasBnnError
 
 

@@ -15,7 +15,7 @@ def budgets_arg(text: str) -> list[float]:
     for part in text.split(","):
         try:
             v = parse_constraint(f"x <= {part.strip()}").value
-        except ValueError as e:
+        except ValueError:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a cost; expected numbers with units, "
                                              "comma-separated, e.g. '1ms,2ms' or '50M'") from None
         if not v > 0:

@@ -1,12 +1,12 @@
 """Training subcommands: train, eval, finetune."""
 from __future__ import annotations
 
-from nasbnn_hw.cli.args import FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, float_range, output_dir
 import json
 from pathlib import Path
 
 import torch
 
+from nasbnn_hw.cli.args import FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, float_range, output_dir
 from nasbnn_hw.cli.core import resolve_archs
 from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.core.space import get_space

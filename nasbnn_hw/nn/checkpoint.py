@@ -117,10 +117,6 @@ def load_supernet(path: str | Path, space: str | SearchSpace | None = None) -> S
     return SupernetCheckpoint(net, {"format": "official"})
 
 
-def _rows(cand) -> list[list[int]]:
-    return official_rows(cand)
-
-
 def load_official_candidate(path: str | Path, space: SearchSpace) -> Arch:
     """An arch from an official candidate saved with torch.save (tensor or nested tuples) or as JSON."""
     p = Path(path)
@@ -133,7 +129,7 @@ def load_official_candidate(path: str | Path, space: SearchSpace) -> Arch:
     else:
         rows = safe_load(p)
     try:
-        return Arch.from_official(_rows(rows), space)
+        return Arch.from_official(rows, space)
     except ArchError as e:
         raise ArchError(f"{str(p)!r}: {e}") from None
 
@@ -168,10 +164,10 @@ def import_official_search(path: str | Path, space: SearchSpace | str = "imagene
                                   "finite number")
         return float(v)
     try:
-        pareto = {tuple(map(tuple, _rows(c))) for c in par.values()}
+        pareto = {tuple(map(tuple, official_rows(c))) for c in par.values()}
         out = []
         for cand, info in vis.items():
-            rows = _rows(cand)
+            rows = official_rows(cand)
             info = info if isinstance(info, dict) else {}
             out.append(OfficialSearchRecord(Arch.from_official(rows, space), num(info.get("acc"), "acc", cand),
                                             num(info.get("ops"), "ops", cand), tuple(map(tuple, rows)) in pareto))
