@@ -8,6 +8,10 @@ Two references, each timed in the same process:
   the ApproxSign gradient spliced in as a piecewise polynomial with the detach trick, and the per-filter
   scale applied to the conv output instead of the weight.
 Run: `python benchmarks/supernet_step.py [--threads 2]`.
+
+On a GPU: `python benchmarks/supernet_step.py --device cuda [--space imagenet --batch 256 --res 224]` times
+this project's step only, in float32 and under each mixed-precision mode (bf16, fp16 + gradient scaler),
+and prints images/s for each (CUDA synchronised around every step).
 """
 from __future__ import annotations
 
@@ -83,7 +87,7 @@ def typical_forward(self, x, out_c, k, groups, stride, binary=True):
     return F.conv2d(x, w, None, stride, k // 2, 1, groups) * scale.view(1, -1, 1, 1)
 
 
-def time_steps(space, batch, res, steps, naive, typical=False):
+def time_steps(space, batch, res, steps, naive, typical=False, device="cpu", amp=""):
     space = space.with_resolution(res)
     n = batch * (steps + 1)
     data = TensorData(torch.randn(n, space.in_channels, res, res), torch.randint(0, space.num_classes, (n,)),
@@ -97,12 +101,16 @@ def time_steps(space, batch, res, steps, naive, typical=False):
     elif naive:
         DynamicBinaryConv2d.forward = naive_forward
     try:
-        tr = SupernetTrainer(space, splits, TrainConfig(epochs=1, batch_size=batch), "/tmp/nasbnn_bench", progress=False)
+        tr = SupernetTrainer(space, splits, TrainConfig(epochs=1, batch_size=batch, device=device, amp=amp),
+                             "/tmp/nasbnn_bench", progress=False)
+        sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
         times = []
         for i in range(steps + 1):
             x, y = data.images[i * batch:(i + 1) * batch], data.labels[i * batch:(i + 1) * batch]
+            sync()
             t = time.perf_counter()
             tr.train_step(x, y)
+            sync()
             tr.global_step += 1
             times.append(time.perf_counter() - t)
     finally:
@@ -131,9 +139,24 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--case", choices=sorted(CASES), help="run one case in this process")
+    ap.add_argument("--device", help="time this project's step only, on this device (e.g. cuda), fp32 and AMP")
+    ap.add_argument("--space", default="imagenet")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--res", type=int, default=224)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     random.seed(0)
+    if args.device:
+        from nasbnn_hw.train.device import resolve_device
+        dev = resolve_device(args.device)
+        modes = [""] + (["bf16", "fp16"] if dev.type == "cuda" else ["bf16"])
+        print(f"{args.space} batch {args.batch} at {args.res}, {dev}, median of {args.steps} steps after a warm-up")
+        print(f"{'amp':6s} {'s/step':>9s} {'images/s':>9s}")
+        for amp in modes:
+            s = time_steps(get_space(args.space), args.batch, args.res, args.steps, naive=False, device=args.device,
+                           amp=amp)
+            print(f"{amp or 'fp32':6s} {s:9.3f} {args.batch / s:9.1f}", flush=True)
+        return
     if args.case:
         run_case(args.case, args.steps)
         return

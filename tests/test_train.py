@@ -224,3 +224,46 @@ def test_torchrun_two_processes_match_single_process(tmp_path, source):
             moved += (a[k] - init_sd[k]).pow(2).sum().item()
     assert moved > 0
     assert diff < 0.01 * moved, (diff, moved)
+
+
+# --- devices and mixed precision -------------------------------------------------------------------
+def test_device_resolution_and_refusals():
+    from nasbnn_hw.train.device import check_amp, resolve_device
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "tpu:0"):
+        with pytest.raises(NasBnnError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(NasBnnError, match="no CUDA GPU is available"):
+            resolve_device("cuda:0")
+        with pytest.raises(NasBnnError, match="fp16 needs a CUDA device"):
+            check_amp("fp16", torch.device("cpu"))
+    assert check_amp("bf16", torch.device("cpu")) == "bf16" and check_amp("", torch.device("cpu")) is None
+    with pytest.raises(NasBnnError, match="--amp 'fp8'"):
+        check_amp("fp8", torch.device("cpu"))
+
+
+def test_cli_device_errors_before_reading_data(tmp_path):
+    r = _cli("train", "--space", "small16", "--data", "imagefolder:/nonexistent", "--device", "tpu",
+             "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--device 'tpu' is not allowed" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_bf16_autocast_and_channels_last_steps_on_cpu(tmp_path, digits):
+    """bf16 autocast trains (finite losses close to float32's first step); channels-last gives float32's
+    gradients within float tolerance."""
+    x, y = digits.train.images[:16], digits.train.labels[:16]
+    steps = {}
+    for name, kw in (("fp32", {}), ("bf16", {"amp": "bf16"}), ("nhwc", {"channels_last": True})):
+        tr = SupernetTrainer(SPACE, digits, _cfg(epochs=1, **kw), tmp_path / name, progress=False)
+        m = tr.train_step(x, y)
+        steps[name] = (m, {n: p.grad.clone() for n, p in tr.net.named_parameters() if p.grad is not None})
+    (m32, g32), (m16, _), (mcl, gcl) = steps["fp32"], steps["bf16"], steps["nhwc"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in m16.values())
+    assert abs(m16["teacher_loss"] - m32["teacher_loss"]) < 0.1 * abs(m32["teacher_loss"])
+    assert m16["teacher_loss"] != m32["teacher_loss"]       # autocast really changed the arithmetic
+    assert abs(mcl["teacher_loss"] - m32["teacher_loss"]) < 1e-5
+    assert g32.keys() == gcl.keys()
+    big = max((g32[k] - gcl[k]).abs().max().item() / (g32[k].abs().max().item() + 1e-12) for k in g32)
+    assert big < 1e-3, big

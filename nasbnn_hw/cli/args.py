@@ -71,6 +71,18 @@ def output_file(text: str) -> str:
     return text
 
 
+def add_device_args(p, training: bool = False) -> None:
+    """--device (and for training --amp, --channels-last) and --workers of a command that runs the network."""
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (auto: a GPU when there is one; "
+                   "under torchrun each process takes the GPU of its LOCAL_RANK)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="processes decoding an image folder "
+                   "(default 2; in-memory sets need none)")
+    if training:
+        p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision (fp16: GPU only, with a gradient "
+                       "scaler; bf16: GPU or CPU)")
+        p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the activations")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line (`nasbnn-hw CMD: error: ...`) and exit status 2, like every other bad input."""
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, SEED, THREADS, float_range, int_range, output_dir
+from nasbnn_hw.cli.args import (NON_NEGATIVE, POSITIVE, SEED, THREADS, add_device_args, float_range, int_range,
+                                output_dir)
 
 
 def budgets_arg(text: str) -> list[float]:
@@ -37,7 +38,7 @@ def cmd_search(args) -> int:
         args.checkpoint, args.cost, args.constraint or [], out, searcher=args.searcher, budget=args.budget,
         seed=args.seed, store=args.store, predictor=args.predictor, data=args.data,
         calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, val_limit=args.val_limit,
-        searcher_params=params, progress=not args.quiet)
+        searcher_params=params, progress=not args.quiet, device=args.device, workers=args.workers)
     rows = write_best_archs(result, out, args.budgets)
     print(f"evaluated {len(result.evaluated)} archs; Pareto set {len(result.pareto)}")
     for r in rows:
@@ -51,7 +52,7 @@ def cmd_quickstart(args) -> int:
     from nasbnn_hw.workflows.quickstart import QuickstartConfig, run_quickstart
     cfg = QuickstartConfig(out=Path(args.out), data=args.data, space=args.space, epochs=args.epochs,
                            steps_per_epoch=args.steps_per_epoch, subnets=args.subnets, threads=args.threads,
-                           budget_fraction=args.budget_fraction)
+                           budget_fraction=args.budget_fraction, torch_device=args.device)
     report = run_quickstart(cfg)
     print(report)
     return 0
@@ -79,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, type=output_dir)
     p.add_argument("--quiet", action="store_true")
+    add_device_args(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("quickstart", help="the whole journey on the embedded default data: train, profile, "
@@ -92,4 +94,6 @@ def register(sub) -> None:
     p.add_argument("--budget-fraction", type=float_range(0, 1, lo_open=True), default=0.5,
                    help="latency budget as a fraction of the largest subnet's predicted latency")
     p.add_argument("--threads", type=THREADS, default=2)
+    p.add_argument("--device", default="cpu", help="where the supernet trains and the search evaluates: auto | cpu "
+                   "| cuda[:N] (latency is always measured on this machine's CPU)")
     p.set_defaults(func=cmd_quickstart)

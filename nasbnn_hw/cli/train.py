@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
-from nasbnn_hw.cli.args import FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, float_range, output_dir
+from nasbnn_hw.cli.args import (FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, add_device_args, float_range,
+                                output_dir)
 from nasbnn_hw.cli.core import resolve_archs
 from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.train.device import resolve_device
 from nasbnn_hw.core.space import get_space
 
 
@@ -17,13 +19,13 @@ def _threads(args):
         torch.set_num_threads(args.threads)
 
 
-def _init_distributed():
-    """Under torchrun: join the process group (gloo on CPU, nccl on GPU)."""
+def _init_distributed(device: torch.device):
+    """Under torchrun: join the process group (nccl when this process trains on a GPU, else gloo)."""
     import os
 
     import torch.distributed as dist
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return True
     return False
 
@@ -40,8 +42,12 @@ def cmd_train(args) -> int:
                       bi_teacher=not args.no_bi_teacher, weight_norm=not args.no_weight_norm,
                       bi_transformation=not args.no_bi_transformation, weight_distill=args.weight_distill,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch,
-                      workers=args.workers)
-    distributed = _init_distributed()
+                      workers=args.workers, device=args.device, amp=args.amp or "",
+                      channels_last=args.channels_last)
+    from nasbnn_hw.train.device import check_amp
+    device = resolve_device(args.device)    # refused here, before any data is read
+    check_amp(args.amp, device)
+    distributed = _init_distributed(device)
     data_config = {"source": args.data, "val_fraction": args.val_fraction, "limit_train": args.limit_train,
                    "split_seed": 0, "augment": args.augment, "strict_images": args.strict_images}
     splits = load_splits(args.data, space.resolution, space.in_channels, args.val_fraction, args.limit_train,
@@ -71,13 +77,13 @@ def cmd_eval(args) -> int:
     from nasbnn_hw.nn.subnet_io import data_for_checkpoint
     _threads(args)
     ck = load_supernet(args.checkpoint)
-    net, space = ck.supernet, ck.supernet.space
+    net, space = ck.supernet.to(resolve_device(args.device)), ck.supernet.space
     splits = data_for_checkpoint(ck.extra, space, args.data)
     split = getattr(splits, args.split)
-    calib = calibration_batches(splits.train, args.calib_batches, args.calib_batch_size)
+    calib = calibration_batches(splits.train, args.calib_batches, args.calib_batch_size, workers=args.workers)
     for arch in resolve_archs(args.arch, space, seed=args.seed):
         recalibrate_bn(net, arch, calib)
-        acc = accuracy(net, split, arch=arch)
+        acc = accuracy(net, split, arch=arch, workers=args.workers)
         print(json.dumps({"arch": arch.to_dict()["stages"], "split": args.split, "top1": round(acc["top1"], 3),
                           "top5": round(acc["top5"], 3), "ops_M": count_ops(arch, space).ops / 1e6}))
     return 0
@@ -90,14 +96,14 @@ def cmd_finetune(args) -> int:
     from nasbnn_hw.train.trainer import finetune
     _threads(args)
     ck = load_supernet(args.checkpoint)
-    net, space = ck.supernet, ck.supernet.space
+    net, space = ck.supernet.to(resolve_device(args.device)), ck.supernet.space
     archs = resolve_archs(args.arch, space, seed=args.seed)
     if len(archs) != 1:
         raise NasBnnError(f"--arch names {len(archs)} archs; finetune takes exactly one")
     splits = data_for_checkpoint(ck.extra, space, args.data)
     sub, hist = finetune(net, archs[0], splits, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch)
-    test = accuracy(sub, splits.test)
+    test = accuracy(sub, splits.test, workers=args.workers)
     save_subnet(args.out, sub, net, history=hist, data_config=ck.extra.get("data_config"), test=test)
     print(json.dumps({"out": str(args.out), "test_top1": test["top1"], "history": hist}))
     return 0
@@ -131,8 +137,7 @@ def register(sub) -> None:
     p.add_argument("--augment", action="store_true", help="the official training augmentation for in-memory "
                    "sets (CIFAR: pad 4, random crop, flip); image folders are always augmented "
                    "(RandomResizedCrop + flip)")
-    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="processes decoding an image folder "
-                   "(default 2; in-memory sets need none)")
+    add_device_args(p, training=True)
     p.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image (naming "
                    "it) instead of skipping and counting it")
     p.add_argument("--threads", type=THREADS)
@@ -146,6 +151,7 @@ def register(sub) -> None:
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--calib-batches", type=POSITIVE, default=10,
                    help="training batches that recalibrate BN before each arch is evaluated (>= 1)")
+    add_device_args(p)
     p.add_argument("--calib-batch-size", type=POSITIVE, default=256)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=THREADS)
@@ -163,4 +169,5 @@ def register(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=THREADS)
     p.add_argument("--quiet", action="store_true")
+    add_device_args(p)
     p.set_defaults(func=cmd_finetune)

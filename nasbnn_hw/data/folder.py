@@ -140,6 +140,12 @@ class FolderData(torch.utils.data.Dataset):
         """Every file's label (no decoding)."""
         return torch.from_numpy(self._labels.copy())
 
+    def subset(self, idx) -> "FolderData":
+        """The samples at `idx` (same transform, seed and strictness), as `TensorData.subset`."""
+        idx = [int(i) for i in idx]
+        return FolderData([(self.path(i), int(self._labels[i])) for i in idx], self.classes, self.resolution,
+                          self.in_channels, self.transform, self.seed, self.strict)
+
     def path(self, index: int) -> str:
         return os.fsdecode(self._blob[self._offsets[index]:self._offsets[index + 1]].tobytes())
 

@@ -10,6 +10,7 @@ from nasbnn_hw.nn.binary_ops import DynamicBatchNorm2d
 from nasbnn_hw.data import iter_batches, sequential
 from nasbnn_hw.data.sets import TensorData
 from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.train.device import model_device
 
 
 def calibration_batches(data, num_batches: int, batch_size: int, seed: int = 0, workers: int = 0):
@@ -51,9 +52,9 @@ def recalibrate_bn(supernet, arch: Arch, batches: Iterable[torch.Tensor]) -> Non
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    seen = 0
+    seen, dev = 0, model_device(supernet)
     for x in batches:
-        supernet(x, arch)
+        supernet(x.to(dev), arch)
         seen += 1
     for bn, m in zip(bns, saved):
         bn.momentum = m
@@ -68,7 +69,9 @@ def accuracy(model, data, batch_size: int = 1000, arch: Arch | None = None, work
     model.eval()
     correct1 = correct5 = 0
     k = min(5, data.num_classes)
+    dev = model_device(model)
     for x, y in iter_batches(data, sequential(len(data), batch_size), 0, workers=workers):
+        x, y = x.to(dev), y.to(dev)
         logits = model(x, arch) if arch is not None else model(x)
         top = logits.topk(k, dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()
@@ -81,8 +84,9 @@ class SubnetEvaluator:
     """Fitness for the search: top-1 on a held-out split after BN recalibration on cached batches.
     A seen arch is never evaluated twice."""
 
-    def __init__(self, supernet, calib: Sequence[torch.Tensor], val: TensorData, batch_size: int = 1000):
-        self.supernet, self.val, self.batch_size = supernet, val, batch_size
+    def __init__(self, supernet, calib: Sequence[torch.Tensor], val: TensorData, batch_size: int = 1000,
+                 workers: int = 0):
+        self.supernet, self.val, self.batch_size, self.workers = supernet, val, batch_size, workers
         self.calib = calib if isinstance(calib, StreamedBatches) else list(calib)  # a stream is decoded per pass
         self.cache: dict[Arch, float] = {}
 
@@ -90,6 +94,6 @@ class SubnetEvaluator:
         acc = self.cache.get(arch)
         if acc is None:
             recalibrate_bn(self.supernet, arch, self.calib)
-            acc = accuracy(self.supernet, self.val, self.batch_size, arch)["top1"]
+            acc = accuracy(self.supernet, self.val, self.batch_size, arch, workers=self.workers)["top1"]
             self.cache[arch] = acc
         return acc

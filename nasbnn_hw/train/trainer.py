@@ -28,6 +28,7 @@ from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d, QuantStemConv
 from nasbnn_hw.nn.checkpoint import load_supernet, safe_load, save_supernet
 from nasbnn_hw.nn.supernet import SuperBNN
+from nasbnn_hw.train.device import autocast, check_amp, grad_scaler, model_device, resolve_device, to_device
 
 log = logging.getLogger("nasbnn_hw.train.trainer")
 
@@ -48,6 +49,9 @@ class TrainConfig:
     checkpoint_every: int = 0      # also checkpoint every K steps (0: only at epoch ends)
     max_steps_per_epoch: int = 0   # 0: the whole training split
     workers: int = 0               # DataLoader processes decoding a streamed (image folder) training set
+    device: str = "cpu"            # auto | cpu | cuda[:N]
+    amp: str = ""                  # "" (float32) | bf16 | fp16 (with a gradient scaler)
+    channels_last: bool = False
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -87,7 +91,11 @@ class SupernetTrainer:
         if cfg.batch_size % self.world:
             raise NasBnnError(f"batch_size={cfg.batch_size} must be divisible by the number of processes {self.world}")
         torch.manual_seed(cfg.seed)
-        self.net = SuperBNN(space, cfg.weight_norm, cfg.bi_transformation)
+        self.device = resolve_device(cfg.device)
+        self.amp = check_amp(cfg.amp, self.device)
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.net = SuperBNN(space, cfg.weight_norm, cfg.bi_transformation).to(
+            self.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
         self.opt = torch.optim.Adam(_param_groups(self.net, cfg.weight_decay), lr=cfg.lr)
         n = len(data.train) // cfg.batch_size
         self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
@@ -167,20 +175,30 @@ class SupernetTrainer:
         cfg, net = self.cfg, self.net
         net.train()
         self.opt.zero_grad(set_to_none=True)  # unused params skip the step: resume-exact
-        t_logits = net(x, self.largest, binary_weights=not cfg.bi_teacher)
-        t_loss = F.cross_entropy(t_logits, y, label_smoothing=cfg.label_smoothing)
-        t_loss.backward()
-        soft = F.softmax(t_logits.detach(), dim=1)
+        x, y = to_device(x, self.device, cfg.channels_last), y.to(self.device)
+        same = lambda t: t  # noqa: E731
+        scale = self.scaler.scale if self.scaler is not None else same
+        fp32 = (lambda t: t.float()) if self.amp else same   # losses in float32 under autocast only
+        with autocast(self.device, self.amp):
+            t_logits = net(x, self.largest, binary_weights=not cfg.bi_teacher)
+            t_loss = F.cross_entropy(fp32(t_logits), y, label_smoothing=cfg.label_smoothing)
+        scale(t_loss).backward()
+        soft = F.softmax(fp32(t_logits.detach()), dim=1)
         kd_losses = []
         for arch in self._students(self.global_step):
-            s_logits = net(x, arch, binary_weights=True)
-            kd = F.kl_div(F.log_softmax(s_logits, dim=1), soft, reduction="batchmean")
-            kd_losses.append(kd.item())
-            if cfg.weight_distill:
-                kd = kd + cfg.weight_distill * net.weight_distill_loss(arch)
-            kd.backward()
+            with autocast(self.device, self.amp):
+                s_logits = net(x, arch, binary_weights=True)
+                kd = F.kl_div(F.log_softmax(fp32(s_logits), dim=1), soft, reduction="batchmean")
+                kd_losses.append(kd.item())
+                if cfg.weight_distill:
+                    kd = kd + cfg.weight_distill * net.weight_distill_loss(arch)
+            scale(kd).backward()
         self._sync_grads()
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.sched.step()
         return {"teacher_loss": t_loss.item(), "kd_loss": sum(kd_losses) / max(1, len(kd_losses)),
                 "teacher_acc": (t_logits.argmax(1) == y).float().mean().item() * 100}
@@ -257,6 +275,7 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
             idx = perm[i * batch_size:(i + 1) * batch_size]
             opt.zero_grad()
             x, y = next(iter_batches(data.train, [idx], ep))
+            x, y = x.to(model_device(supernet)), y.to(model_device(supernet))
             loss = F.cross_entropy(supernet(x, arch), y,
                                    label_smoothing=label_smoothing)
             loss.backward()

@@ -24,7 +24,8 @@ class QuickstartConfig:
     subnets: int = 24
     threads: int = 2
     budget_fraction: float = 0.5
-    device: str = "local"
+    device: str = "local"          # the device profile whose latency is measured
+    torch_device: str = "cpu"      # where the supernet trains and the search evaluates: auto | cpu | cuda[:N]
     population: int = 32
     generations: int = 4
     seed: int = 0
@@ -165,7 +166,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
 
     def train():
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, max_steps_per_epoch=cfg.steps_per_epoch,
-                           seed=cfg.seed)
+                           seed=cfg.seed, device=cfg.torch_device)
         tr = SupernetTrainer(space, splits, tcfg, out / "supernet",
                              data_config={"source": source, "val_fraction": 0.1, "limit_train": None, "split_seed": 0})
         if tr.resume():
@@ -238,14 +239,15 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               "mutations": cfg.population // 2, "crossovers": cfg.population // 2}
     result, plots, _ = stages.run("evolutionary search, latency-aware", lambda: run_search_with_checkpoint(
         ckpt, f"latency@{device}", [f"latency@{device} <= {budgets[-1] * 1e3:.4f}ms"], out / "search",
-        store=str(store_path), predictor=str(pred_path), val_limit=2000, searcher_params=params, seed=cfg.seed))
+        store=str(store_path), predictor=str(pred_path), val_limit=2000, searcher_params=params, seed=cfg.seed,
+        device=cfg.torch_device))
     ops_budgets = [max(0.0, (b - icpt) / slope) for b in budgets]
     ops_result, _, _ = stages.run("evolutionary search, OPs-aware", lambda: run_search_with_checkpoint(
         ckpt, "ops", [f"ops <= {ops_budgets[-1]:.6g}"], out / "search_ops", val_limit=2000, searcher_params=params,
-        seed=cfg.seed))
+        seed=cfg.seed, device=cfg.torch_device))
     chosen = _best_under(result, budget_s)
 
-    # 5. export + verify + measure -----------------------------------------------------------------
+    # 5. export + verify + measure (on the CPU: ONNX and TVM take the CPU weights) -------------------
     sup = load_supernet(ckpt).supernet
 
     def export():

@@ -37,9 +37,12 @@ def write_best_archs(result, out_dir: Path, budgets: list[float]) -> list[dict]:
 
 def run_search_with_checkpoint(checkpoint, cost: str, constraints, out_dir, *, searcher="evolutionary",
                                budget=None, seed=0, store=None, predictor=None, data=None, calib_batches=4,
-                               calib_batch_size=256, val_limit=None, searcher_params=None, progress=True):
+                               calib_batch_size=256, val_limit=None, searcher_params=None, progress=True,
+                               device="cpu", workers=0):
     """Run `searcher` over the supernet of `checkpoint` (its own data unless `data`) with cost model `cost`
-    under `constraints`; resumable from `out_dir/state`. Returns (result, plot paths, space)."""
+    under `constraints`; resumable from `out_dir/state`. The fitness (BN recalibration + top-1) runs on
+    `device` (auto | cpu | cuda[:N]), an image folder decoded by `workers` processes. Returns (result, plot
+    paths, space)."""
     from searchers.plot import plot_pareto_fronts
     from searchers.run import run_search
 
@@ -56,11 +59,13 @@ def run_search_with_checkpoint(checkpoint, cost: str, constraints, out_dir, *, s
             warn = noise_warning(store, dev)
             if warn:
                 print(warn, file=sys.stderr)
+    from nasbnn_hw.train.device import resolve_device
     ck = load_supernet(checkpoint)
-    net, space = ck.supernet, ck.supernet.space
+    net, space = ck.supernet.to(resolve_device(device)), ck.supernet.space
     splits = data_for_checkpoint(ck.extra, space, data)
     val = splits.val if not val_limit else splits.val.subset(range(min(val_limit, len(splits.val))))
-    evaluator = SubnetEvaluator(net, calibration_batches(splits.train, calib_batches, calib_batch_size), val)
+    evaluator = SubnetEvaluator(net, calibration_batches(splits.train, calib_batches, calib_batch_size,
+                                                         workers=workers), val, workers=workers)
     if progress:
         from tqdm import tqdm
         bar = tqdm(desc="search: evaluated", unit="arch", dynamic_ncols=True)
