@@ -106,3 +106,33 @@ def test_import_official_search_result(tmp_path):
     assert recs[2].ops == pytest.approx(count_ops(archs[2], sp).ops / 1e6)
     torch.save(torch.tensor(archs[4].to_official(sp)), tmp_path / "cand.pt")
     assert load_official_candidate(tmp_path / "cand.pt", sp) == archs[4]
+
+
+def test_search_the_official_checkpoint_directly_on_an_image_folder(tmp_path):
+    """`search --checkpoint <official .pth.tar> --data imagefolder:DIR` with no conversion step: the official
+    layout is read, the imagenet space assumed, the folder streamed at 224 (fitness = images held out of
+    train/)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from nasbnn_hw.cli import main
+    sp = get_space("imagenet")
+    torch.manual_seed(0)
+    ck = _official_checkpoint(tmp_path, SuperBNN(sp))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("n01", "n02"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (240, 300, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / c / f"{i}.jpg")
+    out = tmp_path / "search"
+    rc = main(["search", "--checkpoint", str(ck), "--data", f"imagefolder:{tmp_path / 'img'}", "--cost", "ops",
+               "--searcher", "random", "--budget", "3", "--calib-batches", "1", "--calib-batch-size", "2",
+               "--workers", "0", "--out", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "result.json").read_text())
+    assert len(res["evaluated"]) == 3
+    assert all(0 <= c["accuracy"] <= 100 and c["costs"]["ops"] > 20e6 for c in res["evaluated"])
