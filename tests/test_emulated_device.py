@@ -1,4 +1,6 @@
 """The shipped `qemu-aarch64` device: cross-compiled kernels run under qemu-user through the board harness."""
+from pathlib import Path
+
 import numpy as np
 
 from device_profiles import load_profile
@@ -44,3 +46,17 @@ def test_two_devices_profiled_in_parallel_into_one_store(tmp_path, capsys):
     assert "[local]" in out and "[qemu-aarch64]" in out
     with MeasurementStore(db) as store:
         assert len(store.query(device="local")) == 2 and len(store.query(device="qemu-aarch64")) == 2
+
+
+def test_devices_check_of_the_emulated_board_runs_its_harness_without_ssh(tmp_path, capsys):
+    assert main(["devices", "check", "qemu-aarch64"]) == 0
+    out = capsys.readouterr()
+    assert "harness" in out.out and "runs under qemu-aarch64" in out.out and "arch aarch64" in out.out
+    assert "SSH key" not in out.err and "times are not aarch64 latencies" in out.err
+    bad = tmp_path / "emu.toml"    # the same board with an emulator that is not installed
+    bad.write_text(Path(load_profile("qemu-aarch64").path).read_text()
+                   .replace('"qemu-aarch64", "-L"', '"qemu-nonexistent-x", "-L"')
+                   .replace('name = "qemu-aarch64"', 'name = "emu"'))
+    assert main(["devices", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'qemu-nonexistent-x' is not installed" in err[0] and "qemu-user" in err[0]

@@ -74,15 +74,23 @@ def _check(p, args) -> int:
                                    f"({str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__})") from None
         print(f"{p.name}: TVM RPC server at {p.host}:{p.port or 9090} answers")
         return 0
-    import dataclasses
+    if p.runner == "emulated":
+        from nasbnn_hw.profiling.runners import get_runner
+        with get_runner(p) as runner:
+            info = runner.board_info()
+        print(f"{p.name}: the {p.arch} harness (cross-built with {p.cross_compiler or 'cc'}) runs under "
+              f"{' '.join(p.exec_wrapper)} on this {info['uname_m']} machine: arch {info['harness_arch']}, "
+              f"{info['cpus']} CPUs; no SSH involved")
+    else:
+        import dataclasses
 
-    from nasbnn_hw.profiling.runners.ssh import SSHRunner
-    quick = dataclasses.replace(p, retries=min(p.retries, 1))      # a check should not wait long
-    with SSHRunner(quick, accept_new_host_key=args.accept_new_host_key) as runner:
-        info = runner.board_info()
+        from nasbnn_hw.profiling.runners.ssh import SSHRunner
+        quick = dataclasses.replace(p, retries=min(p.retries, 1))      # a check should not wait long
+        with SSHRunner(quick, accept_new_host_key=args.accept_new_host_key) as runner:
+            info = runner.board_info()
+        print(f"{p.name}: connected to {runner.settings}; uname -m: {info['uname_m']}; harness runs as "
+              f"{info['harness_arch']} with {info['cpus']} CPUs")
     machine = normalize_arch(info["uname_m"])
-    print(f"{p.name}: connected to {runner.settings}; uname -m: {info['uname_m']}; harness runs as "
-          f"{info['harness_arch']} with {info['cpus']} CPUs")
     if normalize_arch(info["harness_arch"]) != p.arch:
         raise ProfileError(f"device '{p.name}': the board runs {info['harness_arch']} binaries, the profile's "
                            f"target is {p.arch}")

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from nasbnn_hw.profiling.runners.base import ArgSpec, ClosingRunner, Timing
-from nasbnn_hw.profiling.runners.errors import KernelError
+from nasbnn_hw.profiling.runners.errors import DeviceSetupError, KernelError
 from nasbnn_hw.profiling.runners.harness import build_harness, parse_samples, write_spec
 from nasbnn_hw.profiling.runners.inputs import input_arrays
 
@@ -58,6 +58,28 @@ class HarnessProcessRunner(ClosingRunner):
                 outputs = tuple(np.fromfile(Path(wd) / f"out{i}.bin", dtype=a.dtype).reshape(a.shape)
                                 for i, a in enumerate(args) if a.is_output)
         return Timing(samples, outputs)
+
+    def board_info(self) -> dict:
+        """What the harness says about itself when run through the emulator (proves both work), as
+        `SSHRunner.board_info`: {"uname_m": this machine, "harness_arch", "cpus"}."""
+        import platform
+        import shutil
+        if self.exec_wrapper and shutil.which(self.exec_wrapper[0]) is None:
+            raise DeviceSetupError(f"device '{self.device}': the emulator {self.exec_wrapper[0]!r} is not "
+                                   "installed (Debian: apt install qemu-user libc6-dev-arm64-cross)")
+        self._exe = self._exe or build_harness(self.arch, self.compiler)
+        try:
+            r = subprocess.run([*self.exec_wrapper, str(self._exe), "--info"], capture_output=True, text=True,
+                               timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeviceSetupError(f"device '{self.device}': the harness did not answer within "
+                                   f"{self.timeout_s:g} s") from None
+        if r.returncode:
+            raise DeviceSetupError(f"device '{self.device}': the {self.arch} harness does not run under "
+                                   f"{' '.join(self.exec_wrapper) or 'this machine'} (status {r.returncode}): "
+                                   f"{r.stderr.strip()[-400:]}")
+        fields = dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
+        return {"uname_m": platform.machine(), "harness_arch": fields.get("arch", ""), "cpus": fields.get("cpus", "")}
 
     def close(self) -> None:
         pass
