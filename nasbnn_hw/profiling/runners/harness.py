@@ -29,8 +29,24 @@ LDFLAGS = ("-rdynamic", "-ldl", "-Wl,--no-as-needed", "-lm", "-Wl,--as-needed", 
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183, "arm": 40, "riscv64": 243, "x86": 3}
 
 
+def c_source(package: str, name: str) -> bytes:
+    """The C file `name` of `package` as one self-contained source: each `#include "tvm_backend.h"` (and any
+    other quoted include of this package) replaced by that file, so it builds (here, or on a board) alone."""
+    root = resources.files(package)
+    lines = []
+    for line in root.joinpath(name).read_bytes().splitlines(keepends=True):
+        s = line.strip()
+        if s.startswith(b'#include "') and s.endswith(b'"'):
+            inc = s[len(b'#include "'):-1].decode()
+            pkg = "nasbnn_hw.profiling.runners" if inc == "tvm_backend.h" else package
+            lines.append(c_source(pkg, inc))
+        else:
+            lines.append(line)
+    return b"".join(lines)
+
+
 def harness_source() -> bytes:
-    return resources.files("nasbnn_hw.profiling.runners").joinpath("harness.c").read_bytes()
+    return c_source("nasbnn_hw.profiling.runners", "harness.c")
 
 
 def cache_dir() -> Path:
@@ -46,34 +62,39 @@ def elf_machine(path: Path) -> int | None:
     return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
 
 
-def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> Path:
-    """The harness executable for `arch` (a `uname -m` name), compiled with `compiler` (default `cc`)."""
+def build_program(src: bytes, exe: Path, arch: str, compiler: str = "") -> Path:
+    """Compile the one-file C program `src` to `exe` (atomically) for `arch` with `compiler` (default `cc`),
+    with the flags every loader of TVM libraries needs, and check the result's ELF machine."""
     cmd = shlex.split(compiler or "cc")
     if not shutil.which(cmd[0]):
         raise DeviceSetupError(f"compiler {cmd[0]!r} for {arch} not found; install it (Debian: gcc-{arch}-linux-gnu) "
-                          "or set cross_compiler in the device profile")
-    src = harness_source()
-    key = hashlib.sha256(b"\0".join([src, " ".join(cmd + list(CFLAGS + LDFLAGS)).encode(), arch.encode()])).hexdigest()[:16]
-    out_dir = (cache or cache_dir()) / "harness" / f"{arch}-{key}"
-    exe = out_dir / HARNESS_NAME
-    if exe.is_file():
-        return exe
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        c_file = Path(tmp) / "harness.c"
+                               "or set cross_compiler in the device profile")
+    exe = Path(exe)
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=exe.parent) as tmp:
+        c_file = Path(tmp) / f"{exe.name}.c"
         c_file.write_bytes(src)
-        tmp_exe = Path(tmp) / HARNESS_NAME
+        tmp_exe = Path(tmp) / exe.name
         r = subprocess.run([*cmd, *CFLAGS, "-o", str(tmp_exe), str(c_file), *LDFLAGS], capture_output=True, text=True,
                            timeout=300)
         if r.returncode:
-            raise DeviceSetupError(f"building the harness with {' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
+            raise DeviceSetupError(f"building {exe.name} with {' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
         want = _ELF_MACHINE.get(arch)
         got = elf_machine(tmp_exe)
         if want is not None and got != want:
             raise DeviceSetupError(f"compiler {' '.join(cmd)!r} builds for ELF machine {got}, not {arch} ({want}); "
-                              "set cross_compiler in the device profile")
+                                   "set cross_compiler in the device profile")
         os.replace(tmp_exe, exe)
     return exe
+
+
+def build_harness(arch: str, compiler: str = "", cache: Path | None = None) -> Path:
+    """The harness executable for `arch` (a `uname -m` name), compiled with `compiler` (default `cc`)."""
+    cmd = shlex.split(compiler or "cc")
+    src = harness_source()
+    key = hashlib.sha256(b"\0".join([src, " ".join(cmd + list(CFLAGS + LDFLAGS)).encode(), arch.encode()])).hexdigest()[:16]
+    exe = (cache or cache_dir()) / "harness" / f"{arch}-{key}" / HARNESS_NAME
+    return exe if exe.is_file() else build_program(src, exe, arch, compiler)
 
 
 def write_spec(args: Sequence[ArgSpec], *, lib: str, warmup: int, repeat: int, number: int, threads: int,
