@@ -14,6 +14,7 @@ COMMAND_MODULES = (  # the order of a user's journey: space, training, devices, 
     "nasbnn_hw.cli.train",
     "nasbnn_hw.cli.devices",
     "nasbnn_hw.cli.profile",
+    "nasbnn_hw.cli.deploy",
     "nasbnn_hw.cli.costs",
     "nasbnn_hw.cli.search",
 )

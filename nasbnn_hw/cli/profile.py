@@ -1,5 +1,5 @@
-"""Subcommands `profile` (measure layers / subnets of a space on a device into the store) and `export`
-(a subnet of a trained supernet as a compiled TVM library or an ONNX file)."""
+"""Subcommands `profile` (measure layers / subnets of a space on a device into the store) and `measurements`
+(what a store holds)."""
 from __future__ import annotations
 
 import logging
@@ -8,14 +8,6 @@ import sys
 from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, int_range
 from nasbnn_hw.profiling.devices import open_device as _device, timing_for
 from nasbnn_hw.errors import NasBnnError
-
-
-def _target(name: str, devices_dir=None):
-    """What to compile for on --device, without connecting to it."""
-    if name == "local":
-        return "local"
-    from device_profiles import load_profile
-    return load_profile(name, [devices_dir] if devices_dir else [])
 
 
 def _profile_in_parallel(args) -> int:
@@ -148,79 +140,6 @@ def _uncertain_subnets(args, space, device, store, pool_factor: int = 20):
     return next_batch(PredictorCostModel(space, predictor, device), pool, args.subnets)
 
 
-def _load_model(args):
-    """The static subnet to export: a subnet file as is, or an arch of a supernet checkpoint after BN
-    recalibration on its training data (`--no-recalibrate` keeps the stored statistics)."""
-    from nasbnn_hw.nn.checkpoint import load_supernet, safe_load
-    from nasbnn_hw.cli.core import resolve_archs
-    from nasbnn_hw.nn.subnet_io import SUBNET_FORMAT, data_for_checkpoint, load_subnet, recalibrated_subnet
-    from nasbnn_hw.nn.supernet import extract_subnet
-    obj = safe_load(args.checkpoint)
-    if isinstance(obj, dict) and obj.get("format") == SUBNET_FORMAT:
-        sub = load_subnet(args.checkpoint, obj)
-        return sub, sub.space
-    ck = load_supernet(args.checkpoint, args.space)
-    sup = ck.supernet
-    archs = resolve_archs(args.arch, sup.space, getattr(args, "official_cand", None))
-    if len(archs) != 1:
-        raise NasBnnError(f"--arch names {len(archs)} archs; export takes exactly one")
-    if args.no_recalibrate:
-        return extract_subnet(sup, archs[0]).eval(), sup.space
-    splits = data_for_checkpoint(ck.extra, sup.space, args.data)
-    return recalibrated_subnet(sup, archs[0], splits).eval(), sup.space
-
-
-def cmd_export(args) -> int:
-    """Refuse outputs that would destroy a file (checked before anything is compiled), load the subnet,
-    export it atomically and check its logits against PyTorch."""
-    from pathlib import Path
-
-    import torch
-
-    from nasbnn_hw.deploy.onnx_net import check_agreement, export_onnx
-    from nasbnn_hw.deploy.tvm_net import check_outputs
-    from nasbnn_hw.errors import CheckpointError
-    out = Path(args.out)
-    outputs = ({"ONNX file": out} if args.format == "onnx"
-               else {"library": out, "parameter file": out.with_suffix(".npz")})
-    named = [("checkpoint", args.checkpoint), *(("arch file", a) for a in (args.arch or "").split(",")),
-             ("official candidate", args.official_cand), ("data", args.data), ("space file", args.space),
-             ("device profile", args.device)]
-    inputs = [(role, v) for role, v in named if v and (role == "checkpoint" or Path(v).exists())]
-    check_outputs(outputs, inputs, force=args.force)
-    model, space = _load_model(args)
-    if args.space:
-        from nasbnn_hw.core.space import get_space
-        want, have = get_space(args.space).to_dict(), space.to_dict()
-        diff = [k for k in have if k != "name" and want[k] != have[k]]
-        if diff:
-            raise CheckpointError(f"--space {args.space!r} is space '{want['name']}', but {args.checkpoint!r} holds "
-                                  f"space '{have['name']}' (they differ in {', '.join(diff)}); drop --space or "
-                                  f"pass --space {have['name']}")
-    shape = (args.batch, space.in_channels, space.resolution, space.resolution)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = model(x).numpy()
-    if args.format == "onnx":
-        got = export_onnx(model, x, args.out)
-        how = "onnxruntime"
-    else:
-        from nasbnn_hw.deploy.tvm_net import compile_subnet
-        from nasbnn_hw.deploy.kernels import resolve_target
-        target = _target(args.device, args.devices_dir)
-        net = compile_subnet(model, target=target, batch=args.batch)
-        net.export(args.out)
-        if not net.target.runs_here:
-            print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; not verified here (other device)")
-            return 0
-        got = net(x.numpy())
-        how = "TVM"
-    check = check_agreement(how, got, ref)
-    print(f"wrote {args.out}; {how} vs PyTorch: max rel err {check['max_rel_err']:.2e}, "
-          f"same top-1: {check['same_top1']}")
-    return 0
-
-
 def cmd_measurements(args) -> int:
     """What a store holds: a table per device / target / TVM version / kind (/ space), or every
     measurement as CSV."""
@@ -299,19 +218,3 @@ def register(sub) -> None:
     p.add_argument("--device", help="only this device")
     p.add_argument("--csv", metavar="FILE", help="write every measurement to FILE as CSV instead")
     p.set_defaults(func=cmd_measurements)
-
-    p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library or ONNX)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--space", help="space of the checkpoint (default: the one stored in it)")
-    p.add_argument("--arch", help="arch JSON file (e.g. search/best/budget0.json), largest or smallest")
-    p.add_argument("--official-cand", help="official NAS-BNN candidate file instead of --arch")
-    p.add_argument("--data", help="data for BN recalibration (default: the one recorded in the checkpoint)")
-    p.add_argument("--no-recalibrate", action="store_true", help="export with the supernet's stored BN statistics")
-    p.add_argument("--format", choices=("tvm", "onnx"), default="tvm")
-    p.add_argument("--device", default="local", help="device profile to compile for (tvm; default: local)")
-    p.add_argument("--devices-dir", help="extra directory of device profiles")
-    p.add_argument("--batch", type=POSITIVE, default=1, help="batch size the TVM library is compiled for")
-    p.add_argument("--out", required=True, help="output file (.so for tvm, with parameters in .npz beside it); "
-                   "never an input of the export")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.set_defaults(func=cmd_export)

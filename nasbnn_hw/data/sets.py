@@ -52,11 +52,19 @@ class TensorData:
         return x, y
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
 @dataclass
 class Splits:
     train: TensorData   # supernet training (a streamed `folder.FolderData` for image folders)
     val: TensorData     # held-out part of the training set: search fitness
     test: TensorData    # the dataset's own test split: final numbers
+    # in-memory sets: the per-channel (mean, std) of the [0, 1] training images that inputs are normalised with
+    # (None for image folders: mean = std = 0.5); class names when the data has them
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -187,7 +195,7 @@ def folder_splits(path: Path, resolution: int, in_channels: int, val_fraction: f
     return Splits(make(train, TrainTransform(resolution)), make(fitness, EvalTransform(resolution)),
                   make(test, EvalTransform(resolution)) if test else TensorData(
                       torch.zeros(0, in_channels, resolution, resolution), torch.zeros(0, dtype=torch.long),
-                      len(scan["classes"]), f"imagefolder:{path}"))
+                      len(scan["classes"]), f"imagefolder:{path}"), class_names=tuple(scan["classes"]))
 
 
 def load_splits(source: str, resolution: int, in_channels: int, val_fraction: float = 0.1,
@@ -227,8 +235,10 @@ def load_splits(source: str, resolution: int, in_channels: int, val_fraction: fl
     if augment:
         from .transforms import CifarTrain
         train.augment, train.seed = CifarTrain(resolution), seed
-    return Splits(train, full.subset(val_idx),
-                  TensorData(xte_t, torch.from_numpy(yte), num_classes, name))
+    names = {"digits": tuple(str(i) for i in range(10)),
+             "idx": FASHION_MNIST_CLASSES if num_classes == 10 and "fashion" in str(path).lower() else None}.get(kind)
+    return Splits(train, full.subset(val_idx), TensorData(xte_t, torch.from_numpy(yte), num_classes, name),
+                  normalisation=(tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())), class_names=names)
 
 
 def default_source() -> tuple[str, str]:

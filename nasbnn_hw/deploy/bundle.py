@@ -36,7 +36,7 @@ import numpy as np
 from nasbnn_hw.deploy.tvm_net import DeployError, TvmSubnet
 
 __all__ = ["BUNDLE_FORMAT", "Preprocess", "BundleResult", "write_bundle", "open_bundle", "run_bundle",
-           "write_params", "read_params", "emulator_for", "RUNNER_NAME"]
+           "write_params", "read_params", "emulator_for", "RUNNER_NAME", "check_bundle_out", "run_bundle_ssh"]
 
 BUNDLE_FORMAT = "nasbnn-hw/bundle-v1"
 RUNNER_NAME = "nasbnn-run"
@@ -214,7 +214,10 @@ build it there from its one source file:
 """
 
 
-def _check_out_dir(out: Path, inputs: Sequence[tuple[str, Path]], force: bool) -> None:
+def check_bundle_out(out: str | Path, inputs: Sequence[tuple[str, Path]] = (), force: bool = False) -> None:
+    """Refuse a bundle directory that is a file, holds one of the `inputs` ((role, path)), is a non-empty
+    directory that is not a bundle, or (unless `force`) an existing bundle."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise DeployError(f"output bundle {str(out)!r} is an existing file; give a directory path")
     for role, p in inputs:
@@ -240,7 +243,7 @@ def write_bundle(net: TvmSubnet, out: str | Path, *, profile=None, preprocess: P
     from nasbnn_hw.profiling.runners.harness import build_program
     from nasbnn_hw.utils import atomic_write_text
     out = Path(out)
-    _check_out_dir(out, inputs, force)
+    check_bundle_out(out, inputs, force)
     arch = profile.arch if profile is not None else platform.machine()
     compiler = (profile.cross_compiler if profile is not None and profile.cross_compiler else "")
     threads = int(getattr(profile, "threads", 1) or 1) if profile is not None else 1
@@ -268,7 +271,9 @@ def write_bundle(net: TvmSubnet, out: str | Path, *, profile=None, preprocess: P
         files = [f for f in _FILES + ("labels.txt", "README.md") if (tmp / f).exists()]
         manifest["files"] = {f: _sha256(tmp / f) for f in files}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():   # temporary files are created private; a bundle is meant to be copied
+            f.chmod(0o755 if f.name in (RUNNER_NAME, "model.so") else 0o644)
+        tmp.chmod(0o755)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -352,6 +357,34 @@ def runner_args(n_inputs: int, *, top: int = 5, warmup: int | None = None, repea
     return args + ["--"] + [f"input{i:04d}" for i in range(n_inputs)]
 
 
+def _staged_inputs(inputs: Sequence[str | Path | np.ndarray], chw: Sequence[int]) -> tuple[list[bytes | Path], list[str]]:
+    """(contents, the caller's names) of the inputs: files (any name: they reach the runner as input0000, ...)
+    or float32 arrays (the model's input)."""
+    data, names = [], []
+    for i, x in enumerate(inputs):
+        if isinstance(x, np.ndarray):
+            data.append(np.ascontiguousarray(x, np.float32).reshape(*chw).tobytes())
+            names.append(f"array {i}")
+        else:
+            if not Path(x).is_file():
+                raise DeployError(f"input {str(x)!r} does not exist (or is not a file)")
+            data.append(Path(x))
+            names.append(str(x))
+    if not names:
+        raise DeployError("no inputs given")
+    return data, names
+
+
+def _result(stdout: str, names: Sequence[str], logits: bytes, classes: int, dumped: bytes | None,
+            chw: Sequence[int]) -> BundleResult:
+    top_k, latency = parse_output(stdout, names)
+    out = np.frombuffer(logits, np.float32)
+    if out.size != len(names) * classes:
+        raise DeployError(f"the bundle's runner wrote {out.size} logits, expected {len(names)} x {classes}")
+    inputs = np.frombuffer(dumped, np.float32).reshape(len(names), *chw) if dumped is not None else None
+    return BundleResult(top_k, out.reshape(len(names), classes).copy(), latency, inputs)
+
+
 def run_bundle(bundle: str | Path, inputs: Sequence[str | Path | np.ndarray], *, exec_wrapper: Sequence[str] = (),
                top: int = 5, warmup: int | None = None, repeat: int | None = None, threads: int | None = None,
                dump_inputs: bool = False, timeout_s: float = 600) -> BundleResult:
@@ -359,21 +392,14 @@ def run_bundle(bundle: str | Path, inputs: Sequence[str | Path | np.ndarray], *,
     `inputs`: files (any name: they are copied to neutral names first) or float32 arrays (the model's input)."""
     bundle = Path(bundle)
     manifest = open_bundle(bundle)
-    n, c, h, w = manifest["input_shape"]
-    names, classes = [], manifest["output_shape"][1]
+    chw = manifest["input_shape"][1:]
+    data, names = _staged_inputs(inputs, chw)
     with tempfile.TemporaryDirectory(prefix="nasbnn-run-") as wd:
         wd = Path(wd)
         (wd / "bundle").symlink_to(bundle.resolve())
-        for i, x in enumerate(inputs):
+        for i, d in enumerate(data):
             dst = wd / f"input{i:04d}"
-            if isinstance(x, np.ndarray):
-                np.ascontiguousarray(x, np.float32).reshape(c, h, w).tofile(dst)
-                names.append(f"array {i}")
-            else:
-                if not Path(x).is_file():
-                    raise DeployError(f"input {str(x)!r} does not exist (or is not a file)")
-                shutil.copyfile(x, dst)
-                names.append(str(x))
+            shutil.copyfile(d, dst) if isinstance(d, Path) else dst.write_bytes(d)
         cmd = [*exec_wrapper, str(wd / "bundle" / RUNNER_NAME),
                *runner_args(len(names), top=top, warmup=warmup, repeat=repeat, threads=threads, dump=dump_inputs)]
         try:
@@ -384,10 +410,30 @@ def run_bundle(bundle: str | Path, inputs: Sequence[str | Path | np.ndarray], *,
             raise DeployError(f"the bundle's runner did not finish within {timeout_s:g} s") from None
         if r.returncode:
             raise DeployError(_runner_error(r.stderr, names))
-        top_k, latency = parse_output(r.stdout, names)
-        logits = np.fromfile(wd / "logits.bin", np.float32).reshape(len(names), classes)
-        dumped = np.fromfile(wd / "inputs.bin", np.float32).reshape(len(names), c, h, w) if dump_inputs else None
-    return BundleResult(top_k, logits, latency, dumped)
+        return _result(r.stdout, names, (wd / "logits.bin").read_bytes(), manifest["output_shape"][1],
+                       (wd / "inputs.bin").read_bytes() if dump_inputs else None, chw)
+
+
+def run_bundle_ssh(runner, bundle: str | Path, inputs: Sequence[str | Path | np.ndarray], *, top: int = 5,
+                   warmup: int | None = None, repeat: int | None = None, threads: int | None = None,
+                   dump_inputs: bool = False) -> BundleResult:
+    """`run_bundle` on an SSH board through `runner` (an `SSHRunner`): the bundle and the inputs are uploaded
+    to a fresh directory of its session (inputs under neutral names), run there, and removed."""
+    from nasbnn_hw.profiling.runners.errors import KernelError
+    bundle = Path(bundle)
+    manifest = open_bundle(bundle)
+    chw = manifest["input_shape"][1:]
+    data, names = _staged_inputs(inputs, chw)
+    files = {f"bundle/{name}": (bundle / name).read_bytes() for name in manifest["files"]}
+    files.update({f"input{i:04d}": d.read_bytes() if isinstance(d, Path) else d for i, d in enumerate(data)})
+    fetch = ["logits.bin"] + (["inputs.bin"] if dump_inputs else [])
+    try:
+        out, got = runner.run_program(files, f"bundle/{RUNNER_NAME}", runner_args(
+            len(names), top=top, warmup=warmup, repeat=repeat, threads=threads, dump=dump_inputs),
+            fetch=fetch, source=f"bundle/{RUNNER_NAME}.c")
+    except KernelError as e:
+        raise DeployError(f"device '{runner.device}': {_runner_error(str(e), names)}") from None
+    return _result(out, names, got["logits.bin"], manifest["output_shape"][1], got.get("inputs.bin"), chw)
 
 
 def _runner_error(stderr: str, names: Sequence[str]) -> str:

@@ -95,6 +95,54 @@ class SSHRunner(ClosingRunner):
 
         return self._with_retries(attempt, f"timing {lib_path.name}")
 
+    def run_program(self, files: dict[str, bytes], executable: str, argv: Sequence[str], *,
+                    fetch: Sequence[str] = (), source: str | None = None) -> tuple[str, dict[str, bytes]]:
+        """Upload `files` ({relative name: bytes}; one directory level at most) to a fresh directory inside the
+        session's work directory, run `executable` (one of them) with `argv` there and return its standard
+        output and the `fetch`ed files; the directory is removed afterwards. If the uploaded program does not
+        start on the board (typically an older C library than the cross toolchain's) and `source` names its
+        C file among `files`, it is built there with the board's compiler. A non-zero exit is a `KernelError`
+        carrying the program's last line on standard error. Every word reaching the shell is quoted."""
+        tmo = self.profile.timeout("command")
+
+        def attempt():
+            self._runs = getattr(self, "_runs", 0) + 1
+            d = f"{self._workdir}/run{self._runs}"
+            self._sftp.mkdir(d, 0o700)
+            try:
+                for sub in sorted({n.split("/")[0] for n in files if "/" in n}):
+                    self._sftp.mkdir(f"{d}/{sub}", 0o700)
+                for name, data in files.items():
+                    self._put(data, f"{d}/{name}")
+                self._sftp.chmod(f"{d}/{executable}", 0o700)
+                rc, out, err = self._exec(self._program_command(d, executable, ["--info"]), timeout=tmo)
+                if rc != 0 and source and not err.lstrip().startswith(executable.rsplit("/", 1)[-1] + ":"):
+                    build = (f"cd -- {quote(d)} && CC=$(command -v cc || command -v gcc) && \"$CC\" "
+                             + " ".join(quote(f) for f in CFLAGS) + f" -o {quote(executable)} {quote(source)} "
+                             + " ".join(quote(f) for f in LDFLAGS))
+                    rc_b, _, err_b = self._exec(build, timeout=tmo)
+                    if rc_b != 0:
+                        raise DeviceSetupError(
+                            f"device '{self.device}': {executable} does not run on the board "
+                            f"({' '.join(err.split())[-200:]}), and building it there failed "
+                            f"({' '.join(err_b.split())[-200:] or 'no C compiler'})")
+                    log.warning("%s: the cross-built %s does not run on the board; built it there", self.device,
+                                executable)
+                rc, out, err = self._exec(self._program_command(d, executable, argv), timeout=tmo)
+                if rc != 0:
+                    lines = [l for l in err.strip().splitlines() if l.strip() and not l.startswith("pid ")]
+                    why = "was killed by a signal (crashed?)" if rc == -1 else f"exited with status {rc}"
+                    raise KernelError(lines[-1] if lines else f"device '{self.device}': {executable} {why}")
+                got = {name: self._get(f"{d}/{name}") for name in fetch}
+                return "\n".join(l for l in out.splitlines() if not l.startswith("pid ")), got
+            finally:
+                try:
+                    self._exec(f"rm -rf -- {quote(d)}", timeout=self.profile.timeout("connect"))
+                except _TRANSIENT + (_Hung,):
+                    pass   # the session's work directory goes with close()
+
+        return self._with_retries(attempt, f"running {executable}")
+
     def run(self, command: str, timeout: float | None = None) -> tuple[int, str, str]:
         """Run a shell command (the caller quotes it) on the board, with the runner's retries."""
         return self._with_retries(lambda: self._exec(command, timeout=timeout or self.profile.timeout("command")),
@@ -259,9 +307,13 @@ class SSHRunner(ClosingRunner):
 
     # ---- remote primitives ------------------------------------------------------------------------------
     def _harness_command(self, arg: str) -> str:
+        return self._program_command(self._workdir, HARNESS_NAME, [arg])
+
+    def _program_command(self, cwd: str, executable: str, argv: Sequence[str]) -> str:
         wrapper = " ".join(quote(w) for w in self.profile.exec_wrapper)
-        script = f"cd -- {quote(self._workdir)} && echo pid $$ && exec {wrapper} ./{HARNESS_NAME} {quote(arg)}"
-        # through `sh -c`: $$ is then the PID the harness gets by exec, whatever the login shell is
+        words = " ".join(quote(a) for a in argv)
+        script = f"cd -- {quote(cwd)} && echo pid $$ && exec {wrapper} ./{quote(executable)} {words}"
+        # through `sh -c`: $$ is then the PID the program gets by exec, whatever the login shell is
         return "sh -c " + quote(script)
 
     def _put(self, data: bytes, remote: str) -> None:
