@@ -46,6 +46,8 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     summary = json.loads((tmp_path / "qs" / "report" / "summary.json").read_text())
     assert summary["exports"]["onnx"]["same_top1"] and summary["exports"]["tvm"]["same_top1"]
     assert summary["exports"]["tvm"]["max_rel_err"] <= 1e-4
+    assert summary["exports"]["bundle"]["same_top1"] and summary["exports"]["bundle"]["max_rel_err"] <= 1e-4
+    assert (tmp_path / "qs" / "bundle" / "manifest.json").is_file()
     names = [r["subnet"] for r in summary["subnets"]]
     assert names == ["chosen", "largest", "smallest"]
     assert all(r["measured_ms"] > 0 for r in summary["subnets"])

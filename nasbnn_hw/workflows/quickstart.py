@@ -1,6 +1,6 @@
 """The main job: train a small supernet, profile this CPU with the TVM binary kernels, fit a latency
-predictor, search under a latency budget, export the chosen subnet (ONNX and TVM, both verified against
-PyTorch) and write a report. Every stage reuses what an earlier run already produced."""
+predictor, search under a latency budget, export the chosen subnet (ONNX, TVM and a bundle for a board, each
+verified against PyTorch) and write a report. Every stage reuses what an earlier run already produced."""
 from __future__ import annotations
 
 import json
@@ -125,6 +125,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from nasbnn_hw.nn.checkpoint import load_supernet
     from nasbnn_hw.workflows.search import run_search_with_checkpoint
     from nasbnn_hw.data.sets import default_source, load_splits
+    from nasbnn_hw.deploy.bundle import Preprocess, run_bundle, write_bundle
     from nasbnn_hw.deploy.onnx_net import check_agreement, export_onnx
     from nasbnn_hw.deploy.tvm_net import compile_subnet
     from nasbnn_hw.train.evaluate import accuracy, calibration_batches, recalibrate_bn
@@ -259,8 +260,13 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         tvm_net = compile_subnet(sub, target="local", batch=x.shape[0])
         tvm_net.export(out / "best_tvm.so")
         got_tvm = tvm_net(x.numpy())
-        return {"onnx": check_agreement("onnx", got_onnx, ref), "tvm": check_agreement("tvm", got_tvm, ref)}
-    checks = stages.run("export chosen subnet (ONNX + TVM) and verify", export)
+        # the bundle a board runs with only its C library, through its own runner process
+        write_bundle(tvm_net, out / "bundle", preprocess=Preprocess.for_splits(splits, space.resolution,
+                     space.in_channels), labels=splits.class_names, force=True)
+        got_bundle = run_bundle(out / "bundle", list(x.numpy())).logits
+        return {"onnx": check_agreement("onnx", got_onnx, ref), "tvm": check_agreement("tvm", got_tvm, ref),
+                "bundle": check_agreement("bundle", got_bundle, ref)}
+    checks = stages.run("export chosen subnet (ONNX, TVM, bundle) and verify", export)
 
     rows, duel = [], []
     test_top1: dict = {}
@@ -353,7 +359,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               f"(std {random_top1['std']:.2f}).", ""]
     lines += ["", "Exports verified against PyTorch on 8 test images: " + ", ".join(
         f"{k}: max rel err {v['max_rel_err']:.1e}, same top-1 {v['same_top1']}" for k, v in checks.items()),
-        f"(`{out / 'best.onnx'}`, `{out / 'best_tvm.so'}`).", "",
+        f"(`{out / 'best.onnx'}`, `{out / 'best_tvm.so'}`, `{out / 'bundle'}`: run it with `nasbnn-hw run "
+        f"--bundle {out / 'bundle'} --input IMAGE.pgm`, or copy it to a board).", "",
         "## Search", "", f"{len(result.evaluated)} subnets evaluated, {len(result.pareto)} on the Pareto set.", ""]
     lines += [f"![{p.stem}]({Path('..') / 'search' / p.name})" for p in plots]
     lines += ["", "## Training", "", "![training](training.png)", ""]
