@@ -302,3 +302,12 @@ exec cc -o "$out" "$out.c"
         r = run_bundle_ssh(runner, out, list(x))
     _agree(r.logits, _ref(model, x, 2))
     assert "built it there" in caplog.text
+
+
+def test_cli_export_tvm_for_an_arm_board_is_checked_under_the_emulator(checkpoint, tmp_path, capsys):
+    need(emulator_for("aarch64") is not None and shutil.which("aarch64-linux-gnu-gcc") is not None,
+         "qemu-user, libc6-dev-arm64-cross and gcc-aarch64-linux-gnu are needed")
+    assert main(["export", "--checkpoint", str(checkpoint), "--arch", "smallest", "--no-recalibrate", "--device",
+                 "rpi4", "--out", str(tmp_path / "rpi4.so")]) == 0
+    out = capsys.readouterr().out
+    assert "TVM under qemu-aarch64 vs PyTorch" in out and "same top-1: True" in out

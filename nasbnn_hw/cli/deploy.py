@@ -134,16 +134,33 @@ def cmd_export(args) -> int:
         target = _target(args.device, args.devices_dir)
         net = compile_subnet(model, target=target, batch=args.batch)
         net.export(args.out)
-        if not net.target.runs_here:
-            print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; not verified here (other device; "
-                  "--format bundle is checked under the emulator)")
-            return 0
-        got = net(x.numpy())
-        how = "TVM"
+        if net.target.runs_here:
+            got, how = net(x.numpy()), "TVM"
+        else:
+            got, how = _run_emulated(net, Path(args.out), x.numpy(), target)
+            if got is None:
+                print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; {how}")
+                return 0
     check = check_agreement(how, got, ref)
     print(f"wrote {args.out}; {how} vs PyTorch: max rel err {check['max_rel_err']:.2e}, "
           f"same top-1: {check['same_top1']}")
     return 0
+
+
+def _run_emulated(net, lib: Path, x, profile):
+    """(logits, what ran them) of an exported library for another CPU, run by the C harness under this
+    machine's emulator for it; (None, why not) when there is none or the target is not a CPU."""
+    from nasbnn_hw.deploy.bundle import emulator_for
+    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
+    arch = getattr(profile, "arch", None)
+    wrapper = emulator_for(arch) if arch and net.target.config.get("kind") == "llvm" else None
+    if not wrapper:
+        return None, (f"not verified here: no way to run {arch} code on this machine (for aarch64, Debian: apt "
+                      "install qemu-user libc6-dev-arm64-cross)" if arch and net.target.config.get("kind") == "llvm"
+                      else "not verified here (a GPU target)")
+    runner = HarnessProcessRunner(arch, profile.cross_compiler, wrapper, device=f"{arch} (emulated)")
+    t = runner.time_library(lib, net.arg_specs(x), warmup=0, repeat=1, return_outputs=True)
+    return t.outputs[0], f"TVM under {wrapper[0]}"
 
 
 def _bundle_profile(name: str, devices_dir=None):
