@@ -72,11 +72,12 @@ def _verify_bundle(out: Path, model, shape, manifest_arch: str) -> str:
     with torch.no_grad():
         ref = np.concatenate([model(x[i: i + shape[0]]).numpy() for i in range(0, n, shape[0])])
     r = run_bundle(out, list(x.numpy()), exec_wrapper=wrapper, warmup=1, repeat=3)
-    check = check_agreement("bundle", r.logits, ref)
+    check = check_agreement("bundle", r.logits, ref, model, x)
     where = "here" if not wrapper else f"under {wrapper[0]} (emulated)"
     return (f"nasbnn-run {where} vs PyTorch on {n} inputs: max rel err {check['max_rel_err']:.2e}, same top-1: "
             f"{check['same_top1']}; median {r.latency['median']:.3g} ms per call"
-            + (" (emulated: not latency)" if wrapper else ""))
+            + (" (emulated: not latency)" if wrapper else "")
+            + (f"\n  {check['explained']}" if "explained" in check else ""))
 
 
 def cmd_export(args) -> int:
@@ -141,9 +142,9 @@ def cmd_export(args) -> int:
             if got is None:
                 print(f"wrote {args.out} (+ .npz) for {resolve_target(target).name}; {how}")
                 return 0
-    check = check_agreement(how, got, ref)
+    check = check_agreement(how, got, ref, model, x)
     print(f"wrote {args.out}; {how} vs PyTorch: max rel err {check['max_rel_err']:.2e}, "
-          f"same top-1: {check['same_top1']}")
+          f"same top-1: {check['same_top1']}" + (f"\n  {check['explained']}" if "explained" in check else ""))
     return 0
 
 

@@ -264,8 +264,9 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         write_bundle(tvm_net, out / "bundle", preprocess=Preprocess.for_splits(splits, space.resolution,
                      space.in_channels), labels=splits.class_names, force=True)
         got_bundle = run_bundle(out / "bundle", list(x.numpy())).logits
-        return {"onnx": check_agreement("onnx", got_onnx, ref), "tvm": check_agreement("tvm", got_tvm, ref),
-                "bundle": check_agreement("bundle", got_bundle, ref)}
+        return {"onnx": check_agreement("onnx", got_onnx, ref, sub, x),
+                "tvm": check_agreement("tvm", got_tvm, ref, sub, x),
+                "bundle": check_agreement("bundle", got_bundle, ref, sub, x)}
     checks = stages.run("export chosen subnet (ONNX, TVM, bundle) and verify", export)
 
     rows, duel = [], []
