@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
                       bi_transformation=not args.no_bi_transformation, weight_distill=args.weight_distill,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, max_steps_per_epoch=args.max_steps_per_epoch,
                       workers=args.workers, device=args.device, amp=args.amp or "",
-                      channels_last=args.channels_last)
+                      channels_last=args.channels_last, compile=args.compile)
     from nasbnn_hw.train.device import check_amp
     device = resolve_device(args.device)    # refused here, before any data is read
     check_amp(args.amp, device)
@@ -102,11 +102,17 @@ def cmd_finetune(args) -> int:
         raise NasBnnError(f"--arch names {len(archs)} archs; finetune takes exactly one")
     splits = data_for_checkpoint(ck.extra, space, args.data)
     sub, hist = finetune(net, archs[0], splits, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch)
+                         progress=not args.quiet, max_steps_per_epoch=args.max_steps_per_epoch,
+                         compile=args.compile)
     test = accuracy(sub, splits.test, workers=args.workers)
     save_subnet(args.out, sub, net, history=hist, data_config=ck.extra.get("data_config"), test=test)
     print(json.dumps({"out": str(args.out), "test_top1": test["top1"], "history": hist}))
     return 0
+
+
+COMPILE_HELP = ("compile the element-wise chains around each binary conv with TorchInductor (dynamic shapes: "
+                "one graph serves every subnet); faster steps after a one-off compile of 1-2 minutes on a CPU "
+                "(a C++ compiler is needed there)")
 
 
 def register(sub) -> None:
@@ -138,6 +144,7 @@ def register(sub) -> None:
                    "sets (CIFAR: pad 4, random crop, flip); image folders are always augmented "
                    "(RandomResizedCrop + flip)")
     add_device_args(p, training=True)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image (naming "
                    "it) instead of skipping and counting it")
     p.add_argument("--threads", type=THREADS)
@@ -170,4 +177,5 @@ def register(sub) -> None:
     p.add_argument("--threads", type=THREADS)
     p.add_argument("--quiet", action="store_true")
     add_device_args(p)
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=cmd_finetune)

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nasbnn_hw.core.arch import Arch, validate
+from nasbnn_hw.nn import fused
 from nasbnn_hw.nn.binary_ops import (DynamicBatchNorm2d, DynamicBinaryConv2d, DynamicPReLU, LearnableBias,
                          QuantStemConv, binary_activation, shortcut_tile)
 from nasbnn_hw.core.space import SearchSpace
@@ -91,6 +92,7 @@ class SuperBNN(nn.Module):
         self.features = nn.ModuleList(stages)
         self.fc = nn.Linear(prev, space.num_classes)
         self._plans: dict[Arch, list[_BlockPlan]] = {}
+        self.fused = False  # nasbnn_hw.nn.fused: compiled element-wise chains in training (TrainConfig.compile)
 
     def plan(self, arch: Arch) -> list[_BlockPlan]:
         plans = self._plans.get(arch)
@@ -108,9 +110,12 @@ class SuperBNN(nn.Module):
         return plans
 
     def forward(self, x: torch.Tensor, arch: Arch, binary_weights: bool = True) -> torch.Tensor:
-        x = self.features[0][0](x, arch.stages[0][0].channels)
-        for p in self.plan(arch):
-            x = self.features[p.stage][p.index](x, p, binary_weights)
+        if self.fused and fused.usable(self):
+            x = fused.features_forward(self, x, arch, binary_weights)
+        else:
+            x = self.features[0][0](x, arch.stages[0][0].channels)
+            for p in self.plan(arch):
+                x = self.features[p.stage][p.index](x, p, binary_weights)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return F.linear(x, self.fc.weight[:, : x.size(1)], self.fc.bias)
 

@@ -25,6 +25,7 @@ from nasbnn_hw.core.space import SearchSpace
 from nasbnn_hw.data import iter_batches
 from nasbnn_hw.data.sets import Splits
 from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.nn import fused
 from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d, QuantStemConv
 from nasbnn_hw.nn.checkpoint import load_supernet, safe_load, save_supernet
 from nasbnn_hw.nn.supernet import SuperBNN
@@ -52,6 +53,7 @@ class TrainConfig:
     device: str = "cpu"            # auto | cpu | cuda[:N]
     amp: str = ""                  # "" (float32) | bf16 | fp16 (with a gradient scaler)
     channels_last: bool = False
+    compile: bool = False          # TorchInductor-compiled element-wise chains (nasbnn_hw.nn.fused)
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -96,6 +98,7 @@ class SupernetTrainer:
         self.scaler = grad_scaler(self.device, self.amp)
         self.net = SuperBNN(space, cfg.weight_norm, cfg.bi_transformation).to(
             self.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+        fused.enable(self.net, cfg.compile)
         self.opt = torch.optim.Adam(_param_groups(self.net, cfg.weight_decay), lr=cfg.lr)
         n = len(data.train) // cfg.batch_size
         self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
@@ -251,9 +254,9 @@ class SupernetTrainer:
 
 def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float = 1e-5, batch_size: int = 128,
              weight_decay: float = 5e-6, label_smoothing: float = 0.1, seed: int = 0, progress: bool = True,
-             max_steps_per_epoch: int = 0):
+             max_steps_per_epoch: int = 0, compile: bool = False):
     """Fine-tune one subnet (binary weights) inside its supernet copy, then extract it as a static module.
-    Official defaults: lr 1e-5, 25 epochs."""
+    Official defaults: lr 1e-5, 25 epochs. `compile`: the fused training forward (`TrainConfig.compile`)."""
     from tqdm import tqdm
 
     from nasbnn_hw.train.evaluate import accuracy
@@ -267,6 +270,8 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
         raise NasBnnError(f"batch_size={batch_size} exceeds the {len(data.train)} training images")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
     history = []
+    was_fused = supernet.fused
+    fused.enable(supernet, compile)
     for ep in range(epochs):
         supernet.train()
         perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed * 7919 + ep))
@@ -285,4 +290,5 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
         rec = {"epoch": ep + 1, "loss": sum(losses) / len(losses),
                "val_top1": accuracy(supernet, data.val, arch=arch)["top1"]}
         history.append(rec)
+    fused.enable(supernet, was_fused)
     return extract_subnet(supernet, arch), history
