@@ -11,7 +11,7 @@ Run: `python benchmarks/supernet_step.py [--threads 2]`.
 
 On a GPU: `python benchmarks/supernet_step.py --device cuda [--space imagenet --batch 256 --res 224]` times
 this project's step only, in float32 and under each mixed-precision mode (bf16, fp16 + gradient scaler),
-and prints images/s for each (CUDA synchronised around every step).
+eager and fused (`--compile`), and prints images/s for each (CUDA synchronised around every step).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def typical_forward(self, x, out_c, k, groups, stride, binary=True):
     return F.conv2d(x, w, None, stride, k // 2, 1, groups) * scale.view(1, -1, 1, 1)
 
 
-def time_steps(space, batch, res, steps, naive, typical=False, device="cpu", amp=""):
+def time_steps(space, batch, res, steps, naive, typical=False, device="cpu", amp="", compile=False):
     space = space.with_resolution(res)
     n = batch * (steps + 1)
     data = TensorData(torch.randn(n, space.in_channels, res, res), torch.randint(0, space.num_classes, (n,)),
@@ -101,8 +101,8 @@ def time_steps(space, batch, res, steps, naive, typical=False, device="cpu", amp
     elif naive:
         DynamicBinaryConv2d.forward = naive_forward
     try:
-        tr = SupernetTrainer(space, splits, TrainConfig(epochs=1, batch_size=batch, device=device, amp=amp),
-                             "/tmp/nasbnn_bench", progress=False)
+        tr = SupernetTrainer(space, splits, TrainConfig(epochs=1, batch_size=batch, device=device, amp=amp,
+                                                        compile=compile), "/tmp/nasbnn_bench", progress=False)
         sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
         times = []
         for i in range(steps + 1):
@@ -115,7 +115,7 @@ def time_steps(space, batch, res, steps, naive, typical=False, device="cpu", amp
             times.append(time.perf_counter() - t)
     finally:
         DynamicBinaryConv2d.forward, sn.binary_activation = orig, orig_act
-    return statistics.median(times[1:])
+    return statistics.median(times[3:] if compile else times[1:])   # fused: the first steps compile
 
 
 CASES = {"imagenet": ("imagenet", 2, 224), "small": ("small", 128, 28), "small16": ("small16", 128, 16)}
@@ -151,11 +151,13 @@ def main():
         dev = resolve_device(args.device)
         modes = [""] + (["bf16", "fp16"] if dev.type == "cuda" else ["bf16"])
         print(f"{args.space} batch {args.batch} at {args.res}, {dev}, median of {args.steps} steps after a warm-up")
-        print(f"{'amp':6s} {'s/step':>9s} {'images/s':>9s}")
+        print(f"{'amp':6s} {'mode':6s} {'s/step':>9s} {'images/s':>9s}")
         for amp in modes:
-            s = time_steps(get_space(args.space), args.batch, args.res, args.steps, naive=False, device=args.device,
-                           amp=amp)
-            print(f"{amp or 'fp32':6s} {s:9.3f} {args.batch / s:9.1f}", flush=True)
+            for compile in (False, True):   # eager, then the fused chains (--compile)
+                s = time_steps(get_space(args.space), args.batch, args.res, max(args.steps, 4), naive=False,
+                               device=args.device, amp=amp, compile=compile)
+                print(f"{amp or 'fp32':6s} {'fused' if compile else 'eager':6s} {s:9.3f} {args.batch / s:9.1f}",
+                      flush=True)
         return
     if args.case:
         run_case(args.case, args.steps)

@@ -1,0 +1,174 @@
+"""ARM without a board: the static throughput of the compiled binary-conv inner loops, by llvm-mca.
+
+For each layer shape, each register tile (the shipped `ARM_TILE` first) is compiled for aarch64 NEON; the
+hottest innermost loop of the assembly (the one with the most `cnt` vector popcounts) goes through
+`llvm-mca -mcpu=cortex-a72` and `cortex-a76`. Each `cnt v.16b` counts 128 bits, i.e. 128 binary MACs, so
+
+    estimated binary MACs per cycle = 128 * (cnt.16b per iteration) / (cycles per iteration, "Block RThroughput")
+
+and per core G binary MAC/s = that x the clock (Raspberry Pi 4, A72: 1.5 GHz; Pi 5, A76: 2.4 GHz). It is a
+ceiling: the loop alone, data in L1, no packing or epilogue. As a check of the method, the same estimate is
+made for this machine's CPU (x86: vector popcounts `vpopcntq`, or the AVX2 nibble-lookup `vpsadbw` per
+256 bits, or scalar `popcnt` per 64) and printed beside the measured whole binary conv (`--measure`).
+
+    python benchmarks/arm_static.py [--shapes all|quick] [--measure]
+
+Needs Debian's `llvm` (llvm-mca) and TVM; no board, no emulator.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shutil
+import subprocess
+import sys
+
+# (C_in, C_out, resolution, kernel, groups): the six layers of the kernel issue, stride 1
+SHAPES = {"256->256 14x14 3x3": (256, 256, 14, 3, 1), "128->128 28x28 3x3": (128, 128, 28, 3, 1),
+          "512->512 7x7 1x1": (512, 512, 7, 1, 1), "96->96 28x28 5x5 g2": (96, 96, 28, 5, 2),
+          "768->768 7x7 3x3 g8": (768, 768, 7, 3, 8), "192->384 14x14 1x1": (192, 384, 14, 1, 1)}
+ARM_CPUS = {"cortex-a72": 1.5, "cortex-a76": 2.4}
+TILES = [dict(pixels=p, channels=c) for p, c in itertools.product((2, 4, 7, 8), (4, 8, 16))]
+
+_LABEL = re.compile(r"^(\.?L\w+):")
+_BRANCH = re.compile(r"^\s+(b\.\w+|b|cbnz|cbz|tbnz|tbz|j\w+|loop)\s+.*?(\.?L\w+)\s*$")
+
+
+def innermost_loops(asm: str) -> list[list[str]]:
+    """Bodies of the innermost loops: from a label to the last backward branch to it, containing no other
+    such loop."""
+    lines = asm.splitlines()
+    labels = {m.group(1): i for i, l in enumerate(lines) if (m := _LABEL.match(l))}
+    loops = []
+    for i, line in enumerate(lines):
+        m = _BRANCH.match(line)
+        if m and m.group(2) in labels and labels[m.group(2)] < i:
+            loops.append((labels[m.group(2)], i))
+    inner = [(a, b) for a, b in loops if not any(a < a2 and b2 <= b and (a2, b2) != (a, b) for a2, b2 in loops)]
+    return [[l for l in lines[a + 1: b + 1] if l.strip() and not l.strip().startswith((".", "//", "#", ";"))]
+            for a, b in inner]
+
+
+def popcount_bits(body: list[str], arch: str) -> int:
+    """Bits counted by one iteration of `body`: the popcount instructions times their width."""
+    text = "\n".join(body)
+    if arch == "aarch64":
+        return 128 * len(re.findall(r"\bcnt\s+v\d+\.16b", text)) + 64 * len(re.findall(r"\bcnt\s+v\d+\.8b", text))
+    bits = 0
+    for m in re.finditer(r"\bvpopcnt[qd]\s+%?([xyz])mm", text):
+        bits += {"x": 128, "y": 256, "z": 512}[m.group(1)]
+    for m in re.finditer(r"\bvpsadbw\s+.*?%?([xyz])mm\d+\s*$", text, re.M):
+        bits += {"x": 128, "y": 256, "z": 512}[m.group(1)]
+    bits += 64 * len(re.findall(r"\bpopcnt[qa-z]*\s", text))
+    return bits
+
+
+def mca_cycles(body: list[str], triple: str, cpu: str) -> float:
+    """llvm-mca's Block RThroughput (cycles per iteration) of the loop body."""
+    att = [] if triple.startswith("aarch64") else [".att_syntax"]
+    r = subprocess.run(["llvm-mca", f"-mtriple={triple}", f"-mcpu={cpu}", "-iterations=200"],
+                       input="\n".join(att + body) + "\n", capture_output=True, text=True)
+    m = re.search(r"Block RThroughput:\s*([\d.]+)", r.stdout)
+    if r.returncode or not m:
+        raise RuntimeError(f"llvm-mca failed: {r.stderr.strip()[-300:]}")
+    return float(m.group(1))
+
+
+def hot_loop(ex, arch: str) -> list[str]:
+    asm = ex.mod.inspect_source("asm")
+    loops = [b for b in innermost_loops(asm) if popcount_bits(b, arch)]
+    if not loops:
+        raise RuntimeError("no popcount loop found in the assembly")
+    return max(loops, key=lambda b: popcount_bits(b, arch))
+
+
+def build(shape, target, tile: dict | None):
+    from nasbnn_hw.deploy.kernels import schedule
+    from nasbnn_hw.deploy.kernels.layer import build_binary_conv
+    c_in, c_out, res, k, g = shape
+    table = schedule.ARM_TILE if "aarch64" in str(target) else schedule.CPU_TILE
+    saved = dict(table)
+    try:
+        table.update(tile or {})
+        return build_binary_conv(c_in, c_out, k, g, 1, res, target=target)
+    finally:
+        table.clear()
+        table.update(saved)
+
+
+def host_cpu() -> tuple[str, str, float]:
+    """(llvm cpu name, lscpu model, GHz) of this machine."""
+    import platform
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
+    r = subprocess.run(["llc", "--version"], capture_output=True, text=True).stdout
+    cpu = next((l.split(":", 1)[1].strip() for l in r.splitlines() if "Host CPU" in l), "native")
+    mhz = [float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz")]
+    return cpu, f"{model} ({platform.machine()})", (sum(mhz) / len(mhz) / 1e3 if mhz else 0.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", choices=("all", "quick"), default="all")
+    ap.add_argument("--measure", action="store_true", help="also time the binary conv on this machine")
+    args = ap.parse_args()
+    if not shutil.which("llvm-mca"):
+        print("llvm-mca not found: apt install llvm", file=sys.stderr)
+        return 1
+    from nasbnn_hw.deploy.kernels.schedule import ARM_TILE
+    shapes = dict(list(SHAPES.items())[:2]) if args.shapes == "quick" else SHAPES
+    cpu, model, ghz = host_cpu()
+    print(f"# aarch64 NEON, llvm-mca (cycles per loop iteration = Block RThroughput); "
+          f"shipped ARM tile {ARM_TILE['pixels']} px x {ARM_TILE['channels']} ch")
+    print(f"{'layer':22s} {'tile':>7s} " + " ".join(f"{c + ' MAC/cyc':>18s}" for c in ARM_CPUS)
+          + "   " + " ".join(f"{c + ' G/s':>15s}" for c in ARM_CPUS))
+    best = {}
+    for name, shape in shapes.items():
+        rows = []
+        for tile in [None] + TILES:
+            t = tile or {"pixels": ARM_TILE["pixels"], "channels": ARM_TILE["channels"]}
+            if tile and (tile["pixels"], tile["channels"]) == (ARM_TILE["pixels"], ARM_TILE["channels"]):
+                continue
+            try:
+                body = hot_loop(build(shape, "aarch64-neon", tile).executable, "aarch64")
+            except Exception as e:  # noqa: BLE001 - a tile that does not build or vectorise is skipped
+                print(f"{name:22s} {t['pixels']}x{t['channels']:<5d} skipped: {str(e).splitlines()[-1][:80]}")
+                continue
+            bits = popcount_bits(body, "aarch64")
+            per = {c: bits / mca_cycles(body, "aarch64", c) for c in ARM_CPUS}
+            rows.append((t, per))
+            tag = "shipped" if tile is None else ""
+            print(f"{name:22s} {t['pixels']}x{t['channels']:<5d} "
+                  + " ".join(f"{per[c]:18.1f}" for c in ARM_CPUS) + "   "
+                  + " ".join(f"{per[c] * ARM_CPUS[c]:15.1f}" for c in ARM_CPUS) + f"  {tag}")
+        if rows:
+            top = max(rows, key=lambda r: r[1]["cortex-a72"])
+            best[name] = (rows[0], top)
+    print("\n# best tile by the A72 estimate against the shipped one")
+    for name, (ship, top) in best.items():
+        print(f"{name:22s} shipped {ship[1]['cortex-a72']:6.1f} MAC/cycle, best {top[0]['pixels']}x"
+              f"{top[0]['channels']} {top[1]['cortex-a72']:6.1f} ({top[1]['cortex-a72'] / ship[1]['cortex-a72']:.2f}x); "
+              f"A76 {top[1]['cortex-a76'] / ship[1]['cortex-a76']:.2f}x")
+    print(f"\n# check of the method on this machine: {model}, llvm cpu {cpu}, {ghz:.2f} GHz")
+    for name, shape in shapes.items():
+        lay = build(shape, "local", None)
+        body = hot_loop(lay.executable, "x86_64")
+        est = popcount_bits(body, "x86_64") / mca_cycles(body, "x86_64", cpu)
+        line = f"{name:22s} estimated {est:6.1f} MAC/cycle = {est * ghz:6.1f} G/s (loop ceiling)"
+        if args.measure:
+            from nasbnn_hw.profiling.runners.local import LocalRunner
+            c_in, c_out, res, k, g = shape
+            macs = res * res * c_out * (c_in // g) * k * k
+            with LocalRunner(threads=1) as r:
+                t = r.time_library(lay.export(f"/tmp/arm_static_{c_in}_{k}.so"), lay.args, warmup=5, repeat=20,
+                                   number=10)
+            import statistics
+            s = statistics.median(t.samples)
+            line += f"; measured whole conv {macs / s / 1e9:6.1f} G/s (pack + epilogue included)"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
