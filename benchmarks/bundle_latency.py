@@ -111,8 +111,13 @@ def main() -> None:
             with torch.no_grad():
                 ref = model(x).numpy()
 
+            notes = []
+
             def agree(logits):
                 rel = float(np.abs(logits - ref).max() / np.abs(ref).max())
+                if rel > 1e-4:   # rounding (a sign at a value within rounding of zero) or a bug: say which
+                    from nasbnn_hw.deploy.agreement import explain
+                    notes.append(str(explain(model, x, logits)))
                 return f"{rel:.1e} {'same top-1' if (logits.argmax(1) == ref.argmax(1)).all() else 'TOP-1 DIFFERS'}"
             here = agree(run_bundle(d / "bundle", list(x.numpy())).logits)
             emu = ""
@@ -125,6 +130,8 @@ def main() -> None:
             med = [statistics.median(c) for c in zip(*rows)]
             print(f"{name:10s} {sum(sizes.values()) / 1e6:9.2f} {sizes['model.so'] / 1e6:9.2f} "
                   f"{sizes['params.bin'] / 1e6:8.2f} {med[0]:10.3f} {med[1]:8.3f} {med[2]:6.3f}  {here}{emu}")
+            for note in dict.fromkeys(notes):
+                print(f"  {name}: {note}")
 
 
 if __name__ == "__main__":
