@@ -1,8 +1,9 @@
 """Why a deployed binary subnet's logits differ from PyTorch's: a sign at a value within rounding of zero, or a bug.
 
 A binary activation is `sign(x + move)`. Two float32 implementations that sum in different orders may disagree
-on the sign of a value within rounding of zero, and PyTorch's `sign(0) = 0` while a binary kernel must pick +1
-(the kernels: bit 1 for `x + move >= 0`). One such flip early in a network can move the logits by percent, so
+on the sign of a value within rounding of zero (PyTorch may compute an exact 0 where the kernels get
+-1e-9), and PyTorch's `sign(0) = 0` while a binary kernel must pick +1 (the kernels: bit 1 for
+`x + move >= 0`). One such flip early in a network can move the logits by percent, so
 a plain tolerance cannot tell it from a bug. `explain` replays the PyTorch forward with the kernels'
 convention at exact zeros and then searches (greedily) for a few sign flips, among values within
 `rel_zero` of zero, that bring PyTorch onto the deployed logits. Found: the difference is rounding, and the
@@ -153,7 +154,7 @@ def _explain_one(model, x, got, scale: float, tol: float, rel_zero: float, max_c
     for k, t in enumerate(rp.pre):
         a = t.abs().flatten()
         mx = float(a.max()) or 1.0
-        idx = torch.nonzero((a <= rel_zero * mx) & (a > 0)).flatten()
+        idx = torch.nonzero(a <= rel_zero * mx).flatten()   # exact zeros too: the other side may be -1e-9
         cands += [(float(a[i]) / mx, k, int(i)) for i in idx]
     cands = sorted(cands)[:max_candidates]
     chosen: dict[int, list[int]] = {}
@@ -170,6 +171,8 @@ def _explain_one(model, x, got, scale: float, tol: float, rel_zero: float, max_c
             e = rel(rp.run(trial))
             if best is None or e < best[0]:
                 best = (e, c)
+                if e <= tol:   # this flip explains it: no need to try the rest
+                    break
         if best is None or best[0] >= err * 0.9:
             break
         err, (_, k, i) = best[0], best[1]
