@@ -84,17 +84,9 @@ def hot_loop(ex, arch: str) -> list[str]:
 
 
 def build(shape, target, tile: dict | None):
-    from nasbnn_hw.deploy.kernels import schedule
     from nasbnn_hw.deploy.kernels.layer import build_binary_conv
     c_in, c_out, res, k, g = shape
-    table = schedule.ARM_TILE if "aarch64" in str(target) else schedule.CPU_TILE
-    saved = dict(table)
-    try:
-        table.update(tile or {})
-        return build_binary_conv(c_in, c_out, k, g, 1, res, target=target)
-    finally:
-        table.clear()
-        table.update(saved)
+    return build_binary_conv(c_in, c_out, k, g, 1, res, target=target, tile=tile)
 
 
 def host_cpu() -> tuple[str, str, float]:

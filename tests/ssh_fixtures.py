@@ -111,6 +111,30 @@ def netns_ssh_board(request, ssh_client_key, tmp_path):
     return srv
 
 
+HOSTILE = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"   # a shell-injection payload as a name
+
+
+@pytest.fixture
+def hostile_remote_dir(ssh_board):
+    """A remote_dir named by the payload, inside a fresh directory, both owned by the board's login user;
+    removed afterwards."""
+    base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-hostile-"))
+    remote_dir = base / HOSTILE
+    remote_dir.mkdir()
+    if IS_ROOT:
+        shutil.chown(base, ssh_board.user, ssh_board.user)
+        shutil.chown(remote_dir, ssh_board.user, ssh_board.user)
+    yield remote_dir
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def assert_no_injection(user: str, *places: Path) -> None:
+    """No PWNED* file appeared in the login user's home, /tmp, the current directory or `places`."""
+    home = Path(os.path.expanduser(f"~{user}"))
+    for where in (home, Path("/tmp"), Path.cwd(), *places):
+        assert not list(where.glob("PWNED*")), f"shell injection happened in {where}"
+
+
 def profile_for(srv, ssh_client_key, ssh_known_hosts, **kw):
     d = dict(name=DEV, runner="ssh", target=HOST_TARGET, host=srv.host, port=srv.port, user=srv.user,
              identity_file=str(ssh_client_key), known_hosts=str(ssh_known_hosts), ssh_config="", threads=1, warmup=1,

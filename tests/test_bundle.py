@@ -4,7 +4,7 @@ for bit; its one-line errors on a truncated or damaged parameter file and a wron
 sshd with hostile names; the bundle directory's refusals."""
 from __future__ import annotations
 
-import os
+import getpass
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,7 +25,7 @@ from nasbnn_hw.deploy.tvm_net import DeployError, compile_subnet
 from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
 
 pytest.register_assert_rewrite("ssh_fixtures")
-from ssh_fixtures import IS_ROOT, need, profile_for  # noqa: E402
+from ssh_fixtures import HOSTILE, assert_no_injection, need, profile_for  # noqa: E402
 
 pytest_plugins = ["ssh_fixtures"]
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
@@ -215,13 +215,12 @@ def test_cli_export_bundle_and_run(checkpoint, tmp_path, capsys):
     cfg = (out / "bundle.txt").read_text()
     assert "resize 0" in cfg and "gray mean" in cfg and "labels labels.txt" in cfg
     assert (out / "labels.txt").read_text().split() == [str(i) for i in range(10)]
-    payload = "we ird '$(touch PWNED1);\"`touch PWNED2`; x.pgm"
-    img = tmp_path / payload
+    img = tmp_path / f"{HOSTILE}.pgm"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8)).save(img, format="PPM")
     assert main(["run", "--bundle", str(out), "--input", str(img), "--repeat", "3"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(str(img) + "\n  1. ") and "latency on local: median" in text and "(3 runs" in text
-    assert not list(tmp_path.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    assert_no_injection(getpass.getuser(), tmp_path)
     # refusals, each one line, nothing touched
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     assert main(["export", "--checkpoint", str(checkpoint), "--arch", "largest", "--format", "bundle",
@@ -249,35 +248,25 @@ def test_cli_export_bundle_and_run(checkpoint, tmp_path, capsys):
     assert len(err) == 1 and "short.raw" in err[0] and "40 bytes" in err[0]
 
 
-def test_run_over_ssh_with_hostile_names(local_bundle, ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
+def test_run_over_ssh_with_hostile_names(local_bundle, ssh_board, ssh_client_key, ssh_known_hosts, tmp_path,
+                                         hostile_remote_dir):
     model, out = local_bundle
-    payload = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"
-    base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-run-hostile-"))
-    remote_dir = base / payload
-    remote_dir.mkdir()
-    if IS_ROOT:
-        shutil.chown(base, ssh_board.user, ssh_board.user)
-        shutil.chown(remote_dir, ssh_board.user, ssh_board.user)
+    remote_dir = hostile_remote_dir
     x = np.random.default_rng(5).standard_normal((2, 1, 16, 16)).astype(np.float32)
     files = []
     for i, xi in enumerate(x):
-        f = tmp_path / f"in {i} {payload}.npy"
+        f = tmp_path / f"in {i} {HOSTILE}.npy"
         np.save(f, xi)
         files.append(f)
     prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, remote_dir=str(remote_dir),
                        timeouts={"connect": 5, "command": 60, "transfer": 10})
     from nasbnn_hw.profiling.runners.ssh import SSHRunner
-    try:
-        with SSHRunner(prof) as runner:
-            r = run_bundle_ssh(runner, out, files, repeat=2)
-        _agree(r.logits, _ref(model, x, 2))
-        assert [name for name, _ in r.top] == [str(f) for f in files] and r.latency["runs"] == 2
-        assert list(remote_dir.iterdir()) == [], "work directory not removed"
-        home = Path(os.path.expanduser(f"~{ssh_board.user}"))
-        for where in (home, base, remote_dir, Path("/tmp"), Path.cwd(), tmp_path):
-            assert not list(where.glob("PWNED*")), f"shell injection happened in {where}"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with SSHRunner(prof) as runner:
+        r = run_bundle_ssh(runner, out, files, repeat=2)
+    _agree(r.logits, _ref(model, x, 2))
+    assert [name for name, _ in r.top] == [str(f) for f in files] and r.latency["runs"] == 2
+    assert list(remote_dir.iterdir()) == [], "work directory not removed"
+    assert_no_injection(ssh_board.user, remote_dir.parent, remote_dir, tmp_path)
 
 
 def test_run_over_ssh_builds_the_runner_on_the_board_when_it_cannot_start(small16, ssh_board, ssh_client_key,

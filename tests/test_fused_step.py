@@ -1,5 +1,6 @@
 """The fused training forward (`TrainConfig.compile`: TorchInductor-compiled element-wise chains) against the
 eager modules: same losses, gradients and BN statistics over several Bi-Teacher steps of small16."""
+import os
 import shutil
 
 import pytest
@@ -9,29 +10,13 @@ from nasbnn_hw import NasBnnError, get_space, largest
 from nasbnn_hw.data.sets import Splits, TensorData
 from nasbnn_hw.nn import fused
 from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig, finetune
+from test_method_fidelity import _randomize  # the same non-trivial weights
 
 SPACE = get_space("small16")
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="TorchInductor on a CPU needs a C++ compiler")
-
-
-def _randomize(net, seed=0):
-    """Non-trivial weights (as in test_method_fidelity): transforms away from identity, PReLU slopes, BN."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.named_parameters():
-            if "matrix_" in name or "fp2bin" in name:
-                t.copy_(torch.eye(t.size(0)) + 0.1 * torch.randn(t.shape, generator=g))
-            elif "w_scale" in name:
-                t.copy_(torch.rand(t.shape, generator=g) * 0.01 + 0.005)
-            elif "prelu" in name or "relu" in name:
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5)
-            elif name.endswith("bn.weight"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.3)
-        net.features[0][0].conv.w_init_state.fill_(1)
+# TorchInductor on a CPU needs a C++ compiler: .ci/run installs g++, so CI fails instead of skipping
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None
+                                and not os.environ.get("CI"), reason="TorchInductor on a CPU needs a C++ compiler")
 
 
 def _data(n=8):

@@ -24,8 +24,8 @@ from nasbnn_hw.profiling.store import MeasurementStore
 import runner_kernels as rk
 
 pytest.register_assert_rewrite("ssh_fixtures")     # its helpers assert too
-from ssh_fixtures import (ARM_CC, ARM_TARGET, DEV, HOST_TARGET, IS_ROOT, SHAPES, assert_rows, campaign, items_for,
-                          need, profile_for)
+from ssh_fixtures import (ARM_CC, ARM_TARGET, DEV, HOST_TARGET, HOSTILE, IS_ROOT, SHAPES, assert_no_injection,
+                          assert_rows, campaign, items_for, need, profile_for)
 
 pytest_plugins = ["ssh_fixtures"]     # fixtures: xor_kernels, ssh_client_key, ssh_board, ssh_known_hosts
 
@@ -173,29 +173,19 @@ def test_day_old_orphaned_work_dirs_are_swept(ssh_board, ssh_client_key, ssh_kno
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_hostile_file_and_directory_names(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):
-    payload = "we ird '$(touch PWNED1);\"`touch PWNED2`;touch PWNED3; x"
-    base = Path(__import__("tempfile").mkdtemp(prefix="nasbnn-hostile-"))
-    remote_dir = base / payload
-    remote_dir.mkdir()
-    if IS_ROOT:
-        shutil.chown(base, ssh_board.user, ssh_board.user)
-        shutil.chown(remote_dir, ssh_board.user, ssh_board.user)
-    lib = tmp_path / f"lib {payload}.so"
+def test_hostile_file_and_directory_names(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path,
+                                         hostile_remote_dir):
+    remote_dir = hostile_remote_dir
+    lib = tmp_path / f"lib {HOSTILE}.so"
     shutil.copy(xor_kernels["k0"], lib)
     prof = profile_for(ssh_board, ssh_client_key, ssh_known_hosts, remote_dir=str(remote_dir))
-    try:
-        with get_runner(prof) as r:
-            args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(1))
-            t = r.time_library(lib, args, warmup=1, repeat=2, return_outputs=True)
-            np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
-            assert r._workdir.startswith(str(remote_dir) + "/nasbnn-hw.")
-        assert list(remote_dir.iterdir()) == [], "work directory not removed"
-        home = Path(os.path.expanduser(f"~{ssh_board.user}"))
-        for where in (home, base, remote_dir, Path("/tmp"), Path.cwd()):
-            assert not [p for p in where.glob("PWNED*")], f"shell injection happened in {where}"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with get_runner(prof) as r:
+        args = rk.xor_popcount_args(*SHAPES["k0"], rng=np.random.default_rng(1))
+        t = r.time_library(lib, args, warmup=1, repeat=2, return_outputs=True)
+        np.testing.assert_array_equal(t.outputs[0], rk.xor_popcount_ref(args[0].data, args[1].data))
+        assert r._workdir.startswith(str(remote_dir) + "/nasbnn-hw.")
+    assert list(remote_dir.iterdir()) == [], "work directory not removed"
+    assert_no_injection(ssh_board.user, remote_dir.parent, remote_dir)
 
 
 def test_ssh_config_alias(ssh_board, ssh_client_key, ssh_known_hosts, xor_kernels, tmp_path):

@@ -11,6 +11,7 @@ flips are named; not found: it is not explained by rounding.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,20 +100,20 @@ class _Replay:
         pre-sign activation k (k = 2 * block + part)."""
         first = min(flips, default=0) // 2
 
-        def sign(t, part, j=[first]):
-            s = _kernel_sign(t)
-            k = 2 * j[0] + part
-            if k in flips:
-                s = s.flatten().clone()
-                s[flips[k]] = -s[flips[k]]
-                s = s.view_as(t)
-            if part == 1:
-                j[0] += 1
-            return s
+        def signs(j):
+            def sign(t, part):
+                s = _kernel_sign(t)
+                if 2 * j + part in flips:
+                    idx = flips[2 * j + part]
+                    s = s.flatten().clone()
+                    s[idx] = -s[idx]
+                    s = s.view_as(t)
+                return s
+            return sign
         with torch.no_grad():
             h = self.inputs[first]
-            for b in self.model.blocks[first:]:
-                h = _block(b, h, sign)
+            for j, b in enumerate(self.model.blocks[first:], first):
+                h = _block(b, h, signs(j))
             return _head(self.model, h).numpy()
 
 
@@ -126,7 +127,6 @@ def explain(model, x, got: np.ndarray, tol: float = 1e-4, rel_zero: float = 1e-5
     """Explain deployed logits `got` for input `x` against the static subnet `model` (see the module doc).
     Each input of the batch is explained on its own (a flip moves only its own logits); the flip search
     stops after `time_budget_s` seconds in all (a large subnet at 224 replays in about a second)."""
-    import time
     deadline = time.monotonic() + time_budget_s
     x = torch.as_tensor(np.asarray(x, np.float32))
     got = np.asarray(got, np.float32)
@@ -143,8 +143,6 @@ def _explain_one(model, x, got, scale: float, tol: float, rel_zero: float, max_c
                  n: int, deadline: float) -> tuple[bool, int, list[Flip], float]:
     """(explained, zeros, flips, error after) for one input; errors relative to `scale` (the batch's largest
     logit, as the agreement check measures)."""
-    import time
-
     def rel(a):
         return float(np.abs(got - a).max() / max(scale, 1e-12))
     rp = _Replay(model, x)

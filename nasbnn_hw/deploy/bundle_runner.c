@@ -505,15 +505,7 @@ int main(int argc, char** argv) {
   Bundle b;
   read_bundle(dir, &b);
   if (info) {
-#if defined(__aarch64__)
-    const char* arch = "aarch64";
-#elif defined(__x86_64__)
-    const char* arch = "x86_64";
-#elif defined(__arm__)
-    const char* arch = "arm";
-#else
-    const char* arch = "unknown";
-#endif
+    const char* arch = build_arch();
     printf("nasbnn-run %d arch=%s input=%ldx%ldx%ldx%ld classes=%ld\n", RUNNER_VERSION, arch, (long)b.in_shape[0],
            (long)b.in_shape[1], (long)b.in_shape[2], (long)b.in_shape[3], (long)b.out_shape[1]);
     return 0;

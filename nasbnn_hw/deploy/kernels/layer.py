@@ -158,8 +158,11 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
 
 
 def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: int, stride: int,
-                      resolution: int, target="local", batch: int = 1, seed: int = 0) -> CompiledLayer:
-    """The integer +-1 conv of sign(x + move) alone (int32 NHWC output): for exactness tests, benchmarks."""
+                      resolution: int, target="local", batch: int = 1, seed: int = 0,
+                      tile: dict | None = None) -> CompiledLayer:
+    """The integer +-1 conv of sign(x + move) alone (int32 NHWC output): for exactness tests, benchmarks.
+    `tile` overrides keys of the target's register tile (`schedule.cpu_tile`: pixels, channels, vector,
+    acc_dtype, parallel_min)."""
     from tvm import te
 
     from nasbnn_hw.deploy.kernels import binary, schedule
@@ -171,13 +174,15 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
         raise KernelBuildError(f"cannot build binary conv {cfg.key()}: {why}")
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
-    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", _acc_dtype(spec))
+    tile_cfg = {**schedule.cpu_tile(spec), **(tile or {})}
+    acc = "int32" if spec.is_gpu else tile_cfg["acc_dtype"]
+    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc)
     rng = np.random.default_rng(seed)
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
 
     def _sched(sch):
-        schedule.cpu_pack(sch, "l0", schedule.cpu_tile(spec))
-        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=schedule.cpu_tile(spec))
+        schedule.cpu_pack(sch, "l0", tile_cfg)
+        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=tile_cfg)
 
     ex = compile_function([x, *placeholders.values(), out], spec, _sched)
     names = ["x", *placeholders, "out"]

@@ -81,17 +81,7 @@ static int safe_name(const char* s) { /* file names in SPEC stay inside the work
 
 int main(int argc, char** argv) {
   if (argc == 2 && !strcmp(argv[1], "--info")) {
-#if defined(__aarch64__)
-    const char* arch = "aarch64";
-#elif defined(__x86_64__)
-    const char* arch = "x86_64";
-#elif defined(__arm__)
-    const char* arch = "arm";
-#elif defined(__riscv) && __riscv_xlen == 64
-    const char* arch = "riscv64";
-#else
-    const char* arch = "unknown";
-#endif
+    const char* arch = build_arch();
     printf("nasbnn-harness %d arch=%s cpus=%ld\n", HARNESS_VERSION, arch, sysconf(_SC_NPROCESSORS_ONLN));
     return 0;
   }

@@ -62,6 +62,7 @@ class SSHRunner(ClosingRunner):
         self._stale: list[tuple[str, int | None]] = []   # (work dir, pid) left by lost sessions
         self._harness: Path | None = None
         self._sessions = 0
+        self._runs = 0               # run_program calls: each gets its own directory in the work directory
 
     # ---- public API ------------------------------------------------------------------------------------
     def time_library(self, lib_path: Path, args: Sequence[ArgSpec], *, warmup: int, repeat: int,
@@ -106,7 +107,7 @@ class SSHRunner(ClosingRunner):
         tmo = self.profile.timeout("command")
 
         def attempt():
-            self._runs = getattr(self, "_runs", 0) + 1
+            self._runs += 1
             d = f"{self._workdir}/run{self._runs}"
             self._sftp.mkdir(d, 0o700)
             try:

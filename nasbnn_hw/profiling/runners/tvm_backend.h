@@ -160,6 +160,21 @@ int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv) {
   return 0;
 }
 
+/* The architecture this program was built for, as `uname -m` names it. */
+static const char* build_arch(void) {
+#if defined(__aarch64__)
+  return "aarch64";
+#elif defined(__x86_64__)
+  return "x86_64";
+#elif defined(__arm__)
+  return "arm";
+#elif defined(__riscv) && __riscv_xlen == 64
+  return "riscv64";
+#else
+  return "unknown";
+#endif
+}
+
 /* Start the worker threads: `threads` > 0, or 0 for every online CPU. 0 on success. */
 static int tvm_backend_start(long threads) {
   pool.nthreads = threads > 0 ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
