@@ -65,18 +65,60 @@ def load_device_measurements(store, device: str, target: str | None = None,
             raise CostModelError(f"no measurements for device {device!r} in {source} "
                                  f"(devices there: {', '.join(devices) or 'none'}); profile it first with "
                                  f"`nasbnn-hw profile --device {device}`")
+        combos = sorted({(m.target, m.tvm_version) for m in rows})
+        if len(combos) > 1:
+            raise CostModelError(f"device {device!r} has measurements for several (target, TVM version) pairs "
+                                 f"{combos}; choose one with --target and --tvm-version (Python: target=, "
+                                 f"tvm_version=)")
+        tgt, ver = combos[0]
+        book = _schedule_book(st, device, tgt, ver)
     finally:
         if owned:
             st.close()
-    combos = sorted({(m.target, m.tvm_version) for m in rows})
-    if len(combos) > 1:
-        raise CostModelError(f"device {device!r} has measurements for several (target, TVM version) pairs "
-                             f"{combos}; choose one with --target and --tvm-version (Python: target=, tvm_version=)")
-    tgt, ver = combos[0]
-    # keyed by the config's own key, so a profiler's choice of row key cannot break lookups
-    layers = {layer_from_config(m.config, f"{source} row {m.key!r}").key(): m for m in rows if m.kind == "layer"}
-    subnets = tuple(m for m in rows if m.kind == "subnet")
-    return DeviceMeasurements(device, tgt, ver, layers, subnets, source)
+    # keyed by the config's own key, so a profiler's choice of row key cannot break lookups; only rows taken
+    # with the schedules a build uses now (tuning changes them: rows of the old schedules stay, unused)
+    layers, dropped = {}, 0
+    for m in rows:
+        if m.kind == "layer":
+            cfg = layer_from_config(m.config, f"{source} row {m.key!r}")
+            if book is None or book.matches(m, layer=cfg):
+                layers[cfg.key()] = m
+            else:
+                dropped += 1
+    subnets = []
+    for m in rows:
+        if m.kind == "subnet":
+            if book is None or book.matches(m, subnet=None if book.all_legacy else subnet_space_arch(m)):
+                subnets.append(m)
+            else:
+                dropped += 1
+    if dropped:
+        log.info("%d measurement(s) of %s were taken with other kernel schedules than the current ones "
+                 "(see `nasbnn-hw tune`): not used", dropped, device)
+    return DeviceMeasurements(device, tgt, ver, layers, tuple(subnets), source)
+
+
+def _schedule_book(st: MeasurementStore, device: str, target: str, version: str):
+    """The device's `ScheduleBook` for a stored target text; None when the target is not one the kernels
+    can build (rows of such targets are all used)."""
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    try:
+        spec = resolve_target(_target_dict(target))
+    except (NasBnnError, ValueError, TypeError, KeyError):
+        return None
+    return ScheduleBook(spec, {k: r["schedule"] for k, r in st.tuned_schedules(device, target, version).items()},
+                        device)
+
+
+def _target_dict(target: str) -> dict:
+    """The TVM target dict of a canonical store target text ({"target": {...}, "host": {...}})."""
+    import json
+    d = json.loads(target)
+    cfg = dict(d["target"])
+    if d.get("host"):
+        cfg["host"] = d["host"]
+    return cfg
 
 
 def subnet_space_arch(m: Measurement, default: SearchSpace | None = None) -> tuple[SearchSpace, Arch] | None:

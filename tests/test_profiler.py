@@ -78,6 +78,9 @@ def test_random_subnets_are_distinct_and_reproducible():
 
 
 def test_profile_layers_then_skip(tmp_path):
+    from cost_models._store import layer_from_config
+    from nasbnn_hw.deploy.kernels.schedule import default_schedule
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
     space = SearchSpace.from_dict(TINY)
     layers = enumerate_layers(space)[:4]
     with MeasurementStore(tmp_path / "m.db") as store:
@@ -87,7 +90,9 @@ def test_profile_layers_then_skip(tmp_path):
         rows = store.query(device="cpu-test", kind="layer")
         assert sorted(r.key for r in rows) == sorted(l.key() for l in layers)
         for r in rows:
-            assert LayerConfig(**r.config).key() == r.key
+            assert layer_from_config(r.config).key() == r.key
+            if r.config["kind"] == "bconv":  # the schedule it was built with travels with it
+                assert r.config["schedule"] == default_schedule(resolve_target("local")).fingerprint()
             assert len(r.samples) == 3 and r.median_s > 0 and r.iqr_s >= 0 and r.repeats == 3
         rep2 = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
                               progress=False)

@@ -86,17 +86,19 @@ def test_read_only_open_of_an_older_store_reads_missing_tables_as_empty(tmp_path
         assert [m.key for m in st.query()] == ["L0"] and st.rounds(*K, "L0") == 1
         assert st.round_counts() == {} and st.agreement("dev") is None
         assert st.reference_baseline("dev", "t", "0.27", "ref") is None
+        assert st.tuned_schedules("dev", "t", "0.27") == {} and st.tuned_counts() == {}
         assert st.summary()[0]["items"] == 1 and st.round_medians(*K, "L0") == [0.002]
         for write in (lambda: st.add(_m("L1")), lambda: st.add_round(_m("L0")),
                       lambda: st.add_agreement("dev", 3, 0.9, 1.0),
-                      lambda: st.set_reference_baseline("dev", "t", "0.27", "ref", 1.0)):
+                      lambda: st.set_reference_baseline("dev", "t", "0.27", "ref", 1.0),
+                      lambda: st.add_tuned_schedule("dev", "t", "0.27", "L0", {}, 1.0, 1.0, [])):
             with pytest.raises(StoreError, match="read-only"):
                 write()
     assert main(["measurements", str(old)]) == 0 and "dev" in capsys.readouterr().out
     assert old.read_bytes() == before and not _is_wal(old) and _tables(old) == {"measurements"}
     with MeasurementStore(old) as st:                  # opened for writing, it gains the tables
         st.add_agreement("dev", 3, 0.9, 1.0)
-    assert _tables(old) == {"measurements", "rounds", "reference", "agreement"}
+    assert _tables(old) == {"measurements", "rounds", "reference", "agreement", "schedules"}
 
 
 def test_read_only_open_sees_a_live_writer(tmp_path):

@@ -40,6 +40,8 @@ def _measure_missing_subnets(args) -> None:
     from nasbnn_hw.profiling.profiler import profile_layers, profile_subnets, random_subnets, subnet_key
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    from nasbnn_hw.core.arch import Arch
     if not args.space:
         raise NasBnnError("--measure needs --space (which space's subnets to measure)")
     space = get_space(args.space)
@@ -48,12 +50,15 @@ def _measure_missing_subnets(args) -> None:
     try:
         with MeasurementStore(args.store) as store:
             profile_layers(space, device, store, runner, target, timing=timing, rounds=rounds)
+            book = ScheduleBook.load(store, device, target)
             rows = store.query(device=device, kind="subnet")
             done = {m.key for m in rows}
+            # rows of this space taken with the current kernel schedules (their key names them)
             stored = sum(m.config.get("space") == space.name and m.config.get("resolution") == space.resolution
-                         for m in rows)
+                         and m.key == subnet_key(Arch.from_dict(m.config["arch"]), space, book) for m in rows)
             need = max(0, (args.measure_subnets or 3 * args.subnets) - stored)
-            fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed) if subnet_key(a) not in done]
+            fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed)
+                     if subnet_key(a, space, book) not in done]
             profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need], timing=timing,
                             rounds=rounds)
     finally:

@@ -80,6 +80,22 @@ def _verify_bundle(out: Path, model, shape, manifest_arch: str) -> str:
             + (f"\n  {check['explained']}" if "explained" in check else ""))
 
 
+def _schedules(args, target):
+    """The device's tuned kernel schedules from --store (None: the target's defaults), announced."""
+    if not args.store:
+        return None
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.errors import StoreError
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    if not Path(args.store).is_file():
+        raise StoreError(f"--store {args.store!r} does not exist (tune first: nasbnn-hw tune --store PATH)")
+    spec = resolve_target(target)
+    book = ScheduleBook.load(args.store, spec.name, spec)
+    print(f"kernel schedules: {len(book)} tuned layer(s) of device '{spec.name}' from {args.store}"
+          + ("" if len(book) else " (none: the target's defaults)"))
+    return book
+
+
 def cmd_export(args) -> int:
     """Refuse outputs that would destroy a file (checked before anything is compiled), load the subnet,
     export it atomically and check its logits against PyTorch (a bundle: on this machine or its emulator)."""
@@ -115,7 +131,7 @@ def cmd_export(args) -> int:
         from nasbnn_hw.deploy.bundle import write_bundle
         from nasbnn_hw.deploy.tvm_net import compile_subnet
         pre, labels, source = _bundle_data(args, space, splits, extra)
-        net = compile_subnet(model, target=profile, batch=args.batch)
+        net = compile_subnet(model, target=profile, batch=args.batch, schedules=_schedules(args, profile))
         write_bundle(net, out, profile=profile, preprocess=pre, labels=labels, force=args.force, inputs=inputs,
                      provenance={"checkpoint": str(args.checkpoint), "subnet": model.arch.to_dict()
                                  if hasattr(model, "arch") else None})
@@ -133,7 +149,7 @@ def cmd_export(args) -> int:
         from nasbnn_hw.deploy.tvm_net import compile_subnet
         from nasbnn_hw.deploy.kernels import resolve_target
         target = _target(args.device, args.devices_dir)
-        net = compile_subnet(model, target=target, batch=args.batch)
+        net = compile_subnet(model, target=target, batch=args.batch, schedules=_schedules(args, target))
         net.export(args.out)
         if net.target.runs_here:
             got, how = net(x.numpy()), "TVM"
@@ -235,6 +251,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output: .so for tvm (parameters in .npz beside it), .onnx, or a "
                    "directory for bundle; never an input of the export")
     p.add_argument("--force", action="store_true", help="overwrite an existing output (a bundle: replace it)")
+    p.add_argument("--store", help="measurement store with the device's tuned kernel schedules (nasbnn-hw tune); "
+                   "default: the target's feature-based schedules")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run an exported bundle on a device (here, emulated, or over SSH): top-k "

@@ -81,7 +81,7 @@ def cmd_profile(args) -> int:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
                                                          progress=not args.quiet, rounds=rounds)))
             if args.subnets and args.active:
-                archs = _uncertain_subnets(args, space, device, store)
+                archs = _uncertain_subnets(args, space, device, store, target)
                 reports.append(("active subnets", profile_subnets(space, 0, device, store, runner, target,
                                                                   archs=archs, timing=timing,
                                                                   progress=not args.quiet, rounds=rounds)))
@@ -127,17 +127,59 @@ def _profile_active(args, space, device, store, runner, target, timing,
     return total
 
 
-def _uncertain_subnets(args, space, device, store, pool_factor: int = 20):
+def _uncertain_subnets(args, space, device, store, target, pool_factor: int = 20):
     """--active --subnets N: of `pool_factor * N` random unmeasured subnets, the N whose latency the
     predictor (fitted on everything measured so far) is least sure of."""
     from cost_models.active import next_batch
     from cost_models.learned import PredictorCostModel, fit_predictor
 
     from nasbnn_hw.profiling.profiler import random_subnets, subnet_key
+    from nasbnn_hw.profiling.tuning import ScheduleBook
     done = {m.key for m in store.query(device=device, kind="subnet")}
-    pool = [a for a in random_subnets(space, pool_factor * args.subnets, seed=args.seed) if subnet_key(a) not in done]
+    book = ScheduleBook.load(store, device, target)
+    pool = [a for a in random_subnets(space, pool_factor * args.subnets, seed=args.seed)
+            if subnet_key(a, space, book) not in done]
     predictor = fit_predictor(store, device, test_fraction=0.0)
     return next_batch(PredictorCostModel(space, predictor, device), pool, args.subnets)
+
+
+def cmd_tune(args) -> int:
+    """Choose each binary layer's kernel schedule on the device and keep the winners in the store."""
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import tune_layers
+    space = get_space(args.space)
+    if args.resolution:
+        space = space.with_resolution(args.resolution)
+    store = MeasurementStore(args.store)
+    try:
+        device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
+        timing, _ = timing_for(profile, args)
+    except BaseException:
+        store.close()
+        raise
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if profile is not None and profile.runner == "emulated":
+        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): schedules chosen there "
+              f"are not tuned for any board", file=sys.stderr)
+    try:
+        with store:
+            rep = tune_layers(space, device, store, runner, target, timing=timing, limit=args.limit,
+                              rounds=args.rounds, progress=not args.quiet)
+    finally:
+        runner.close()
+    if not args.quiet:
+        for r in rep.tuned:
+            mark = "" if r["schedule"] == r["default"] else f"  -> {r['schedule']}"
+            print(f"  {r['layer']}: default {r['default_s'] * 1e6:.1f} us, best {r['best_s'] * 1e6:.1f} us "
+                  f"({r['default_s'] / r['best_s']:.2f}x, {r['candidates']} schedules){mark}")
+    print(f"tune: {rep.summary()}")
+    for key, why in rep.failed.items():
+        print(f"  failed {key}: {why}", file=sys.stderr)
+    if any(r["schedule"] != r["default"] for r in rep.tuned):
+        print("note: layers with a new schedule are measured again by the next `profile` (their earlier "
+              "measurements stay in the store, unused)")
+    return 1 if rep.failed else 0
 
 
 def cmd_measurements(args) -> int:
@@ -169,20 +211,24 @@ def cmd_measurements(args) -> int:
             print(f"{n} measurements written to {args.csv}")
             return 0
         rows = [r for r in store.summary() if args.device is None or r["device"] == args.device]
-    if not rows:
+        tuned = {k: n for k, n in store.tuned_counts().items() if args.device is None or k[0] == args.device}
+    if not rows and not tuned:
         print(f"{args.store}: no measurements" + (f" for device {args.device!r}" if args.device else ""))
         return 0
 
     def ms(v):
         return f"{v * 1e3:.4g}"
-    print(f"{'device':14s} {'kind':6s} {'space':16s} {'items':>6s} {'rounds':>7s} {'median ms':>10s} "
-          f"{'range ms':>19s}  {'TVM':12s} {'last measured':19s}  target")
-    for r in rows:
-        rnd = f"{r['multi_round']}x{r['max_rounds']}" if r["multi_round"] else "1"
-        last = datetime.datetime.fromtimestamp(r["last"]).isoformat(sep=" ", timespec="seconds")
-        print(f"{r['device']:14s} {r['kind']:6s} {r['space'] or '-':16s} {r['items']:6d} {rnd:>7s} "
-              f"{ms(r['median_s']):>10s} {ms(r['min_s']) + ' - ' + ms(r['max_s']):>19s}  {r['tvm_version']:12s} "
-              f"{last:19s}  {r['target']}")
+    if rows:
+        print(f"{'device':14s} {'kind':6s} {'space':16s} {'items':>6s} {'rounds':>7s} {'median ms':>10s} "
+              f"{'range ms':>19s}  {'TVM':12s} {'last measured':19s}  target")
+        for r in rows:
+            rnd = f"{r['multi_round']}x{r['max_rounds']}" if r["multi_round"] else "1"
+            last = datetime.datetime.fromtimestamp(r["last"]).isoformat(sep=" ", timespec="seconds")
+            print(f"{r['device']:14s} {r['kind']:6s} {r['space'] or '-':16s} {r['items']:6d} {rnd:>7s} "
+                  f"{ms(r['median_s']):>10s} {ms(r['min_s']) + ' - ' + ms(r['max_s']):>19s}  {r['tvm_version']:12s} "
+                  f"{last:19s}  {r['target']}")
+    for (d, t, v), n in sorted(tuned.items()):
+        print(f"{d}: {n} layer(s) with tuned kernel schedules (nasbnn-hw tune), TVM {v}, target {t}")
     return 0
 
 
@@ -212,6 +258,23 @@ def register(sub) -> None:
     p.add_argument("--number", type=POSITIVE, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("tune", help="choose each binary layer's kernel schedule (register tile, popcount "
+                       "strategy, accumulator) by timing candidates on the device; later builds use the winners")
+    p.add_argument("--device", default="local", help="device profile name or .toml file (default: local)")
+    p.add_argument("--devices-dir", help="extra directory of device profiles")
+    p.add_argument("--accept-new-host-key", action="store_true", help="SSH devices: record an unknown host key "
+                   "(its fingerprint is printed) instead of refusing it")
+    p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
+    p.add_argument("--resolution", type=RESOLUTION, help="override the space's input resolution")
+    p.add_argument("--store", required=True, help="measurement store (SQLite file; created if missing)")
+    p.add_argument("--limit", type=POSITIVE, help="tune only the N heaviest layers (binary MACs); default: all")
+    p.add_argument("--rounds", type=int_range(1, 20), default=3, help="rounds over the candidates of a layer "
+                   "(default: 3; the median of the rounds decides)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, help="warm-up calls (default: the device profile's)")
+    p.add_argument("--repeat", type=POSITIVE, help="timed samples per round (default: the device profile's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-layer lines")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("measurements", help="what a measurement store holds, per device and kind; or all of it as CSV")
     p.add_argument("store", help="measurement store (SQLite file)")

@@ -328,7 +328,8 @@ def _module_params(model, layers: list[LayerConfig]) -> list[dict]:
     return out
 
 
-def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch: int, seed: int) -> TvmSubnet:
+def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch: int, seed: int,
+             schedules=None) -> TvmSubnet:
     from tvm import te
 
     from nasbnn_hw.deploy.kernels.layer import KernelBuildError, _shape_dtype, compile_function, layer_input_shape, layer_te, \
@@ -345,7 +346,7 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
     h, names, tensors, values = x, [], [], []
     rng = np.random.default_rng(seed)
     for i, cfg in enumerate(layers):
-        ph, h = layer_te(cfg, h, f"l{i}", spec)
+        ph, h = layer_te(cfg, h, f"l{i}", spec, schedules)
         given = params[i] if params is not None else random_arrays({k: _shape_dtype(v) for k, v in ph.items()}, rng)
         for key, t in ph.items():
             shape, dtype = _shape_dtype(t)
@@ -358,18 +359,22 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
 
     def _schedule(sch):
         for i, cfg in enumerate(layers):
-            schedule_layer(sch, cfg, f"l{i}", spec)
+            schedule_layer(sch, cfg, f"l{i}", spec, schedules)
 
     ex = compile_function([x, *tensors, h], spec, _schedule)
     return TvmSubnet(list(layers), spec, ex, names, values, _shape_dtype(x)[0], _shape_dtype(h)[0])
 
 
-def compile_subnet(model, target="local", batch: int = 1, resolution: int | None = None) -> TvmSubnet:
-    """Compile a static subnet (`extract_subnet(supernet, arch)`, in eval mode) with its weights."""
+def compile_subnet(model, target="local", batch: int = 1, resolution: int | None = None,
+                   schedules=None) -> TvmSubnet:
+    """Compile a static subnet (`extract_subnet(supernet, arch)`, in eval mode) with its weights.
+    `schedules`: a callable giving each layer's `CpuSchedule` (a `ScheduleBook` of tuned schedules), None
+    for the target's defaults."""
     layers = subnet_layers(model, resolution)
-    return _compile(layers, _module_params(model, layers), target, batch, 0)
+    return _compile(layers, _module_params(model, layers), target, batch, 0, schedules)
 
 
-def compile_random_subnet(arch, space, target="local", batch: int = 1, seed: int = 0) -> TvmSubnet:
+def compile_random_subnet(arch, space, target="local", batch: int = 1, seed: int = 0,
+                          schedules=None) -> TvmSubnet:
     """Compile `arch` of `space` with random weights (timing: speed does not depend on the values)."""
-    return _compile(arch_layers(arch, space), None, target, batch, seed)
+    return _compile(arch_layers(arch, space), None, target, batch, seed, schedules)

@@ -291,66 +291,86 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
     return report
 
 
+def _book(schedules, store, device: str, spec):
+    """The `ScheduleBook` a campaign builds with: the one given, else the device's tuned schedules in `store`."""
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    return schedules if schedules is not None else ScheduleBook.load(store, device, spec)
+
+
 def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
                    timing: TimingSettings = TimingSettings(), layers: Iterable[LayerConfig] | None = None,
                    progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False,
-                   rounds: int = 1) -> ProfileReport:
+                   rounds: int = 1, schedules=None) -> ProfileReport:
     """Measure every layer of `space` (or the given `layers`) on `device` and store each one; `rounds` > 1
-    measures each layer that many times, round by round, and stores the median of the round medians."""
+    measures each layer that many times, round by round, and stores the median of the round medians.
+    Layers are built with `schedules` (a `ScheduleBook`; default: the device's tuned schedules in `store`)."""
     from nasbnn_hw.deploy.kernels import build_layer, resolve_target
     space = get_space(space)
     spec = resolve_target(target)
     runner = runner or default_runner()
     cfgs = list(layers) if layers is not None else enumerate_layers(space)
+    book = _book(schedules, store, device, spec)
 
     def _builder(cfg):
         def build(tmp: Path):
-            lay = build_layer(cfg, spec, batch=1)
+            lay = build_layer(cfg, spec, batch=1, schedule=book)
             return lay.export(tmp / f"{cfg.key()}.so"), lay.args
         return build
 
-    items = [(c.key(), c.to_dict(), _builder(c)) for c in cfgs]
+    items = [(book.layer_key(c), book.layer_config(c), _builder(c)) for c in cfgs]
     return _run(items, "layer", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
 
 
-def subnet_key(arch: Arch) -> str:
-    return arch.to_json()
+def subnet_key(arch: Arch, space=None, schedules=None) -> str:
+    """The store key of a subnet measurement: its arch, plus its layers' schedules when they are not the
+    legacy ones (`ScheduleBook.subnet_key`; needs `space`)."""
+    if schedules is None or schedules.all_legacy:
+        return arch.to_json()
+    return schedules.subnet_key(arch, space)
 
 
 def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
                     seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
                     progress: bool = True, workdir: Path | None = None,
-                    stop_on_error: bool = False, rounds: int = 1) -> ProfileReport:
+                    stop_on_error: bool = False, rounds: int = 1, schedules=None) -> ProfileReport:
     """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights;
-    `rounds` as in `profile_layers`."""
+    `rounds` and `schedules` as in `profile_layers`."""
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     from nasbnn_hw.deploy.kernels import resolve_target
     space = get_space(space)
     spec = resolve_target(target)
     runner = runner or default_runner()
     chosen = list(archs) if archs is not None else random_subnets(space, n, seed)
+    book = _book(schedules, store, device, spec)
 
     def _builder(arch, i):
         def build(tmp: Path):
-            net = compile_random_subnet(arch, space, spec, batch=1, seed=i)
+            net = compile_random_subnet(arch, space, spec, batch=1, seed=i, schedules=book)
             return net.export(tmp / f"subnet{i}.so"), net.arg_specs()
         return build
 
-    items = [(subnet_key(a), {"space": space.name, "resolution": space.resolution, "arch": a.to_dict(),
-                                         "space_def": space.to_dict()},
-              _builder(a, i)) for i, a in enumerate(chosen)]
+    def _config(arch):
+        d = {"space": space.name, "resolution": space.resolution, "arch": arch.to_dict(), "space_def": space.to_dict()}
+        sid = book.subnet_schedule_id(arch_layers(arch, space))
+        return {**d, "schedule_id": sid} if sid else d
+
+    items = [(subnet_key(a, space, book), _config(a), _builder(a, i)) for i, a in enumerate(chosen)]
     return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
 
 
 def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
                   timing: TimingSettings = TimingSettings(), progress: bool = False,
-                  baseline_from: str | Path | None = None) -> list[float]:
+                  baseline_from: str | Path | None = None, schedules=None) -> list[float]:
     """Compile and time `archs` once more on `device`, independently of any stored measurement (into a
     throw-away store): seconds, one per arch. For how well a device agrees with itself. Under the reference
     protocol the device's reference baseline comes from the store `baseline_from` when it has one (the
-    same units as the first measurement), else it is calibrated afresh."""
+    same units as the first measurement), else it is calibrated afresh. The subnets are built with
+    `schedules` (default: the device's tuned schedules in `baseline_from`)."""
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.profiling.timing import REFERENCE_LAYER
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    space = get_space(space)
+    book = schedules if schedules is not None else ScheduleBook.load(baseline_from, device, target)
     with WorkDir("nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
         if timing.reference and baseline_from is not None and Path(baseline_from).exists():
             key = (device, resolve_target(target).description(), _tvm_version(), REFERENCE_LAYER.key())
@@ -358,13 +378,15 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
                 base = src.reference_baseline(*key)
             if base is not None:
                 st.set_reference_baseline(*key, base)
-        rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress)
+        rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress,
+                              schedules=book)
         got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}
-    missing = [subnet_key(a) for a in archs if subnet_key(a) not in got]
+    keys = [subnet_key(a, space, book) for a in archs]
+    missing = [k for k in keys if k not in got]
     if missing:
         raise ProfileError(f"measuring {len(missing)} subnet(s) again on {device} failed: "
                            f"{next(iter(rep.failed.values()), 'no result')}")
-    return [got[subnet_key(a)] for a in archs]
+    return [got[k] for k in keys]
 
 
 def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:

@@ -13,6 +13,11 @@ reference-kernel time, kept in `reference` per (device, target, TVM version): th
 kept, so later runs (and a second profiler on the same store) scale by the same number. Stores written
 before this table existed open unchanged and gain it empty (opened for writing; read-only, it reads as empty).
 
+Schedules: `nasbnn-hw tune` keeps the winning kernel schedule of each tuned layer in `schedules`, per (device,
+target, TVM version, layer); builds for that device use it (`nasbnn_hw.profiling.tuning.ScheduleBook`). A
+measurement taken with a schedule other than the one each layer had before tuning existed carries it in its
+key and config, so rows of different schedules never mix.
+
 Safety: opening never changes a file the store did not create unless it is opened for writing
 (`readonly=True`, what every reading command uses, opens the file with SQLite's `mode=ro`: no schema, no
 journal-mode switch); a file that is not a store (another SQLite database, random bytes, a truncated store,
@@ -70,6 +75,18 @@ CREATE TABLE IF NOT EXISTS reference (
     tvm_version TEXT NOT NULL,
     layer TEXT NOT NULL,           -- the reference kernel (nasbnn_hw.profiling.timing.REFERENCE_LAYER key)
     baseline_s REAL NOT NULL,      -- its time on the device when first calibrated
+    created REAL NOT NULL,
+    UNIQUE (device, target, tvm_version, layer)
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    device TEXT NOT NULL,
+    target TEXT NOT NULL,
+    tvm_version TEXT NOT NULL,
+    layer TEXT NOT NULL,           -- LayerConfig.key()
+    schedule TEXT NOT NULL,        -- JSON: the winning CpuSchedule.to_dict()
+    median_s REAL NOT NULL,        -- the winner's time
+    default_s REAL NOT NULL,       -- the target's default schedule's time, measured beside it
+    trials TEXT NOT NULL,          -- JSON list of {"schedule": fingerprint, "median_s": seconds or null}
     created REAL NOT NULL,
     UNIQUE (device, target, tvm_version, layer)
 );
@@ -374,6 +391,38 @@ class MeasurementStore:
                 self._db.execute("INSERT OR IGNORE INTO reference VALUES (?,?,?,?,?,?)",
                                  (device, canonical_target(target), tvm_version, layer, float(baseline_s), time.time()))
         return self.reference_baseline(device, target, tvm_version, layer)
+
+    @_guard
+    def tuned_schedules(self, device: str, target: str, tvm_version: str) -> dict[str, dict]:
+        """layer key -> {"schedule": dict, "median_s", "default_s", "trials": list, "created"} for that device."""
+        ts = self._spellings("schedules", device, target)
+        rows = self._db.execute(f"SELECT layer, schedule, median_s, default_s, trials, created FROM schedules WHERE "
+                                f"device=? AND target IN ({','.join('?' * len(ts))}) AND tvm_version=? ORDER BY created",
+                                (device, *ts, tvm_version))
+        return {layer: {"schedule": json.loads(sch), "median_s": med, "default_s": dflt, "trials": json.loads(tr),
+                        "created": cr} for layer, sch, med, dflt, tr, cr in rows}
+
+    @_guard
+    def add_tuned_schedule(self, device: str, target: str, tvm_version: str, layer: str, schedule: dict,
+                           median_s: float, default_s: float, trials: list[dict]) -> bool:
+        """Keep the winner of one tuned layer; False (nothing changed) if that layer already has one."""
+        with self._tx():
+            if layer in self.tuned_schedules(device, target, tvm_version):
+                return False
+            self._db.execute("INSERT OR IGNORE INTO schedules VALUES (?,?,?,?,?,?,?,?,?)",
+                             (device, canonical_target(target), tvm_version, layer, json.dumps(schedule, sort_keys=True),
+                              float(median_s), float(default_s), json.dumps(trials), time.time()))
+        return True
+
+    @_guard
+    def tuned_counts(self) -> dict[tuple, int]:
+        """(device, target, tvm_version) -> number of tuned layers."""
+        out: dict[tuple, int] = {}
+        for d, t, v, n in self._db.execute("SELECT device, target, tvm_version, COUNT(*) FROM schedules "
+                                           "GROUP BY device, target, tvm_version"):
+            k = (d, canonical_target(t), v)
+            out[k] = out.get(k, 0) + n
+        return out
 
     @_guard
     def add_agreement(self, device: str, subnets: int, kendall_tau: float, acc10: float) -> None:

@@ -136,6 +136,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from nasbnn_hw.core.sampling import largest, smallest
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import ScheduleBook
     from nasbnn_hw.nn.subnet_io import recalibrated_subnet
     from nasbnn_hw.train.trainer import SupernetTrainer, TrainConfig
     from nasbnn_hw.utils import atomic_write_text
@@ -194,7 +195,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
             profile_subnets(space, 0, device, store, runner, target, archs=list(archs), timing=timing,
                             progress=False)
             got = {m.key: m.median_s for m in store.query(device=device, kind="subnet")}
-        return [got[subnet_key(a)] for a in archs]
+            book = ScheduleBook.load(store, device, target)
+        return [got[subnet_key(a, space, book)] for a in archs]
 
     # 3. fit ------------------------------------------------------------------------------------------
     pred_path = out / "predictor.json"
@@ -257,7 +259,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         with torch.no_grad():
             ref = sub(x).numpy()
         got_onnx = export_onnx(sub, x, out / "best.onnx")
-        tvm_net = compile_subnet(sub, target="local", batch=x.shape[0])
+        tvm_net = compile_subnet(sub, target="local", batch=x.shape[0],
+                                 schedules=ScheduleBook.load(store_path, device, target))
         tvm_net.export(out / "best_tvm.so")
         got_tvm = tvm_net(x.numpy())
         # the bundle a board runs with only its C library, through its own runner process

@@ -50,33 +50,47 @@ def layer_input_shape(cfg: LayerConfig, batch: int = 1) -> tuple[int, ...]:
     return (batch, cfg.in_channels, r, r) if cfg.kind == "stem" else (batch, r, r, cfg.in_channels)
 
 
-def _acc_dtype(spec: TargetSpec | None) -> str:
-    from nasbnn_hw.deploy.kernels.schedule import cpu_tile
-    return "int32" if spec is not None and spec.is_gpu else cpu_tile(spec)["acc_dtype"]
+def layer_schedule(cfg: LayerConfig, spec: TargetSpec | None, schedule=None):
+    """The `CpuSchedule` layer `cfg` is built with: `schedule` (a `CpuSchedule`, or a callable taking the
+    layer, e.g. a `nasbnn_hw.profiling.tuning.ScheduleBook`) or the target's default; None on a GPU."""
+    from nasbnn_hw.deploy.kernels.schedule import CpuSchedule, ScheduleError, default_schedule
+    if spec is not None and spec.is_gpu:
+        return None
+    if callable(schedule) and not isinstance(schedule, CpuSchedule):
+        schedule = schedule(cfg)
+    if schedule is None:
+        return default_schedule(spec, cfg)
+    if not isinstance(schedule, CpuSchedule):
+        raise ScheduleError(f"schedule {schedule!r} is not a CpuSchedule")
+    if not schedule.fits(cfg):
+        raise ScheduleError(f"schedule {schedule.fingerprint()}: a {schedule.acc_dtype} accumulator can overflow "
+                            f"on layer {cfg.key()}")
+    return schedule
 
 
-def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None):
-    """TE of `cfg` applied to tensor `x`: (placeholders dict, output tensor)."""
+def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, schedule=None):
+    """TE of `cfg` applied to tensor `x`: (placeholders dict, output tensor). `schedule` as in
+    `layer_schedule` (it sets the accumulator type)."""
     from nasbnn_hw.deploy.kernels import binary, float_ops
     if cfg.kind == "stem":
         return float_ops.stem_conv(x, cfg.out_channels, cfg.kernel, cfg.stride, name)
     if cfg.kind == "bconv":
+        sched = layer_schedule(cfg, spec, schedule)
         return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
-                                        _acc_dtype(spec))
+                                        "int32" if sched is None else sched.acc_dtype)
     return float_ops.pool_classifier(x, cfg.out_channels, name)
 
 
-def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec) -> None:
-    from nasbnn_hw.deploy.kernels import schedule
+def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec, schedule=None) -> None:
+    from nasbnn_hw.deploy.kernels import schedule as S
     if spec.is_gpu:
         return  # GPU: one generic pass over the whole function (see `compile_function`)
-    tile = schedule.cpu_tile(spec)
     if cfg.kind == "stem":
-        schedule.cpu_stem(sch, name, tile)
+        S.cpu_stem(sch, name, S.cpu_tile(spec))
     elif cfg.kind == "bconv":
-        schedule.cpu_binary_half(sch, name, cfg.groups, tile)
+        S.cpu_binary_half(sch, name, cfg.groups, layer_schedule(cfg, spec, schedule).tile())
     else:
-        schedule.cpu_head(sch, name)
+        S.cpu_head(sch, name)
 
 
 def compile_function(args, spec: TargetSpec, schedule_fn):
@@ -131,8 +145,9 @@ class CompiledLayer:
 
 
 def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
-                params: dict | None = None) -> CompiledLayer:
-    """Compile `cfg` for `target` with random (or given) parameters and a random input."""
+                params: dict | None = None, schedule=None) -> CompiledLayer:
+    """Compile `cfg` for `target` with random (or given) parameters and a random input; `schedule` as in
+    `layer_schedule` (default: the target's)."""
     ok, why = supports(cfg)
     if not ok:
         raise KernelBuildError(f"cannot build layer {cfg.key()}: {why}")
@@ -141,14 +156,14 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
     from nasbnn_hw.deploy.kernels.params import random_arrays
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
-    placeholders, out = layer_te(cfg, x, "l0", spec)
+    placeholders, out = layer_te(cfg, x, "l0", spec, schedule)
     rng = np.random.default_rng(seed)
     data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
     for key, val in (params or {}).items():
         if key not in placeholders:
             raise KernelBuildError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
         data[key] = np.asarray(val)
-    ex = compile_function([x, *placeholders.values(), out], spec, lambda s: schedule_layer(s, cfg, "l0", spec))
+    ex = compile_function([x, *placeholders.values(), out], spec, lambda s: schedule_layer(s, cfg, "l0", spec, schedule))
     names = ["x", *placeholders, "out"]
     args = [ArgSpec(*_shape_dtype(x), data=data["x"])]
     args += [ArgSpec(*_shape_dtype(v), data=np.ascontiguousarray(data[k], _shape_dtype(v)[1]))

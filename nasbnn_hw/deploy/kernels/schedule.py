@@ -3,6 +3,11 @@ in registers over an unrolled word loop, the epilogue fused into the tile, rows 
 thread per output element (source generation; no tuning here)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from nasbnn_hw.deploy.kernels.binary import WORD_BITS, words_per_group
+from nasbnn_hw.errors import NasBnnError
+
 
 def _divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
@@ -19,8 +24,142 @@ def _divisor_at_most(n: int, cap: int) -> int:
 # while 2**17 popcount words take about 30 us on one AVX2 core. Below that, one thread finishes sooner
 # than the launch and the time stays a property of the work (benchmarks/latency_floor.py).
 PARALLEL_MIN = 1 << 17
-CPU_TILE = {"pixels": 7, "channels": 16, "vector": 8, "acc_dtype": "int64", "parallel_min": PARALLEL_MIN}
-ARM_TILE = {"pixels": 4, "channels": 8, "vector": 4, "acc_dtype": "int32", "parallel_min": PARALLEL_MIN}
+ACC_DTYPES = ("int64", "int32", "int16")
+
+
+class ScheduleError(NasBnnError):
+    """A schedule description that is not valid."""
+
+
+@dataclass(frozen=True)
+class CpuSchedule:
+    """How one binary conv is scheduled on a CPU: the register tile (`pixels` output pixels x `channels`
+    output channels, `vector` lanes), the popcount accumulator type and the parallel threshold.
+
+    The popcount strategy follows from the lanes: `vector` > 1 keeps output channels in vector lanes, so
+    LLVM emits the target's vector popcount (VPOPCNTQ with AVX-512 VPOPCNTDQ, a nibble lookup with byte
+    sums on AVX2, `cnt` + widening adds on NEON); `vector` == 1 keeps each output channel in a scalar
+    register (x86 `popcnt`, one word per instruction). Narrower accumulators save widening instructions
+    and registers but are only valid while a dot product cannot overflow them (`fits`)."""
+    pixels: int
+    channels: int
+    vector: int
+    acc_dtype: str
+    parallel_min: int = PARALLEL_MIN
+
+    def __post_init__(self):
+        for k in ("pixels", "channels", "vector", "parallel_min"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ScheduleError(f"schedule {k}={v!r} must be a positive integer")
+        if self.acc_dtype not in ACC_DTYPES:
+            raise ScheduleError(f"schedule acc_dtype={self.acc_dtype!r} not supported (allowed: {', '.join(ACC_DTYPES)})")
+        if self.vector > self.channels:
+            raise ScheduleError(f"schedule vector={self.vector} must be <= channels={self.channels}")
+
+    @property
+    def popcount(self) -> str:
+        return "scalar" if self.vector == 1 else "vector"
+
+    def fingerprint(self) -> str:
+        """Short, stable text naming this schedule (the store's schedule identity)."""
+        return f"p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
+
+    def to_dict(self) -> dict:
+        return {"pixels": self.pixels, "channels": self.channels, "vector": self.vector,
+                "acc_dtype": self.acc_dtype, "parallel_min": self.parallel_min}
+
+    @classmethod
+    def from_dict(cls, d, source: str = "a schedule") -> "CpuSchedule":
+        if not isinstance(d, dict) or set(d) - {"pixels", "channels", "vector", "acc_dtype", "parallel_min"}:
+            raise ScheduleError(f"{source}: {d!r} is not a schedule (keys: pixels, channels, vector, acc_dtype, "
+                                f"parallel_min)")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ScheduleError(f"{source}: {d!r} is not a schedule: {e}") from None
+
+    def tile(self) -> dict:
+        return self.to_dict()
+
+    def fits(self, cfg) -> bool:
+        """Whether the accumulator holds every popcount sum of layer `cfg` (taps x input channels per group)."""
+        if cfg.kind != "bconv":
+            return True
+        bound = cfg.kernel * cfg.kernel * words_per_group(cfg.in_channels // cfg.groups) * WORD_BITS
+        return bound < {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]
+
+    def effective(self, cfg) -> tuple:
+        """What this schedule compiles to for layer `cfg` (tiles are clipped to divisors of the layer's
+        sizes): two schedules with the same `effective` build the same code."""
+        pad = cfg.kernel // 2
+        wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
+        ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
+        return _divisor_at_most(wo, self.pixels), ft, vec, self.acc_dtype, self.parallel_min
+
+
+LEGACY_X86 = CpuSchedule(7, 16, 8, "int64")
+LEGACY_ARM = CpuSchedule(4, 8, 4, "int32")
+CPU_TILE = LEGACY_X86.tile()
+ARM_TILE = LEGACY_ARM.tile()
+
+# The schedules `tune` tries per layer (deduplicated by what they compile to for the layer). Chosen to
+# span the axes that moved the time on the CPUs measured (docs/measurements.md): register tile shape,
+# lanes (vector vs scalar popcount), accumulator width.
+X86_CANDIDATES = (
+    LEGACY_X86, CpuSchedule(4, 16, 8, "int64"), CpuSchedule(14, 8, 8, "int64"), CpuSchedule(7, 8, 8, "int64"),
+    CpuSchedule(7, 16, 4, "int64"), CpuSchedule(4, 32, 8, "int32"), CpuSchedule(7, 32, 8, "int32"),
+    CpuSchedule(7, 16, 16, "int32"), CpuSchedule(7, 16, 8, "int16"), CpuSchedule(2, 8, 1, "int64"),
+    CpuSchedule(4, 4, 1, "int64"),
+)
+ARM_CANDIDATES = (
+    LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
+    CpuSchedule(2, 16, 4, "int32"), CpuSchedule(4, 4, 4, "int32"), CpuSchedule(4, 8, 8, "int16"),
+    CpuSchedule(4, 8, 2, "int64"), CpuSchedule(2, 4, 1, "int64"),
+)
+
+
+def target_family(spec) -> str:
+    """'gpu', 'aarch64' or 'x86' (every other LLVM CPU target is scheduled like x86)."""
+    if spec is not None and spec.is_gpu:
+        return "gpu"
+    triple = str(spec.config.get("mtriple", "")) if spec is not None else ""
+    return "aarch64" if triple.startswith(("aarch64", "arm")) else "x86"
+
+
+def legacy_schedule(spec) -> CpuSchedule:
+    """The schedule every layer had before schedules were chosen per device: measurements stored without
+    a schedule were taken with it."""
+    return LEGACY_ARM if target_family(spec) == "aarch64" else LEGACY_X86
+
+
+def _has_feature(spec, feature: str) -> bool:
+    try:
+        from tvm.target import codegen
+        return bool(codegen.llvm_cpu_has_features([feature], spec.tvm_target()))
+    except Exception:  # noqa: BLE001 - a target LLVM cannot describe: no feature known
+        return False
+
+
+def default_schedule(spec, cfg=None) -> CpuSchedule:
+    """The schedule of an untuned layer, from the target's features (see `CpuSchedule` on strategies)."""
+    return legacy_schedule(spec)
+
+
+def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
+    """The schedules `tune` times for layer `cfg` on target `spec`: the default first, then every other
+    candidate of the target family that is valid for the layer and compiles to different code."""
+    fam = target_family(spec)
+    if fam == "gpu" or cfg.kind != "bconv":
+        return []
+    base = default_schedule(spec, cfg)
+    seen, out = set(), []
+    for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
+        e = s.effective(cfg)
+        if s.fits(cfg) and e not in seen:
+            seen.add(e)
+            out.append(s)
+    return out
 
 
 def _iterations(sch, block) -> int:
@@ -39,9 +178,8 @@ def _maybe_parallel(sch, work: int, loops, tile_cfg: dict | None) -> None:
 
 
 def cpu_tile(spec) -> dict:
-    """The register tile for a target (a `TargetSpec`)."""
-    triple = str(spec.config.get("mtriple", "")) if spec is not None else ""
-    return ARM_TILE if triple.startswith(("aarch64", "arm")) else CPU_TILE
+    """The default register tile for a target (a `TargetSpec`), as the dict the schedule functions take."""
+    return default_schedule(spec).tile()
 
 
 def _channel_tile(per_group: int, total: int, tile_cfg: dict) -> tuple[int, int]:

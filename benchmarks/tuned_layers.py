@@ -1,0 +1,151 @@
+"""Whole binary layers with the default and the tuned kernel schedule, against PyTorch fp32 conv2d.
+
+    python benchmarks/tuned_layers.py [--threads 1] [--rounds 3] [--store tuned.db]
+
+1. Tunes the six layers below on this machine (`tune_layers`, the code behind `nasbnn-hw tune`) into
+   `--store` (a temporary store by default; an existing store's winners are reused: tuning resumes).
+2. Then, `--rounds` times, alternating: one process times TVM with the default and the tuned schedule
+   side by side (interleaved samples, the same arguments), one process times torch `F.conv2d` alone.
+
+The binary layer is the whole half-block the deployed network runs (sign + bit-pack + XOR/popcount conv +
+BN + shortcut + RPReLU, `build_layer`); torch is the fp32 convolution alone. Printed per layer: median ms
+of each, torch / binary for both schedules, tuned / default, binary MACs per second per core, and which
+schedule won. Add the CPU model (`lscpu`) to any figure you quote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
+    ("256->256 14x14 3x3", 256, 256, 3, 1, 14),
+    ("128->128 28x28 3x3", 128, 128, 3, 1, 28),
+    ("512->512 7x7 1x1", 512, 512, 1, 1, 7),
+    ("96->96 28x28 5x5 g2", 96, 96, 5, 2, 28),
+    ("768->768 7x7 3x3 g8", 768, 768, 3, 8, 7),
+    ("192->384 14x14 1x1", 192, 384, 1, 1, 14),
+]
+
+
+def _cfg(ci, co, k, g, r):
+    from nasbnn_hw.core.layers import LayerConfig
+    return LayerConfig("bconv", ci, co, k, g, 1, r)
+
+
+def _macs(c_in, c_out, k, g, r):
+    return r * r * c_out * (c_in // g) * k * k
+
+
+def tune(store: str) -> None:
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.profiler import TimingSettings
+    from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import tune_layers
+    with MeasurementStore(store) as st:
+        rep = tune_layers(get_space("imagenet"), "local", st, layers=[_cfg(*c[1:]) for c in CASES],
+                          timing=TimingSettings(warmup=3, repeat=10, min_sample_ms=2.0, bursts=1), rounds=3,
+                          progress=True)
+    print(f"tuning: {rep.summary()}", file=sys.stderr)
+
+
+def worker_tvm(store: str, repeat: int) -> dict:
+    import numpy as np
+    import tvm
+
+    from nasbnn_hw.deploy.kernels.layer import build_layer
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    book = ScheduleBook.load(store, "local", "local")
+    dev = tvm.cpu(0)
+    out = {}
+    for name, *shape in CASES:
+        cfg = _cfg(*shape)
+        fns = []
+        for sched in (None, book(cfg)):
+            lay = build_layer(cfg, "local", schedule=sched)
+            t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
+                 for a in lay.args]
+            lay.executable["main"](*t)
+            fns.append((lay.executable.mod.time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=10), t))
+        samples = [[], []]
+        for _ in range(repeat):  # interleaved: both schedules see the same state of the machine
+            for i, (f, t) in enumerate(fns):
+                samples[i].append(f(*t).results[0])
+        out[name] = {"default": float(np.median(samples[0])), "tuned": float(np.median(samples[1])),
+                     "schedule": book(cfg).fingerprint()}
+    return out
+
+
+def worker_torch(repeat: int, threads: int) -> dict:
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(threads)
+    out = {}
+    with torch.no_grad():
+        for name, ci, co, k, g, r in CASES:
+            x, w = torch.randn(1, ci, r, r), torch.randn(co, ci // g, k, k)
+            for _ in range(20):
+                F.conv2d(x, w, padding=k // 2, groups=g)
+            samples = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    F.conv2d(x, w, padding=k // 2, groups=g)
+                samples.append((time.perf_counter() - t0) / 20)
+            out[name] = statistics.median(samples)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--store", help="measurement store for the tuned schedules (default: a temporary one)")
+    ap.add_argument("--worker", choices=("tune", "tvm", "torch"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker == "tune":
+        tune(args.store)
+        return 0
+    if args.worker:
+        res = worker_tvm(args.store, args.repeat) if args.worker == "tvm" else worker_torch(args.repeat, args.threads)
+        print(json.dumps(res))
+        return 0
+    tmp = tempfile.TemporaryDirectory()
+    store = args.store or str(Path(tmp.name) / "tuned.db")
+    env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+
+    def run(worker):
+        r = subprocess.run([sys.executable, __file__, "--worker", worker, "--threads", str(args.threads),
+                            "--repeat", str(args.repeat), "--store", store], env=env, capture_output=True,
+                           text=True)
+        if r.returncode:
+            sys.exit(f"{worker} worker failed: {(r.stderr.strip() or str(r.returncode)).splitlines()[-1]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    env1 = dict(env, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, __file__, "--worker", "tune", "--store", store], env=env1, check=True)
+    tvm_runs, torch_runs = [], []
+    for rnd in range(args.rounds):
+        for w in (("tvm", "torch") if rnd % 2 == 0 else ("torch", "tvm")):
+            (tvm_runs if w == "tvm" else torch_runs).append(run(w))
+    print(f"\n{args.threads} thread(s), {args.rounds} rounds (medians), schedules tuned at 1 thread")
+    print(f"{'layer':22s} {'torch ms':>9s} {'default ms':>11s} {'tuned ms':>9s} {'x default':>10s} "
+          f"{'x tuned':>8s} {'tuned/dflt':>10s} {'G bMAC/s':>9s}  schedule")
+    for name, *shape in CASES:
+        f = statistics.median(r[name] for r in torch_runs)
+        d = statistics.median(r[name]["default"] for r in tvm_runs)
+        t = statistics.median(r[name]["tuned"] for r in tvm_runs)
+        print(f"{name:22s} {f * 1e3:9.3f} {d * 1e3:11.3f} {t * 1e3:9.3f} {f / d:9.1f}x {f / t:7.1f}x "
+              f"{d / t:9.2f}x {_macs(*shape) / t / args.threads / 1e9:9.0f}  {tvm_runs[0][name]['schedule']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
