@@ -1,11 +1,13 @@
-"""Whole binary layers with the default and the tuned kernel schedule, against PyTorch fp32 conv2d.
+"""Whole binary layers with the legacy, the default and the tuned kernel schedule, against PyTorch fp32.
 
     python benchmarks/tuned_layers.py [--threads 1] [--rounds 3] [--store tuned.db]
 
 1. Tunes the six layers below on this machine (`tune_layers`, the code behind `nasbnn-hw tune`) into
    `--store` (a temporary store by default; an existing store's winners are reused: tuning resumes).
-2. Then, `--rounds` times, alternating: one process times TVM with the default and the tuned schedule
-   side by side (interleaved samples, the same arguments), one process times torch `F.conv2d` alone.
+2. Then, `--rounds` times, alternating: one process times TVM with the legacy schedule (the one tile every
+   CPU had before schedules were chosen per target: the previous commit's kernels), the target's
+   feature-based default and the tuned schedule side by side (interleaved samples, the same arguments),
+   one process times torch `F.conv2d` alone.
 
 The binary layer is the whole half-block the deployed network runs (sign + bit-pack + XOR/popcount conv +
 BN + shortcut + RPReLU, `build_layer`); torch is the fp32 convolution alone. Printed per layer: median ms
@@ -59,25 +61,28 @@ def worker_tvm(store: str, repeat: int) -> dict:
     import tvm
 
     from nasbnn_hw.deploy.kernels.layer import build_layer
+    from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
     from nasbnn_hw.profiling.tuning import ScheduleBook
     book = ScheduleBook.load(store, "local", "local")
+    legacy = legacy_schedule(resolve_target("local"))
     dev = tvm.cpu(0)
     out = {}
     for name, *shape in CASES:
         cfg = _cfg(*shape)
         fns = []
-        for sched in (None, book(cfg)):
+        for sched in (legacy, None, book(cfg)):
             lay = build_layer(cfg, "local", schedule=sched)
             t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
                  for a in lay.args]
             lay.executable["main"](*t)
             fns.append((lay.executable.mod.time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=10), t))
-        samples = [[], []]
-        for _ in range(repeat):  # interleaved: both schedules see the same state of the machine
+        samples = [[], [], []]
+        for _ in range(repeat):  # interleaved: all schedules see the same state of the machine
             for i, (f, t) in enumerate(fns):
                 samples[i].append(f(*t).results[0])
-        out[name] = {"default": float(np.median(samples[0])), "tuned": float(np.median(samples[1])),
-                     "schedule": book(cfg).fingerprint()}
+        out[name] = {"legacy": float(np.median(samples[0])), "default": float(np.median(samples[1])),
+                     "tuned": float(np.median(samples[2])), "schedule": book(cfg).fingerprint()}
     return out
 
 
@@ -136,14 +141,15 @@ def main() -> int:
         for w in (("tvm", "torch") if rnd % 2 == 0 else ("torch", "tvm")):
             (tvm_runs if w == "tvm" else torch_runs).append(run(w))
     print(f"\n{args.threads} thread(s), {args.rounds} rounds (medians), schedules tuned at 1 thread")
-    print(f"{'layer':22s} {'torch ms':>9s} {'default ms':>11s} {'tuned ms':>9s} {'x default':>10s} "
-          f"{'x tuned':>8s} {'tuned/dflt':>10s} {'G bMAC/s':>9s}  schedule")
+    print("x torch: torch fp32 conv time / whole binary layer time; G bMAC/s: the tuned layer, per core")
+    print(f"{'layer':22s} {'torch ms':>9s} {'legacy ms':>10s} {'default ms':>11s} {'tuned ms':>9s} {'x legacy':>9s} "
+          f"{'x default':>10s} {'x tuned':>8s} {'G bMAC/s':>9s}  tuned schedule")
     for name, *shape in CASES:
         f = statistics.median(r[name] for r in torch_runs)
-        d = statistics.median(r[name]["default"] for r in tvm_runs)
-        t = statistics.median(r[name]["tuned"] for r in tvm_runs)
-        print(f"{name:22s} {f * 1e3:9.3f} {d * 1e3:11.3f} {t * 1e3:9.3f} {f / d:9.1f}x {f / t:7.1f}x "
-              f"{d / t:9.2f}x {_macs(*shape) / t / args.threads / 1e9:9.0f}  {tvm_runs[0][name]['schedule']}")
+        lg, d, t = (statistics.median(r[name][k] for r in tvm_runs) for k in ("legacy", "default", "tuned"))
+        print(f"{name:22s} {f * 1e3:9.3f} {lg * 1e3:10.3f} {d * 1e3:11.3f} {t * 1e3:9.3f} {f / lg:8.1f}x "
+              f"{f / d:9.1f}x {f / t:7.1f}x {_macs(*shape) / t / args.threads / 1e9:9.0f}  "
+              f"{tvm_runs[0][name]['schedule']}")
     return 0
 
 

@@ -93,8 +93,9 @@ def load_device_measurements(store, device: str, target: str | None = None,
             else:
                 dropped += 1
     if dropped:
-        log.info("%d measurement(s) of %s were taken with other kernel schedules than the current ones "
-                 "(see `nasbnn-hw tune`): not used", dropped, device)
+        log.warning("%d measurement(s) of %s were taken with other kernel schedules than builds use now (a "
+                    "tune, or this target's default): not used; `nasbnn-hw profile --device %s ...` measures "
+                    "them again with the current ones", dropped, device, device)
     return DeviceMeasurements(device, tgt, ver, layers, tuple(subnets), source)
 
 

@@ -107,6 +107,7 @@ def test_active_subnets_are_the_least_certain(tmp_path):
     from nasbnn_hw.profiling.profiler import random_subnets, subnet_key
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import ScheduleBook
     db = tmp_path / "m.db"
     assert main(["profile", "--space", "small16", "--active", "--budget", "8", "--round-size", "4",
                  "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
@@ -118,4 +119,5 @@ def test_active_subnets_are_the_least_certain(tmp_path):
                  "--repeat", "3", "--warmup", "1", "--store", str(db), "--quiet"]) == 0
     with MeasurementStore(db) as store:
         got = {m.key for m in store.query(kind="subnet")}
-    assert got == {subnet_key(a) for a in expected}
+        book = ScheduleBook.load(store, "local", "local")
+    assert got == {subnet_key(a, space, book) for a in expected}

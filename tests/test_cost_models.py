@@ -436,13 +436,16 @@ def test_lut_reads_rows_by_config_not_row_key(tmp_path):
     from nasbnn_hw.profiling.store import Measurement
     st = MeasurementStore(tmp_path / "m.db")
     layers = space_layer_configs(SMALL)
-    st.add_many(Measurement("d", "llvm", "0.27", "layer", f"row{n}", {**c.to_dict(), "dtype": "int32"},
+    # an aarch64 target: rows without a schedule were taken with its default (legacy) schedule
+    st.add_many(Measurement("d", "llvm -mtriple=aarch64-linux-gnu", "0.27", "layer", f"row{n}",
+                            {**c.to_dict(), "dtype": "int32"},
                             median_s=1e-5 * (n + 1), iqr_s=0.0, repeats=3, samples=(1e-5,))
                 for n, c in enumerate(layers))
     lut = get_cost_model("lut@d", SMALL, store=st)
     a = smallest(SMALL)
     assert lut.cost(a) == pytest.approx(sum(1e-5 * (layers.index(c) + 1) for c in arch_layers(a, SMALL)))
-    st.add(Measurement("d", "llvm", "0.27", "layer", "bad", {"kind": "bconv"}, median_s=1.0))
+    st.add(Measurement("d", "llvm -mtriple=aarch64-linux-gnu", "0.27", "layer", "bad", {"kind": "bconv"},
+                       median_s=1.0))
     with pytest.raises(CostModelError, match=r"row 'bad'.*is not a layer config"):
         get_cost_model("lut@d", SMALL, store=st)
 

@@ -77,6 +77,16 @@ def test_random_subnets_are_distinct_and_reproducible():
         random_subnets(space, -1)
 
 
+def _book():
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    return ScheduleBook(resolve_target("local"))
+
+
+BOOK = _book()   # no tuned layers: the target's defaults, whose keys name them where they are not the legacy tile
+KEY = BOOK.layer_key
+
+
 def test_profile_layers_then_skip(tmp_path):
     from cost_models._store import layer_from_config
     from nasbnn_hw.deploy.kernels.schedule import default_schedule
@@ -88,9 +98,9 @@ def test_profile_layers_then_skip(tmp_path):
                              progress=False)
         assert len(rep.measured) == 4 and rep.skipped == 0 and not rep.failed
         rows = store.query(device="cpu-test", kind="layer")
-        assert sorted(r.key for r in rows) == sorted(l.key() for l in layers)
+        assert sorted(r.key for r in rows) == sorted(KEY(l) for l in layers)
         for r in rows:
-            assert layer_from_config(r.config).key() == r.key
+            assert KEY(layer_from_config(r.config)) == r.key
             if r.config["kind"] == "bconv":  # the schedule it was built with travels with it
                 assert r.config["schedule"] == default_schedule(resolve_target("local")).fingerprint()
             assert len(r.samples) == 3 and r.median_s > 0 and r.iqr_s >= 0 and r.repeats == 3
@@ -167,7 +177,7 @@ def test_profile_rounds_are_interleaved_and_resumable(tmp_path):
         assert again.measured == [] and again.skipped == 3
         more = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
                               progress=False, rounds=3)
-        assert sorted(more.measured) == sorted(l.key() for l in layers) and store.count() == 3
+        assert sorted(more.measured) == sorted(KEY(l) for l in layers) and store.count() == 3
         with pytest.raises(ProfileError, match="rounds must be an integer >= 1"):
             profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, rounds=0)
 
@@ -179,7 +189,7 @@ def test_profile_subnets_stores_arch_json(tmp_path):
         assert len(rep.measured) == 2
         rows = store.query(kind="subnet")
         archs = random_subnets(space, 2)
-        assert [r.key for r in rows] == [a.to_json() for a in archs]
+        assert [r.key for r in rows] == [BOOK.subnet_key(a, space) for a in archs]
         cfg = rows[0].config
         assert {k: cfg[k] for k in ("space", "resolution", "arch")} == {"space": "tiny", "resolution": 8,
                                                                          "arch": archs[0].to_dict()}
@@ -245,8 +255,8 @@ def test_a_failing_item_is_reported_and_the_rest_measured(tmp_path):
     with MeasurementStore(tmp_path / "m.db") as store:
         rep = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=[bad, good], timing=FAST,
                              progress=False)
-        assert rep.measured == [good.key()] and list(rep.failed) == [bad.key()] and "groups=5" in rep.failed[bad.key()]
-        assert not store.has("cpu-test", rep_target(), tvm_version(), "layer", bad.key())
+        assert rep.measured == [KEY(good)] and list(rep.failed) == [KEY(bad)] and "groups=5" in rep.failed[KEY(bad)]
+        assert not store.has("cpu-test", rep_target(), tvm_version(), "layer", KEY(bad))
         with pytest.raises(Exception, match="groups=5"):
             profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=[bad], timing=FAST,
                            progress=False, stop_on_error=True)

@@ -333,7 +333,7 @@ def test_api_local_and_the_local_profile_share_one_key_and_old_stores_still_read
     assert key == prof.description() == canonical_target(key)
     legacy = str(api.tvm_target())  # what the API stored before: TVM's own text of the target
     assert legacy != key
-    cfg = LayerConfig("bconv", 8, 8, 3, 1, 1, 8)
+    cfg = LayerConfig("stem", 3, 8, 3, 1, 2, 16)  # a stem: its rows are read on every target (no schedule)
     db = tmp_path / "old.db"
     con = sqlite3.connect(str(db))
     con.executescript(SCHEMA)

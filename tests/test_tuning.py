@@ -127,7 +127,8 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
         archs = random_subnets(space, 2, seed=3)
         profile_subnets(space, 0, "local", st, archs=archs, timing=FAST, progress=False)
         old_keys = {m.key for m in st.query(device="local")}
-        assert cfg.key() in old_keys and archs[0].to_json() in old_keys  # legacy schedules: the keys as before
+        book0 = ScheduleBook.load(st, "local", "local")
+        assert book0.layer_key(cfg) in old_keys and book0.subnet_key(archs[0], space) in old_keys
         # the winner of a tune (planted: which schedule wins depends on the machine)
         st.add_tuned_schedule("local", LOCAL.description(), _version(), cfg.key(), other.to_dict(), 1e-6, 2e-6, [])
         book = ScheduleBook.load(st, "local", "local")
@@ -145,16 +146,30 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
     dm = load_device_measurements(db, "local")
     assert dm.layers[cfg.key()].key == f"{cfg.key()} @{other.fingerprint()}"   # only the current schedule's row
     used = {m.key for m in dm.subnets}
-    assert key in used and with_layer[0].to_json() not in used
-    # a subnet without the tuned layer keeps its legacy key and its row
+    assert key in used and book0.subnet_key(with_layer[0], space) != key
+    # a subnet without the tuned layer keeps its key and its row
     if cfg not in arch_layers(archs[0], space):
-        assert archs[0].to_json() in used
+        assert book0.subnet_key(archs[0], space) in used
     # the schedule changes the code, never the result
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     x = np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)
     a = compile_random_subnet(with_layer[0], space, "local", seed=1)
     b = compile_random_subnet(with_layer[0], space, "local", seed=1, schedules=book)
     np.testing.assert_allclose(b(x), a(x), rtol=1e-6, atol=1e-6)
+
+
+def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
+    """Stores written before schedules existed hold bare keys: a target whose default is the legacy schedule
+    (AVX-512, NEON) keeps them; AVX2's own default names itself, so legacy rows are not mixed with it."""
+    space = get_space("small16")
+    cfg, arch = LayerConfig("bconv", 16, 16, 3, 1, 1, 8), random_subnets(space, 1, seed=1)[0]
+    for t in ({"kind": "llvm", "mcpu": "icelake-server"}, "rpi4"):
+        book = ScheduleBook(resolve_target(t))
+        assert book.all_legacy and book.layer_key(cfg) == cfg.key() and book.subnet_key(arch, space) == arch.to_json()
+    avx2 = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "haswell"}))
+    assert avx2(cfg) == S.AVX2_X86 and avx2.layer_key(cfg) == f"{cfg.key()} @{S.AVX2_X86.fingerprint()}"
+    assert avx2.subnet_key(arch, space).startswith(arch.to_json() + " @")
+    assert avx2.layer_key(LayerConfig("stem", 1, 16, 3, 1, 1, 16)) == "stem_i1_o16_k3_g1_s1_r16"
 
 
 def test_a_store_without_the_schedules_table_still_opens(tmp_path):

@@ -89,9 +89,12 @@ def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
 
 
 def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:
-    """Compile the reference kernel for `target` into `workdir`: (library path, its arguments)."""
-    from nasbnn_hw.deploy.kernels import build_layer
-    lay = build_layer(REFERENCE_LAYER, target, batch=1)
+    """Compile the reference kernel for `target` into `workdir`: (library path, its arguments). Always with
+    the legacy schedule: the stored baseline of a device must keep meaning the same kernel."""
+    from nasbnn_hw.deploy.kernels import build_layer, resolve_target
+    from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+    spec = resolve_target(target)
+    lay = build_layer(REFERENCE_LAYER, spec, batch=1, schedule=None if spec.is_gpu else legacy_schedule(spec))
     return lay.export(Path(workdir) / f"reference-{REFERENCE_LAYER.key()}.so"), lay.args
 
 

@@ -4,8 +4,8 @@
 Tuning one binary layer: every candidate schedule of the target family (`schedule.candidate_schedules`:
 register tiles, vector or scalar popcount, accumulator widths) is compiled, run once and checked against
 the default schedule's output (a candidate that computes anything else is rejected, never stored), then
-timed through the device's runner, candidate after candidate within each round, for several rounds, so a
-drifting machine slows all candidates alike. The winner must beat the default by `MIN_GAIN`, else the
+timed through the device's runner for several rounds (interleaved sample by sample where the runner can),
+each candidate against the default in the same round, so a drifting machine slows all candidates alike. The winner must beat the default by `MIN_GAIN`, else the
 default stays (noise must not churn schedules and with them every measurement key). The layer's winner, its
 time, the default's time and every trial go into the store in one transaction: a killed tune resumes at the
 first layer without a row, like profiling. Layers are tuned heaviest first (binary MACs), so `limit=N`
@@ -246,19 +246,47 @@ def _tune_one(cfg, spec, runner, clock, rounds: int, tmp: Path, build_layer, can
             log.warning("%s: schedule %s computes another result; rejected", cfg.key(), s.fingerprint())
     if not ok or ok[0][0] != default:
         raise TuneError(f"layer {cfg.key()}: the default schedule did not run")
-    per: dict[str, list[float]] = {s.fingerprint(): [] for s, _, _ in ok}
-    for r in range(rounds):
-        order = ok if r % 2 == 0 else ok[::-1]  # alternate the order: no candidate always runs first
-        for s, lib, args in order:
-            per[s.fingerprint()].append(clock.time(lib, args)[0])
+    times = _time_rounds(runner, clock, ok, rounds)
     for s, lib, _ in libs:
         Path(lib).unlink(missing_ok=True)
-    med = {fp: float(np.median(v)) for fp, v in per.items()}
+    dfp = default.fingerprint()
+    med = {fp: float(np.median(v)) for fp, v in times.items()}
+    # decided on each round's ratio to the default, measured beside it: a machine whose speed drifts
+    # between rounds changes both alike
+    ratio = {fp: float(np.median([t / d for t, d in zip(v, times[dfp])])) for fp, v in times.items()}
     for fp, v in med.items():
         trials[fp]["median_s"] = v
-    best = min(ok, key=lambda t: med[t[0].fingerprint()])[0]
-    d = med[default.fingerprint()]
-    if med[best.fingerprint()] > d * (1 - MIN_GAIN):
+        trials[fp]["vs_default"] = ratio[fp]
+    best = min(ok, key=lambda t: ratio[t[0].fingerprint()])[0]
+    if ratio[best.fingerprint()] > 1 - MIN_GAIN:
         best = default
-    return {"winner": best.to_dict(), "fingerprint": best.fingerprint(), "default": default.fingerprint(),
-            "best_s": med[best.fingerprint()], "default_s": d, "trials": list(trials.values())}
+    d = med[dfp]
+    return {"winner": best.to_dict(), "fingerprint": best.fingerprint(), "default": dfp,
+            "best_s": d * ratio[best.fingerprint()], "default_s": d, "trials": list(trials.values())}
+
+
+def _time_rounds(runner, clock, items, rounds: int) -> dict[str, list[float]]:
+    """Each candidate's time per round (seconds). A runner that can interleave (`LocalRunner`) alternates
+    single samples of all candidates, so neighbouring samples see the same state of the machine (on a
+    2-vCPU VM, candidates timed one after the other drifted by up to 60 % against each other); others are
+    timed one after the other under the device's protocol, the order alternating between rounds."""
+    out: dict[str, list[float]] = {s.fingerprint(): [] for s, _, _ in items}
+    interleave = getattr(runner, "time_interleaved", None)
+    numbers = None
+    if interleave is not None:
+        numbers = []
+        for s, lib, args in items:  # calls per sample: about a millisecond each
+            t = min(runner.time_library(lib, args, warmup=1, repeat=3, number=1).samples)
+            numbers.append(max(1, min(1000, round(1e-3 / max(t, 1e-9)))))
+    for r in range(rounds):
+        order = items if r % 2 == 0 else items[::-1]  # no candidate always runs first
+        if interleave is not None:
+            nums = numbers if r % 2 == 0 else numbers[::-1]
+            samples = interleave([(lib, args, n) for (_, lib, args), n in zip(order, nums)],
+                                 warmup=clock.protocol.warmup, repeat=max(10, clock.protocol.repeat * clock.protocol.bursts))
+            for (s, _, _), v in zip(order, samples):
+                out[s.fingerprint()].append(float(np.median(v)))
+        else:
+            for s, lib, args in order:
+                out[s.fingerprint()].append(clock.time(lib, args)[0])
+    return out

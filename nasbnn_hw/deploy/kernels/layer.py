@@ -86,7 +86,7 @@ def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec, schedule=
     if spec.is_gpu:
         return  # GPU: one generic pass over the whole function (see `compile_function`)
     if cfg.kind == "stem":
-        S.cpu_stem(sch, name, S.cpu_tile(spec))
+        S.cpu_stem(sch, name, S.legacy_schedule(spec).tile())  # not tuned: stem measurements keep their key
     elif cfg.kind == "bconv":
         S.cpu_binary_half(sch, name, cfg.groups, layer_schedule(cfg, spec, schedule).tile())
     else:
