@@ -1,9 +1,13 @@
 """Whole-subnet latency: TVM binary kernels vs onnxruntime fp32 vs PyTorch eager, batch 1.
 
     python benchmarks/subnet_latency.py [--spaces imagenet small] [--random 5] [--threads 1] [--repeat 10]
+        [--store tuned.db [--tune]] [--legacy]
 
 Subnets: largest, smallest and N uniform random ones of each space (seeded), weights from a randomly
 initialised supernet (latency does not depend on the values). Each engine runs in its own process.
+TVM engines: `TVM` with the target's default kernel schedules; `--legacy` adds `legacy` (the one tile every
+CPU had before schedules were chosen per target); `--store` adds `tuned` (the store's tuned schedules for
+device `local`; `--tune` first tunes every binary layer of the subnets into it, `nasbnn-hw tune`'s code).
 The TVM column also reports the largest relative difference of its logits to PyTorch's, and below the table,
 for a difference above 1e-4, whether binary activations at values within rounding of zero explain it.
 """
@@ -53,7 +57,31 @@ def _median_time(fn, repeat: int, min_s: float = 0.2) -> float:
     return samples[len(samples) // 2]
 
 
-def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: int) -> dict:
+def _schedules(engine: str, store: str | None):
+    from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    if engine == "legacy":
+        s = legacy_schedule(resolve_target("local"))
+        return lambda cfg: s
+    return ScheduleBook.load(store, "local", "local") if engine == "tuned" else None
+
+
+def tune(space_name: str, n_random: int, store: str) -> None:
+    from nasbnn_hw.deploy.tvm_net import subnet_layers
+    from nasbnn_hw.profiling.profiler import TimingSettings
+    from nasbnn_hw.profiling.store import MeasurementStore
+    from nasbnn_hw.profiling.tuning import tune_layers
+    layers, space = [], None
+    for _, _, model, space in _models(space_name, n_random):
+        layers += subnet_layers(model, space.resolution)
+    with MeasurementStore(store) as st:
+        rep = tune_layers(space, "local", st, layers=layers, timing=TimingSettings(warmup=3, repeat=10,
+                          min_sample_ms=2.0), rounds=3, progress=True)
+    print(f"tuning {space_name}: {rep.summary()}", file=sys.stderr)
+
+
+def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: int, store: str | None = None) -> dict:
     import numpy as np
     import torch
     torch.set_num_threads(threads)
@@ -78,12 +106,12 @@ def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: in
             sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
             feed = {"input": x.numpy()}
             out[name] = {"s": _median_time(lambda: sess.run(None, feed), repeat)}
-        else:
+        else:  # a TVM engine: tvm (default schedules), legacy, tuned
             import tvm
 
             from nasbnn_hw.deploy.tvm_net import compile_subnet
             t0 = time.perf_counter()
-            net = compile_subnet(model)
+            net = compile_subnet(model, schedules=_schedules(engine, store))
             compile_s = time.perf_counter() - t0
             with torch.no_grad():
                 ref = model(x).numpy()
@@ -107,30 +135,45 @@ def main() -> int:
     ap.add_argument("--random", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--store", help="measurement store with tuned schedules of device local: adds the `tuned` engine")
+    ap.add_argument("--tune", action="store_true", help="with --store: first tune the subnets' layers into it")
+    ap.add_argument("--legacy", action="store_true", help="add the `legacy` engine (the pre-per-target tile)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "SPACE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.random, args.repeat, args.threads[0])))
+        if args.worker[0] == "tune":
+            tune(args.worker[1], args.random, args.store)
+            return 0
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.random, args.repeat, args.threads[0],
+                                args.store)))
         return 0
+    tvms = ["tvm"] + (["legacy"] if args.legacy else []) + (["tuned"] if args.store else [])
+    extra = ["--store", args.store] if args.store else []
+    if args.tune and args.store:
+        for sp in args.spaces:
+            subprocess.run([sys.executable, __file__, "--worker", "tune", sp, "--random", str(args.random), *extra],
+                           env=dict(os.environ, TVM_NUM_THREADS="1", OMP_NUM_THREADS="1"), check=True)
     for t in args.threads:
         env = dict(os.environ, TVM_NUM_THREADS=str(t), OMP_NUM_THREADS=str(t))
         for sp in args.spaces:
             res = {}
-            for engine in ("tvm", "ort", "torch"):
+            for engine in (*tvms, "ort", "torch"):
                 r = subprocess.run([sys.executable, __file__, "--worker", engine, sp, "--random", str(args.random),
-                                    "--threads", str(t), "--repeat", str(args.repeat)], env=env,
+                                    "--threads", str(t), "--repeat", str(args.repeat), *extra], env=env,
                                    capture_output=True, text=True)
                 if r.returncode:
                     print(r.stderr[-3000:], file=sys.stderr)
                     return 1
                 res[engine] = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"\nspace {sp}, {t} thread(s), batch 1 (median ms)")
-            print(f"{'subnet':9s} {'TVM bin':>9s} {'ORT fp32':>9s} {'torch':>9s} {'ORT/TVM':>8s} {'torch/TVM':>9s} "
-                  f"{'rel err':>8s} {'compile s':>9s}  arch")
+            heads = "".join(f" {k + ' ms':>10s} {'ORT/' + k:>11s}" for k in tvms[1:])
+            print(f"{'subnet':9s} {'TVM bin':>9s} {'ORT fp32':>9s} {'torch':>9s} {'ORT/TVM':>8s} {'torch/TVM':>9s}"
+                  f"{heads} {'rel err':>8s} {'compile s':>9s}  arch")
             for name, v in res["tvm"].items():
                 b, o, e = v["s"], res["ort"][name]["s"], res["torch"][name]["s"]
-                print(f"{name:9s} {b * 1e3:9.3f} {o * 1e3:9.3f} {e * 1e3:9.3f} {o / b:7.1f}x {e / b:8.1f}x "
-                      f"{v['rel_err']:8.1e} {v['compile_s']:9.1f}  {v['arch']}")
+                cols = "".join(f" {res[k][name]['s'] * 1e3:10.3f} {o / res[k][name]['s']:10.1f}x" for k in tvms[1:])
+                print(f"{name:9s} {b * 1e3:9.3f} {o * 1e3:9.3f} {e * 1e3:9.3f} {o / b:7.1f}x {e / b:8.1f}x"
+                      f"{cols} {v['rel_err']:8.1e} {v['compile_s']:9.1f}  {v['arch']}")
             for name, v in res["tvm"].items():
                 if "why" in v:
                     print(f"  {name}: {v['why']}")
