@@ -44,7 +44,8 @@ def worker_tvm(repeat: int) -> dict:
     return out
 
 
-def worker_torch(repeat: int, threads: int) -> dict:
+def worker_torch(repeat: int, threads: int, cases=CASES) -> dict:
+    """torch `F.conv2d` alone on each (name, c_in, c_out, kernel, groups, resolution): median seconds."""
     import time
 
     import torch
@@ -52,7 +53,7 @@ def worker_torch(repeat: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     out = {}
     with torch.no_grad():
-        for name, ci, co, k, g, r in CASES:
+        for name, ci, co, k, g, r in cases:
             x, w = torch.randn(1, ci, r, r), torch.randn(co, ci // g, k, k)
             for _ in range(20):
                 F.conv2d(x, w, padding=k // 2, groups=g)

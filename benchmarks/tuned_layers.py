@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from binary_conv import _macs, worker_torch  # noqa: E402 - the same torch baseline and MAC count
+
 CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
     ("256->256 14x14 3x3", 256, 256, 3, 1, 14),
     ("128->128 28x28 3x3", 128, 128, 3, 1, 28),
@@ -38,10 +41,6 @@ CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
 def _cfg(ci, co, k, g, r):
     from nasbnn_hw.core.layers import LayerConfig
     return LayerConfig("bconv", ci, co, k, g, 1, r)
-
-
-def _macs(c_in, c_out, k, g, r):
-    return r * r * c_out * (c_in // g) * k * k
 
 
 def tune(store: str) -> None:
@@ -86,28 +85,6 @@ def worker_tvm(store: str, repeat: int) -> dict:
     return out
 
 
-def worker_torch(repeat: int, threads: int) -> dict:
-    import time
-
-    import torch
-    import torch.nn.functional as F
-    torch.set_num_threads(threads)
-    out = {}
-    with torch.no_grad():
-        for name, ci, co, k, g, r in CASES:
-            x, w = torch.randn(1, ci, r, r), torch.randn(co, ci // g, k, k)
-            for _ in range(20):
-                F.conv2d(x, w, padding=k // 2, groups=g)
-            samples = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    F.conv2d(x, w, padding=k // 2, groups=g)
-                samples.append((time.perf_counter() - t0) / 20)
-            out[name] = statistics.median(samples)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -120,7 +97,8 @@ def main() -> int:
         tune(args.store)
         return 0
     if args.worker:
-        res = worker_tvm(args.store, args.repeat) if args.worker == "tvm" else worker_torch(args.repeat, args.threads)
+        res = (worker_tvm(args.store, args.repeat) if args.worker == "tvm"
+               else worker_torch(args.repeat, args.threads, CASES))
         print(json.dumps(res))
         return 0
     tmp = tempfile.TemporaryDirectory()

@@ -43,24 +43,15 @@ def _profile_in_parallel(args) -> int:
     return worst
 
 
-def cmd_profile(args) -> int:
-    args.device = args.device or ["local"]
-    if len(set(args.device)) > 1:
-        return _profile_in_parallel(args)
-    args.device = args.device[0]
-    from nasbnn_hw.profiling.profiler import profile_layers, profile_subnets
+def _open_campaign(args, emulated_note: str):
+    """What `profile` and `tune` start from: (space, store, device, runner, target, timing, rounds). The store
+    is refused (not writable, not a store) before any device work; an emulated device gets `emulated_note`."""
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
-    if args.active and not args.budget and not args.subnets:
-        raise NasBnnError("--active needs --budget N (layer configs to measure) and/or --subnets N")
-    if not args.layers and not args.subnets and not args.active:
-        raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
-    if args.subnets < 0:
-        raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
     space = get_space(args.space)
     if args.resolution:
         space = space.with_resolution(args.resolution)
-    store = MeasurementStore(args.store)  # refused here (not writable, not a store) before any device work
+    store = MeasurementStore(args.store)
     try:
         device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
         timing, rounds = timing_for(profile, args)
@@ -69,8 +60,25 @@ def cmd_profile(args) -> int:
         raise
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if profile is not None and profile.runner == "emulated":
-        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): its kernels run for real "
-              f"but the stored times are NOT latency of any board", file=sys.stderr)
+        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): {emulated_note}",
+              file=sys.stderr)
+    return space, store, device, runner, target, timing, rounds
+
+
+def cmd_profile(args) -> int:
+    args.device = args.device or ["local"]
+    if len(set(args.device)) > 1:
+        return _profile_in_parallel(args)
+    args.device = args.device[0]
+    from nasbnn_hw.profiling.profiler import profile_layers, profile_subnets
+    if args.active and not args.budget and not args.subnets:
+        raise NasBnnError("--active needs --budget N (layer configs to measure) and/or --subnets N")
+    if not args.layers and not args.subnets and not args.active:
+        raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
+    if args.subnets < 0:
+        raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
+    space, store, device, runner, target, timing, rounds = _open_campaign(
+        args, "its kernels run for real but the stored times are NOT latency of any board")
     reports = []
     try:
         with store:
@@ -145,23 +153,9 @@ def _uncertain_subnets(args, space, device, store, target, pool_factor: int = 20
 
 def cmd_tune(args) -> int:
     """Choose each binary layer's kernel schedule on the device and keep the winners in the store."""
-    from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.profiling.store import MeasurementStore
     from nasbnn_hw.profiling.tuning import tune_layers
-    space = get_space(args.space)
-    if args.resolution:
-        space = space.with_resolution(args.resolution)
-    store = MeasurementStore(args.store)
-    try:
-        device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
-        timing, _ = timing_for(profile, args)
-    except BaseException:
-        store.close()
-        raise
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if profile is not None and profile.runner == "emulated":
-        print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): schedules chosen there "
-              f"are not tuned for any board", file=sys.stderr)
+    space, store, device, runner, target, timing, _ = _open_campaign(
+        args, "schedules chosen there are not tuned for any board")
     try:
         with store:
             rep = tune_layers(space, device, store, runner, target, timing=timing, limit=args.limit,

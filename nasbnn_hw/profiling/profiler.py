@@ -239,6 +239,12 @@ def _device_level(e: Exception) -> bool:
     return isinstance(e, (BoardUnavailable, DeviceSetupError))
 
 
+def _failure(e: Exception) -> str:
+    """One line for a failed item in a report: the error's last line (with its type unless it is ours)."""
+    why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+    return why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+
+
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
          timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
          rounds: int = 1) -> ProfileReport:
@@ -273,8 +279,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                 except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
                     if stop_on_error or _device_level(e):
                         raise
-                    why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                    report.failed[key] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+                    report.failed[key] = _failure(e)
                     log.warning("%s %s failed: %s", kind, key, report.failed[key])
                     bar.update(rounds - done[key])
                     continue

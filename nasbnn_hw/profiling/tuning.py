@@ -44,11 +44,6 @@ class TuneError(NasBnnError):
     """Tuning cannot run (a GPU target, nothing to tune)."""
 
 
-def _tvm_version() -> str:
-    import tvm
-    return str(tvm.__version__)
-
-
 class ScheduleBook:
     """The schedule of each layer for one (device, target, TVM version): tuned winners from the store, the
     target's feature-based default for every other layer. Call it with a `LayerConfig` to get the
@@ -68,6 +63,7 @@ class ScheduleBook:
         spec = resolve_target(target)
         if store is None or spec.is_gpu:
             return cls(spec, {}, device)
+        from nasbnn_hw.profiling.profiler import _tvm_version
         version = tvm_version or _tvm_version()
         if isinstance(store, MeasurementStore):
             rows = store.tuned_schedules(device, spec.description(), version)
@@ -177,10 +173,10 @@ def tune_layers(space, device: str, store, runner=None, target="local", *, timin
     `limit` heaviest; store each winner (see the module docstring). Layers already tuned are skipped, so
     the same call resumes a killed one."""
     from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.deploy.kernels import build_layer, resolve_target
+    from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.deploy.kernels.schedule import candidate_schedules, default_schedule
-    from nasbnn_hw.profiling.profiler import TimingSettings, _Clock, _device_level, _progress, default_runner, \
-        enumerate_layers
+    from nasbnn_hw.profiling.profiler import TimingSettings, _Clock, _device_level, _failure, _progress, \
+        _tvm_version, default_runner, enumerate_layers
     if not isinstance(rounds, int) or rounds < 1:
         raise TuneError(f"rounds must be an integer >= 1 (got {rounds!r})")
     spec = resolve_target(target)
@@ -202,13 +198,12 @@ def tune_layers(space, device: str, store, runner=None, target="local", *, timin
         for cfg in todo:
             bar.set_postfix_str(cfg.key(), refresh=False)
             try:
-                row = _tune_one(cfg, spec, runner, clock, rounds, Path(tmp), build_layer,
-                                candidate_schedules(spec, cfg), default_schedule(spec, cfg))
+                row = _tune_one(cfg, spec, runner, clock, rounds, Path(tmp), candidate_schedules(spec, cfg),
+                                default_schedule(spec, cfg))
             except Exception as e:  # noqa: BLE001 - one bad layer must not end a long run; it is reported
                 if stop_on_error or _device_level(e):
                     raise
-                why = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-                report.failed[cfg.key()] = why if isinstance(e, NasBnnError) else f"{type(e).__name__}: {why}"
+                report.failed[cfg.key()] = _failure(e)
                 log.warning("tuning %s failed: %s", cfg.key(), report.failed[cfg.key()])
                 bar.update(1)
                 continue
@@ -222,7 +217,8 @@ def tune_layers(space, device: str, store, runner=None, target="local", *, timin
     return report
 
 
-def _tune_one(cfg, spec, runner, clock, rounds: int, tmp: Path, build_layer, cands, default) -> dict | None:
+def _tune_one(cfg, spec, runner, clock, rounds: int, tmp: Path, cands, default) -> dict | None:
+    from nasbnn_hw.deploy.kernels import build_layer
     if len(cands) < 2:
         return None
     libs = []
