@@ -1,9 +1,25 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes, progress bars."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+# A progress bar written to a file or a CI log (stderr not a terminal) redraws at most this often: a
+# terminal shows every update in place, a log would keep each redraw as text (megabytes per quickstart).
+LOG_PROGRESS_INTERVAL_S = 30.0
+
+
+def progress_bar(iterable=None, **kw):
+    """tqdm with this project's defaults: dynamic width; outside a terminal, a line every 30 s at most."""
+    import sys
+
+    from tqdm import tqdm
+    kw.setdefault("dynamic_ncols", True)
+    if not sys.stderr.isatty():
+        kw.setdefault("mininterval", LOG_PROGRESS_INTERVAL_S)
+    return tqdm(iterable, **kw)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

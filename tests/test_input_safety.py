@@ -321,3 +321,23 @@ def test_store_loader_fuzz(tmp_path):
             st.summary()
             st.query(device="dev")
     assert _only_own_errors(load, byte_variants(data, random.Random(9), 80)) > 20
+
+
+def test_progress_bars_in_a_log_redraw_at_most_every_30_s(monkeypatch):
+    """Outside a terminal (a CI log, `> file`) every redraw of a bar stays in the file as text: the
+    project's bars then redraw at most every 30 s; in a terminal they keep tqdm's own interval."""
+    import io
+
+    from nasbnn_hw.utils import LOG_PROGRESS_INTERVAL_S, progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    for stream, interval in ((io.StringIO(), LOG_PROGRESS_INTERVAL_S), (Tty(), 0.1)):
+        monkeypatch.setattr("sys.stderr", stream)
+        with progress_bar(total=1000, desc="x", file=stream) as bar:
+            assert bar.mininterval == interval
+            for _ in range(1000):
+                bar.update(1)
+        if interval == LOG_PROGRESS_INTERVAL_S:   # the first and the last line only
+            assert stream.getvalue().count("x:") <= 3

@@ -208,15 +208,15 @@ class SupernetTrainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, on_epoch_end=None) -> list[dict]:
-        from tqdm import tqdm
+        from nasbnn_hw.utils import progress_bar
         cfg, B = self.cfg, self.cfg.batch_size
         self.out.mkdir(parents=True, exist_ok=True)
         logf = open(self.out / "train.log", "a") if self.rank == 0 else None
         try:
             while self.epoch < cfg.epochs:
                 perm = self._batch_indices(self.epoch)
-                bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not self.progress,
-                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+                bar = progress_bar(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not self.progress,
+                                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step")
                 t0, agg = time.time(), []
                 steps = [perm[s * B:(s + 1) * B][self.rank::self.world]
                          for s in range(self.step_in_epoch, self.steps_per_epoch)]
@@ -257,9 +257,8 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
              max_steps_per_epoch: int = 0, compile: bool = False):
     """Fine-tune one subnet (binary weights) inside its supernet copy, then extract it as a static module.
     Official defaults: lr 1e-5, 25 epochs. `compile`: the fused training forward (`TrainConfig.compile`)."""
-    from tqdm import tqdm
-
     from nasbnn_hw.train.evaluate import accuracy
+    from nasbnn_hw.utils import progress_bar
     from nasbnn_hw.nn.supernet import extract_subnet
     if epochs < 1 or lr <= 0:
         raise NasBnnError(f"epochs={epochs} must be >= 1 and lr={lr} > 0")
@@ -276,7 +275,7 @@ def finetune(supernet: SuperBNN, arch, data: Splits, epochs: int = 25, lr: float
         supernet.train()
         perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed * 7919 + ep))
         losses = []
-        for i in tqdm(range(steps), desc=f"finetune {ep + 1}/{epochs}", disable=not progress, unit="step"):
+        for i in progress_bar(range(steps), desc=f"finetune {ep + 1}/{epochs}", disable=not progress, unit="step"):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             opt.zero_grad()
             x, y = next(iter_batches(data.train, [idx], ep))

@@ -67,8 +67,8 @@ def run_search_with_checkpoint(checkpoint, cost: str, constraints, out_dir, *, s
     evaluator = SubnetEvaluator(net, calibration_batches(splits.train, calib_batches, calib_batch_size,
                                                          workers=workers), val, workers=workers)
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(desc="search: evaluated", unit="arch", dynamic_ncols=True)
+        from nasbnn_hw.utils import progress_bar
+        bar = progress_bar(desc="search: evaluated", unit="arch")
 
         def evaluate(arch):
             acc = evaluator(arch)
