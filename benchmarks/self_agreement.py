@@ -1,22 +1,27 @@
 """Does the device agree with itself? Two independent measurements of the same random subnets, per timing
-protocol, with and without a competing process.
+protocol, with and without a competing process, in one contiguous block per subnet or in rounds.
 
     python benchmarks/self_agreement.py [--spaces small16 small imagenet@64] [--subnets 20] [--threads 1]
-                                        [--chunks 5] [--competitor off on]
+                                        [--chunks 20] [--repeat 3] [--rounds 1 20] [--competitor off on]
+                                        [--cache DIR] [--raw DIR]
 
-Every subnet is compiled once; then two campaigns (A, then B) time every subnet in turn. Within a campaign
-each subnet gets `chunks` short bursts, each burst timing the fixed reference kernel of the protocol
-(`nasbnn_hw.profiling.timing.REFERENCE_LAYER`) right before the subnet. From the same samples every protocol's
-estimate is computed, so they are compared on equal data:
+Every subnet is compiled once (`--cache DIR` keeps them for later runs); then two campaigns (A, then B) time
+every subnet. With `--rounds 1` a campaign times each subnet in one block of `chunks` bursts; with
+`--rounds R` it visits every subnet R times, round by round, each visit taking chunks/R bursts, as
+`profile --rounds R` (and the `local` profile) does. Each burst interleaves the fixed reference kernel of the
+protocol (`nasbnn_hw.profiling.timing.REFERENCE_LAYER`) with the subnet, sample by sample. From the same
+samples every estimator is computed, so they are compared on equal data:
 
-- `median`: the median of the subnet's samples (the previous protocol);
-- `min`: the fastest sample;
-- `reference`: each burst's subnet median divided by the reference median of that burst, the median of
-  those ratios times the device's reference time: the machine's current speed factors out.
+- `median`, `min`: the median or fastest raw sample;
+- `reference`, `bracket`: each sample (or burst median) against the reference beside it, times the device's
+  reference time: the machine's current speed factors out;
+- `low`, `bracket-low`: the 20th percentile instead of the median;
+- these per visit, then the median over the visits; `protocol`: what the profiler stores, the 20th
+  percentile of all the subnet's bracket-normalised samples pooled over its visits.
 
 Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
 second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns.
-Each (space, competitor) case runs in its own process. Prints a table, then a JSON line.
+Each (space, competitor, rounds) case runs in its own process. Prints a table, then a JSON line.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 import json
 import multiprocessing as mp
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -46,8 +52,23 @@ def _space(spec: str):
     return sp.with_resolution(int(res)) if res else sp
 
 
+def _compiled(arch, space, i: int, where, space_spec: str):
+    """(library, argument specs) of random subnet `i`, compiled once into `where` and reused from there."""
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    from nasbnn_hw.profiling.runners.base import ArgSpec
+    stem = where / f"{space_spec.replace('@', '-')}-{arch.short().replace('|', '_')}-s{i}"
+    lib, spec = stem.with_suffix(".so"), stem.with_suffix(".json")
+    if not (lib.exists() and spec.exists()):
+        where.mkdir(parents=True, exist_ok=True)
+        net = compile_random_subnet(arch, space, "local", seed=i)
+        net.export(lib)
+        spec.write_text(json.dumps([[list(a.shape), a.dtype, a.is_output] for a in net.arg_specs()]))
+    return lib, [ArgSpec(tuple(sh), dt, out) for sh, dt, out in json.loads(spec.read_text())]
+
+
 def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
-           raw_dir: str | None = None, references: tuple[str, ...] = ("layer",)) -> dict:
+           raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
+           cache_dir: str | None = None) -> dict:
     import tempfile
     from pathlib import Path
 
@@ -55,11 +76,13 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     from nasbnn_hw.profiling.profiler import random_subnets
     from nasbnn_hw.profiling.runners.local import LocalRunner
-    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, reference_library
+    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, reference_library
     space = _space(space_spec)
     archs = random_subnets(space, n, seed=11)
     runner = LocalRunner(threads=threads)
-    proto = Protocol(bursts=chunks, repeat=repeat)
+    # rounds > 1: a campaign visits every subnet `rounds` times, each visit taking 1/rounds of its samples,
+    # so each subnet's samples spread over the whole campaign instead of one contiguous block
+    proto = Protocol(bursts=max(1, chunks // rounds), repeat=repeat)
     with tempfile.TemporaryDirectory() as d:
         refs = {}
         if "layer" in references:
@@ -69,8 +92,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
             refs["subnet"] = (net.export(Path(d) / "reference-subnet.so"), net.arg_specs())
         libs = []
         for i, a in enumerate(archs):
-            net = compile_random_subnet(a, space, "local", seed=i)
-            libs.append((net.export(Path(d) / f"s{i}.so"), net.arg_specs()))
+            libs.append(_compiled(a, space, i, Path(cache_dir) if cache_dir else Path(d), space_spec))
         stop = mp.Event()
         burner = mp.Process(target=_burn, args=(stop, 5), daemon=True) if competitor else None
         if burner:
@@ -80,29 +102,37 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
             campaigns = {k: [] for k in refs}
             for _ in range(2):  # campaign A with every reference, then B with every reference
                 for k, r in refs.items():
-                    campaigns[k].append([proto.measure(runner, lib, args, r) for lib, args in libs])
+                    visits = [[proto.measure(runner, lib, args, r) for lib, args in libs] for _ in range(rounds)]
+                    campaigns[k].append([list(v) for v in zip(*visits)])   # per subnet: its R visits
         finally:
             if burner:
                 stop.set()
                 burner.join()
     out = {"space": space_spec, "competitor": competitor, "threads": threads, "protocols": {}}
     for k in refs:
-        for name in ESTIMATORS:
+        for name in (*ESTIMATORS, "protocol"):
             if k != "layer" and name in ("median", "min"):
                 continue  # the same raw statistics as with the layer reference
-            a, b = ([estimate(m, name, baselines[k]) for m in c] for c in campaigns[k])
+            if name == "protocol":   # what the profiler stores: the pooled low quantile over all visits
+                a, b = ([pooled_estimate([m.normalised_samples(baselines[k]) for m in v]) for v in c]
+                        for c in campaigns[k])
+            else:                    # an estimator per visit, the median over the visits
+                a, b = ([statistics.median(estimate(m, name, baselines[k]) for m in v) for v in c]
+                        for c in campaigns[k])
             dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
             label = name if k == "layer" or name in ("median", "min") else f"{name}/{k}"
             out["protocols"][label] = {"kendall_tau": kendall_tau(a, b), "acc10": within(a, b, 0.10),
                                        "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
                                        "range_ms": [min(a) * 1e3, max(a) * 1e3]}
-    out["reference_drift"] = {k: [max(m.reference_s) / min(m.reference_s) for c in cs for m in c]
+    out["rounds"] = rounds
+    out["reference_drift"] = {k: [max(m.reference_s) / min(m.reference_s) for c in cs for v in c for m in v]
                               for k, cs in campaigns.items()}
     if raw_dir:
         from dataclasses import asdict
         Path(raw_dir).mkdir(parents=True, exist_ok=True)
-        (Path(raw_dir) / f"{space_spec}-{'on' if competitor else 'off'}.json").write_text(json.dumps(
-            {"baselines": baselines, "campaigns": {k: [[asdict(m) for m in c] for c in cs]
+        (Path(raw_dir) / f"{space_spec}-{'on' if competitor else 'off'}-r{rounds}.json").write_text(json.dumps(
+            {"baselines": baselines, "rounds": rounds,
+             "campaigns": {k: [[[asdict(m) for m in v] for v in c] for c in cs]
                                                    for k, cs in campaigns.items()}}))
     return out
 
@@ -118,32 +148,38 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", nargs="+", choices=["layer", "subnet"], default=["layer"],
                     help="the reference timed beside each item: the fixed reference layer of the protocol, "
                          "and/or a fixed subnet of the same space (its working set matches the items')")
+    ap.add_argument("--rounds", type=int, nargs="+", default=[1],
+                    help="visits per subnet and campaign (each with chunks/rounds bursts): 1 = one contiguous block "
+                         "per subnet; R > 1 spreads its samples over the campaign, as `profile --rounds` does")
+    ap.add_argument("--cache", metavar="DIR", help="keep the compiled subnets there and reuse them in later runs "
+                                                   "(compiling dominates the run time at imagenet scale)")
     ap.add_argument("--raw", metavar="DIR", help="also write every campaign's raw samples there (JSON)")
-    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
-                                a.raw, tuple(a.reference))))
+                                a.raw, tuple(a.reference), int(a.worker[2]), a.cache)))
         return 0
     results = []
-    print("| space | competitor | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for sp in a.spaces:
-        for comp in a.competitor:
-            p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, "--subnets", str(a.subnets),
-                                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
-                                "--reference", *a.reference]
-                               + (["--raw", a.raw] if a.raw else []),
-                               capture_output=True, text=True)
-            if p.returncode:
-                sys.stderr.write(p.stderr)
-                return p.returncode
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            results.append(r)
-            for name, m in r["protocols"].items():
-                print(f"| {sp} | {comp} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
-                      f"{100 * m['median_dev']:.1f} % | {100 * m['worst_dev']:.1f} % | "
-                      f"{m['range_ms'][0]:.3f}-{m['range_ms'][1]:.3f} |", flush=True)
+    if any(r < 1 or a.chunks % r for r in a.rounds):
+        ap.error(f"--rounds {a.rounds}: each must be >= 1 and divide --chunks {a.chunks}")
+    print("| space | competitor | rounds | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for sp, comp, rounds in ((sp, comp, r) for sp in a.spaces for comp in a.competitor for r in a.rounds):
+        p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, str(rounds), "--subnets", str(a.subnets),
+                            "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
+                            "--reference", *a.reference]
+                           + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else []),
+                           capture_output=True, text=True)
+        if p.returncode:
+            sys.stderr.write(p.stderr)
+            return p.returncode
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        results.append(r)
+        for name, m in r["protocols"].items():
+            print(f"| {sp} | {comp} | {rounds} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
+                  f"{100 * m['median_dev']:.1f} % | {100 * m['worst_dev']:.1f} % | "
+                  f"{m['range_ms'][0]:.3f}-{m['range_ms'][1]:.3f} |", flush=True)
     print(json.dumps({"self_agreement": results}))
     return 0
 

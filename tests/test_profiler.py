@@ -217,7 +217,7 @@ def test_killed_profiler_resumes_without_loss_or_duplicates(tmp_path):
     db = tmp_path / "m.db"
     cmd = [sys.executable, "-m", "nasbnn_hw.cli", "profile", "--device", "local", "--space", str(space_file),
            "--layers", "--subnets", "2", "--store", str(db), "--warmup", "1", "--repeat", "3", "--number", "2",
-           "--quiet"]
+           "--rounds", "1", "--quiet"]   # one round per item (resuming rounds: test_profile_rounds_...)
     env = dict(os.environ, TVM_NUM_THREADS="1")
     total = len(enumerate_layers(SearchSpace.from_dict(TINY))) + 2
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -39,8 +39,8 @@ def _noise(p, args) -> None:
     timing, _ = timing_for(p)
     with get_runner(p, accept_new_host_key=getattr(args, "accept_new_host_key", False)) as runner:
         n = noise_floor(runner, resolve_target(p), timing)
-    print(f"{p.name}: noise floor {100 * n['noise']:.1f} % ({n['protocol']} protocol, {n['bursts']} x "
-          f"{n['repeat']} samples; raw median {100 * n['noise_raw']:.1f} %, reference-normalised "
+    print(f"{p.name}: noise floor {100 * n['noise']:.1f} % ({n['protocol']} protocol, {n['rounds']} round(s) of "
+          f"{n['bursts']} x {n['repeat']} samples; raw median {100 * n['noise_raw']:.1f} %, reference-normalised "
           f"{100 * n['noise_reference']:.1f} %); reference kernel p90/p10 {n['speed_range']:.2f}x meanwhile; "
           f"reference kernel {n['reference_us']:.1f} us")
 

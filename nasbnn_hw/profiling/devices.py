@@ -30,4 +30,4 @@ def timing_for(profile, args=None):
     number = getattr(args, "number", None)
     return TimingSettings(warmup=pick("warmup", 5), repeat=pick("repeat", 20),
                           number=number if number is not None else 0, min_sample_ms=float(pick("sample_ms", 20.0)),
-                          bursts=pick("bursts", 1), reference=bool(pick("reference", False))), rounds
+                          bursts=pick("bursts", 1), reference=bool(pick("reference", False)), rounds=rounds), rounds

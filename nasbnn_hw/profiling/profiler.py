@@ -116,19 +116,23 @@ class TimingSettings:
     """warmup calls, `repeat` timed samples, each the mean of `number` calls; number=0: choose `number`
     so that one sample lasts at least `min_sample_ms`. `bursts` > 1 takes `repeat` samples that many
     times; `reference` times the reference kernel before each burst and stores the latency in units of the
-    device's reference time (`nasbnn_hw.profiling.timing`: the machine's current speed factors out)."""
+    device's reference time (`nasbnn_hw.profiling.timing`: the machine's current speed factors out).
+    `rounds`: how many times a campaign visits each item (what `profile_layers`/`profile_subnets` do when
+    not given `rounds`); with the reference the item keeps the protocol's pooled estimate of all rounds."""
     warmup: int = 5
     repeat: int = 20
     number: int = 0
     min_sample_ms: float = 20.0
     bursts: int = 1
     reference: bool = False
+    rounds: int = 1
 
     def __post_init__(self):
-        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1:
+        if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1 \
+                or self.rounds < 1:
             raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number}, "
-                               f"bursts={self.bursts}, min_sample_ms={self.min_sample_ms} must be >= 0, >= 1, "
-                               f">= 0, >= 1, > 0")
+                               f"bursts={self.bursts}, min_sample_ms={self.min_sample_ms}, rounds={self.rounds} "
+                               f"must be >= 0, >= 1, >= 0, >= 1, > 0, >= 1")
 
     def protocol(self):
         from nasbnn_hw.profiling.timing import Protocol
@@ -228,8 +232,8 @@ def _tvm_version() -> str:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+    from nasbnn_hw.utils import progress_bar
+    return progress_bar(total=total, desc=desc, unit="item", disable=not enabled)
 
 
 def _device_level(e: Exception) -> bool:
@@ -247,10 +251,12 @@ def _failure(e: Exception) -> str:
 
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
          timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
-         rounds: int = 1) -> ProfileReport:
-    """Measure each item until it has `rounds` measurements in the store, round by round (every item's
+         rounds: int | None = None) -> ProfileReport:
+    """Measure each item until it has `rounds` (default: `timing.rounds`) measurements in the store, round by round (every item's
     round r before any item's round r + 1, so that rounds fall at different moments of a drifting device).
     A library is built once per run and kept until its last round."""
+    from nasbnn_hw.profiling.timing import pooled_estimate
+    rounds = timing.rounds if rounds is None else rounds
     if not isinstance(rounds, int) or rounds < 1:
         raise ProfileError(f"rounds must be an integer >= 1 (got {rounds!r})")
     version, target_key = _tvm_version(), spec.description()
@@ -286,7 +292,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                 m = Measurement(device, target_key, version, kind, key, config, median_s=med,
                                 iqr_s=iqr, repeats=len(samples), samples=tuple(samples), created=time.time())
                 # counted and stored in one transaction: a second profiler on this store cannot overshoot
-                n = store.add_round(m, limit=rounds)
+                n = store.add_round(m, limit=rounds, pooled=pooled_estimate if timing.reference else None)
                 done[key] = rounds if n is None else n + 1
                 if n is not None:
                     report.measured.append(key)
@@ -305,9 +311,10 @@ def _book(schedules, store, device: str, spec):
 def profile_layers(space, device: str, store: MeasurementStore, runner=None, target="local", *,
                    timing: TimingSettings = TimingSettings(), layers: Iterable[LayerConfig] | None = None,
                    progress: bool = True, workdir: Path | None = None, stop_on_error: bool = False,
-                   rounds: int = 1, schedules=None) -> ProfileReport:
+                   rounds: int | None = None, schedules=None) -> ProfileReport:
     """Measure every layer of `space` (or the given `layers`) on `device` and store each one; `rounds` > 1
-    measures each layer that many times, round by round, and stores the median of the round medians.
+    (default: `timing.rounds`) measures each layer that many times, round by round, and stores the median of
+    the round medians, or under the reference protocol its pooled estimate (`timing.pooled_estimate`).
     Layers are built with `schedules` (a `ScheduleBook`; default: the device's tuned schedules in `store`)."""
     from nasbnn_hw.deploy.kernels import build_layer, resolve_target
     space = get_space(space)
@@ -337,7 +344,7 @@ def subnet_key(arch: Arch, space=None, schedules=None) -> str:
 def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=None, target="local", *,
                     seed: int = 0, archs: Iterable[Arch] | None = None, timing: TimingSettings = TimingSettings(),
                     progress: bool = True, workdir: Path | None = None,
-                    stop_on_error: bool = False, rounds: int = 1, schedules=None) -> ProfileReport:
+                    stop_on_error: bool = False, rounds: int | None = None, schedules=None) -> ProfileReport:
     """Measure `n` random whole subnets of `space` (or the given `archs`), compiled with random weights;
     `rounds` and `schedules` as in `profile_layers`."""
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet

@@ -346,9 +346,11 @@ class MeasurementStore:
         return meds or [row[1]]
 
     @_guard
-    def add_round(self, m: Measurement, limit: int | None = None) -> int | None:
+    def add_round(self, m: Measurement, limit: int | None = None, pooled=None) -> int | None:
         """Store `m` as a further round of an item already stored (or as its first measurement when it is
-        not), set the item's median to the median of its round medians, and return the round number; with
+        not), set the item's value to the median of its round medians (or, with `pooled`, a function of the
+        list of every round's samples, e.g. the timing protocol's `pooled_estimate`) and return the round
+        number; with
         `limit`, store nothing and return None when the item already has `limit` rounds. One transaction
         (the count and the insert: two profilers on one store cannot overshoot `limit`); a run killed here
         leaves the item as it was."""
@@ -369,8 +371,9 @@ class MeasurementStore:
             self._db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?)",
                              (mid, n, m.median_s, m.iqr_s, m.repeats, json.dumps(list(m.samples)),
                               m.created or time.time()))
-            meds = [r[0] for r in self._db.execute("SELECT median_s FROM rounds WHERE measurement=?", (mid,))]
-            self._db.execute("UPDATE measurements SET median_s=? WHERE id=?", (statistics.median(meds), mid))
+            got = self._db.execute("SELECT median_s, samples FROM rounds WHERE measurement=?", (mid,)).fetchall()
+            value = pooled([json.loads(r[1]) for r in got]) if pooled else statistics.median(r[0] for r in got)
+            self._db.execute("UPDATE measurements SET median_s=? WHERE id=?", (value, mid))
         return n
 
     @_guard

@@ -1,19 +1,25 @@
 """The timing protocol: latencies that are a property of the device, not of the minute they were taken in.
 
 A shared machine's speed drifts (other processes, shared cores, host contention): on a 2-vCPU VM the same
-subnet measured a minute apart moved by 20-40 %. The protocol times a fixed *reference kernel* right
-before the item, in several short bursts spread over the item's measurement:
+subnet measured a minute apart moved by 20-40 %. Two things take that out:
 
-    for each burst b:   r_b = median(reference samples),  t_b = median(item samples)
-    latency = median_b(t_b / ((r_b + r_b+1) / 2)) * baseline      (the reference before and after burst b)
+1. A fixed *reference kernel* timed right beside the item. A runner that can interleave
+   (`LocalRunner.time_interleaved`) alternates single samples, so each item sample is bracketed by two
+   reference samples taken within about a millisecond of it; other runners time a reference burst before
+   each item burst. Each item sample is divided by the mean of its two neighbouring reference samples and
+   multiplied by `baseline`, the reference's time on that device, measured once (`calibrate_reference`) and
+   kept with the measurements (`MeasurementStore.reference_baseline`): every item of a device is in the same
+   units whenever it was measured, and the machine's speed of that millisecond cancels.
+2. *Rounds*: the profiler visits every item of a campaign several times, round by round, taking a few
+   samples per visit, so each item's samples spread over the whole campaign instead of one contiguous
+   block. A competing process or a neighbour on the host slows the machine for 0.5-2 s at a time, and
+   cache-heavy subnets slow down more than the L1-resident reference; spread, every item sees the same mix
+   of quiet and busy phases.
 
-The machine's current speed is in both t_b and r_b and cancels in their ratio; `baseline` is the
-reference's time on that device, measured once (`calibrate_reference`) and kept with the measurements
-(`MeasurementStore.reference_baseline`), so every item of a device is in the same units whenever it was
-measured. Samples are short (~1 ms) so a burst sees one state of the machine; a runner that can interleave
-(`LocalRunner.time_interleaved`) alternates single samples, so each burst is one sample bracketed by two
-reference samples taken within about a millisecond of it. Which estimator holds best
-was measured side by side on the same samples (`benchmarks/self_agreement.py`, docs/measurements.md).
+The value kept is the 20th percentile of all the item's normalised samples, pooled over its rounds
+(`pooled_estimate`): disturbances only ever add time, so a low quantile keeps the undisturbed machine.
+Which estimator holds best was measured side by side on the same samples (`benchmarks/self_agreement.py`,
+docs/measurements.md).
 """
 from __future__ import annotations
 
@@ -29,15 +35,19 @@ from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.core.layers import LayerConfig
 from nasbnn_hw.profiling.runners.base import ArgSpec
 
-__all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "reference_library", "ESTIMATORS"]
+__all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "reference_library",
+           "ESTIMATORS"]
 
 # A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~10-30 us.
 REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
-ESTIMATORS = ("median", "min", "reference", "bracket", "low")
+ESTIMATORS = ("median", "min", "reference", "bracket", "low", "bracket-low")
 LOW_QUANTILE = 20
-# What the profiler stores: each item sample against the mean of the reference samples just before and
-# after it (bracket). Chosen from benchmarks/self_agreement.py on a 2-vCPU Zen 3 VM (docs/measurements.md).
-PROTOCOL_ESTIMATOR = "bracket"
+# What the profiler stores: the 20th percentile of the item's samples, each against the mean of the reference
+# samples just before and after it (bracket-low); over several rounds (visits spread over the campaign) the
+# same percentile of every round's samples pooled (`pooled_estimate`). A disturbed sample only ever runs
+# slower, so a low quantile keeps the undisturbed machine; the median of few samples follows whichever phase
+# the visit fell in. Chosen from benchmarks/self_agreement.py on Zen 3 and Zen 4 VMs (docs/measurements.md).
+PROTOCOL_ESTIMATOR = "bracket-low"
 
 
 @dataclass(frozen=True)
@@ -81,11 +91,24 @@ def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         q = lambda xs: float(np.percentile(xs, LOW_QUANTILE))  # noqa: E731
         return q(m.samples) / q([x for r in m.reference for x in r]) * baseline
+    if name == "bracket-low":
+        if not baseline or not m.reference:
+            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
+        return pooled_estimate([m.normalised_samples(baseline)])
     if name in ("reference", "bracket"):
         if not baseline or not m.reference:
             raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         return statistics.median(m.ratios(bracket=name == "bracket")) * baseline
     raise NasBnnError(f"unknown estimator {name!r} (allowed: {', '.join(ESTIMATORS)})")
+
+
+def pooled_estimate(rounds: Sequence[Sequence[float]]) -> float:
+    """The protocol's value of an item measured in one or more rounds: the LOW_QUANTILE-th percentile of
+    all rounds' (normalised) samples pooled."""
+    xs = [x for r in rounds for x in r]
+    if not xs:
+        raise NasBnnError("no samples to estimate from")
+    return float(np.percentile(xs, LOW_QUANTILE))
 
 
 def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:
@@ -178,9 +201,10 @@ NOISE_PROBES = (LayerConfig("bconv", 32, 64, 1, 1, 1, 8), LayerConfig("bconv", 1
 
 def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None = None) -> dict:
     """How well a device agrees with itself under `timing` (a `TimingSettings`): each probe kernel measured
-    `repeats` times in turn; the noise floor is the median relative deviation of a measurement from the
-    probe's median, for the protocol's estimate and for the raw median, and `speed_range` the ratio of the
-    90th to the 10th percentile of the reference's burst times (how much the machine's speed moved)."""
+    `repeats` times in turn, each measurement `timing.rounds` visits (probes alternating) as a campaign
+    takes it; the noise floor is the median relative deviation of a measurement from the probe's median,
+    for the protocol's estimate and for the raw median, and `speed_range` the ratio of the 90th to the 10th
+    percentile of the reference's burst times (how much the machine's speed moved)."""
     from nasbnn_hw.deploy.kernels import build_layer
     from nasbnn_hw.utils import WorkDir
     proto = timing.protocol()
@@ -191,20 +215,28 @@ def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None =
             lay = build_layer(cfg, target, batch=1)
             probes.append((lay.export(Path(d) / f"{cfg.key()}.so"), lay.args))
         baseline = proto.calibrate_reference(runner, ref, bursts=5)
-        runs = [[proto.measure(runner, lib, args, ref) for lib, args in probes] for _ in range(repeats)]
+        runs = []    # runs[repeat][probe]: that measurement's visits
+        for _ in range(repeats):
+            visits = [[proto.measure(runner, lib, args, ref) for lib, args in probes] for _ in range(timing.rounds)]
+            runs.append([[v[j] for v in visits] for j in range(len(probes))])
 
-    def spread(name):
+    def value(visits, protocol: bool) -> float:
+        if protocol:
+            return pooled_estimate([m.normalised_samples(baseline) for m in visits])
+        return statistics.median(x for m in visits for x in m.samples)
+
+    def spread(protocol: bool):
         devs = []
         for j in range(len(probes)):
-            vals = [estimate(r[j], name, baseline) for r in runs]
+            vals = [value(r[j], protocol) for r in runs]
             mid = statistics.median(vals)
             devs += [abs(v / mid - 1) for v in vals]
         return statistics.median(devs)
-    refs = [x for r in runs for m in r for x in m.reference_s]
+    refs = [x for r in runs for vs in r for m in vs for x in m.reference_s]
     lo, hi = np.percentile(refs, [10, 90])
     return {"protocol": "reference" if timing.reference else "median", "bursts": proto.bursts,
-            "repeat": proto.repeat, "noise": spread(PROTOCOL_ESTIMATOR if timing.reference else "median"),
-            "noise_raw": spread("median"), "noise_reference": spread(PROTOCOL_ESTIMATOR),
+            "repeat": proto.repeat, "rounds": timing.rounds, "noise": spread(timing.reference),
+            "noise_raw": spread(False), "noise_reference": spread(True),
             "speed_range": float(hi / lo), "reference_us": baseline * 1e6}
 
 

@@ -279,7 +279,7 @@ def _time_rounds(runner, clock, items, rounds: int) -> dict[str, list[float]]:
         if interleave is not None:
             nums = numbers if r % 2 == 0 else numbers[::-1]
             samples = interleave([(lib, args, n) for (_, lib, args), n in zip(order, nums)],
-                                 warmup=clock.protocol.warmup, repeat=max(10, clock.protocol.repeat * clock.protocol.bursts))
+                                 warmup=clock.protocol.warmup, repeat=max(30, clock.protocol.repeat * clock.protocol.bursts))
             for (s, _, _), v in zip(order, samples):
                 out[s.fingerprint()].append(float(np.median(v)))
         else:
