@@ -325,11 +325,13 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         lines += [f"**Warning: the device `{device}` does not agree with itself** (Kendall tau {self_tau:.3f} "
                   f"< {NOISE_TAU} between two measurements of the same subnets): its latencies are "
                   "noise-dominated, and so is every latency-based figure below. Check "
-                  f"`nasbnn-hw devices check {device} --noise`, close other work, or raise `bursts`.", ""]
+                  f"`nasbnn-hw devices check {device} --noise`, close other work, or raise `rounds`.", ""]
     lines += [f"Device: `{device}` ({platform.machine()}, {_cpu_model()}), "
               f"TVM-compiled bit-packed binary kernels, timing protocol: "
-              f"{'reference kernel interleaved' if timing.reference else 'plain medians'}, {timing.bursts} x "
-              f"{timing.repeat} samples per item. Total wall time {total:.0f} s.", "",
+              f"{'reference kernel interleaved' if timing.reference else 'plain medians'}, {timing.rounds} round(s) "
+              f"of {timing.bursts} x {timing.repeat} samples per item"
+              f"{', 20th percentile of the normalised samples kept' if timing.reference else ''}. "
+              f"Total wall time {total:.0f} s.", "",
               "## 1. Does the device agree with itself?", "",
               f"{again['n']} held-out subnets measured a second time, independently (compiled and timed again), "
               "against the first measurement:", "",
