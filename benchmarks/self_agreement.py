@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def _burn(stop, seed: int) -> None:
@@ -57,7 +58,7 @@ def _compiled(arch, space, i: int, where, space_spec: str):
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     from nasbnn_hw.profiling.runners.base import ArgSpec
     stem = where / f"{space_spec.replace('@', '-')}-{arch.short().replace('|', '_')}-s{i}"
-    lib, spec = stem.with_suffix(".so"), stem.with_suffix(".json")
+    lib, spec = Path(f"{stem}.so"), Path(f"{stem}.json")   # not with_suffix: the arch's name holds dots
     if not (lib.exists() and spec.exists()):
         where.mkdir(parents=True, exist_ok=True)
         net = compile_random_subnet(arch, space, "local", seed=i)
@@ -70,7 +71,6 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
            raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
            cache_dir: str | None = None) -> dict:
     import tempfile
-    from pathlib import Path
 
     from cost_models.metrics import kendall_tau, within
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
