@@ -87,6 +87,11 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
         refs = {}
         if "layer" in references:
             refs["layer"] = reference_library(Path(d), "local")
+        if "memory" in references:  # a binary layer that streams 2 MB of weights per call (past a core's L2)
+            from nasbnn_hw.core.layers import LayerConfig
+            from nasbnn_hw.deploy.kernels import build_layer
+            lay = build_layer(LayerConfig("bconv", 4096, 4096, 1, 1, 1, 1), "local", batch=1)
+            refs["memory"] = (lay.export(Path(d) / "reference-memory.so"), lay.args)
         if "subnet" in references:  # a fixed subnet of the same space: the items' own working set
             net = compile_random_subnet(random_subnets(space, 1, seed=9973)[0], space, "local", seed=99)
             refs["subnet"] = (net.export(Path(d) / "reference-subnet.so"), net.arg_specs())
@@ -145,9 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
     ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
-    ap.add_argument("--reference", nargs="+", choices=["layer", "subnet"], default=["layer"],
-                    help="the reference timed beside each item: the fixed reference layer of the protocol, "
-                         "and/or a fixed subnet of the same space (its working set matches the items')")
+    ap.add_argument("--reference", nargs="+", choices=["layer", "memory", "subnet"], default=["layer"],
+                    help="the reference timed beside each item: the fixed reference layer of the protocol, a "
+                         "memory-bound layer (4096->4096 1x1 at 1x1: 2 MB of weights per call), and/or a fixed "
+                         "subnet of the same space (its working set matches the items')")
     ap.add_argument("--rounds", type=int, nargs="+", default=[1],
                     help="visits per subnet and campaign (each with chunks/rounds bursts): 1 = one contiguous block "
                          "per subnet; R > 1 spreads its samples over the campaign, as `profile --rounds` does")
