@@ -3,6 +3,7 @@ protocol, with and without a competing process, in one contiguous block per subn
 
     python benchmarks/self_agreement.py [--spaces small16 small imagenet@64] [--subnets 20] [--threads 1]
                                         [--chunks 20] [--repeat 3] [--rounds 1 20] [--competitor off on]
+                                        [--reference layer memory subnet] [--mcpu haswell]
                                         [--cache DIR] [--raw DIR]
 
 Every subnet is compiled once (`--cache DIR` keeps them for later runs); then two campaigns (A, then B) time
@@ -18,6 +19,9 @@ samples every estimator is computed, so they are compared on equal data:
 - `low`, `bracket-low`: the 20th percentile instead of the median;
 - these per visit, then the median over the visits; `protocol`: what the profiler stores, the 20th
   percentile of all the subnet's bracket-normalised samples pooled over its visits.
+
+`--reference`: `layer` is the protocol's reference (a 64->64 3x3 layer that lives in L1), `memory` one that
+streams 2 MB of weights per call, `subnet` a fixed subnet of the same space; each gets its own campaigns. `--mcpu haswell` compiles everything for AVX2 (runs on an AVX-512 CPU too, showing the AVX2 path).
 
 Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
 second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns.
@@ -53,15 +57,15 @@ def _space(spec: str):
     return sp.with_resolution(int(res)) if res else sp
 
 
-def _compiled(arch, space, i: int, where, space_spec: str):
+def _compiled(arch, space, i: int, where, space_spec: str, target="local", tag: str = ""):
     """(library, argument specs) of random subnet `i`, compiled once into `where` and reused from there."""
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     from nasbnn_hw.profiling.runners.base import ArgSpec
-    stem = where / f"{space_spec.replace('@', '-')}-{arch.short().replace('|', '_')}-s{i}"
+    stem = where / f"{space_spec.replace('@', '-')}{tag}-{arch.short().replace('|', '_')}-s{i}"
     lib, spec = Path(f"{stem}.so"), Path(f"{stem}.json")   # not with_suffix: the arch's name holds dots
     if not (lib.exists() and spec.exists()):
         where.mkdir(parents=True, exist_ok=True)
-        net = compile_random_subnet(arch, space, "local", seed=i)
+        net = compile_random_subnet(arch, space, target, seed=i)
         net.export(lib)
         spec.write_text(json.dumps([[list(a.shape), a.dtype, a.is_output] for a in net.arg_specs()]))
     return lib, [ArgSpec(tuple(sh), dt, out) for sh, dt, out in json.loads(spec.read_text())]
@@ -69,7 +73,7 @@ def _compiled(arch, space, i: int, where, space_spec: str):
 
 def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
            raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
-           cache_dir: str | None = None) -> dict:
+           cache_dir: str | None = None, mcpu: str | None = None) -> dict:
     import tempfile
 
     from cost_models.metrics import kendall_tau, within
@@ -78,6 +82,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     from nasbnn_hw.profiling.runners.local import LocalRunner
     from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, reference_library
     space = _space(space_spec)
+    target = {"kind": "llvm", "mcpu": mcpu} if mcpu else "local"
     archs = random_subnets(space, n, seed=11)
     runner = LocalRunner(threads=threads)
     # rounds > 1: a campaign visits every subnet `rounds` times, each visit taking 1/rounds of its samples,
@@ -85,19 +90,22 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     proto = Protocol(bursts=max(1, chunks // rounds), repeat=repeat)
     with tempfile.TemporaryDirectory() as d:
         refs = {}
-        if "layer" in references:
-            refs["layer"] = reference_library(Path(d), "local")
+        if "layer" in references:   # the protocol's reference: a 64->64 3x3 layer at 8x8 that lives in L1
+            refs["layer"] = reference_library(Path(d), target)
         if "memory" in references:  # a binary layer that streams 2 MB of weights per call (past a core's L2)
             from nasbnn_hw.core.layers import LayerConfig
             from nasbnn_hw.deploy.kernels import build_layer
-            lay = build_layer(LayerConfig("bconv", 4096, 4096, 1, 1, 1, 1), "local", batch=1)
+            from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+            lay = build_layer(LayerConfig("bconv", 4096, 4096, 1, 1, 1, 1), target, batch=1,
+                              schedule=legacy_schedule(target))
             refs["memory"] = (lay.export(Path(d) / "reference-memory.so"), lay.args)
         if "subnet" in references:  # a fixed subnet of the same space: the items' own working set
-            net = compile_random_subnet(random_subnets(space, 1, seed=9973)[0], space, "local", seed=99)
+            net = compile_random_subnet(random_subnets(space, 1, seed=9973)[0], space, target, seed=99)
             refs["subnet"] = (net.export(Path(d) / "reference-subnet.so"), net.arg_specs())
         libs = []
         for i, a in enumerate(archs):
-            libs.append(_compiled(a, space, i, Path(cache_dir) if cache_dir else Path(d), space_spec))
+            libs.append(_compiled(a, space, i, Path(cache_dir) if cache_dir else Path(d), space_spec, target,
+                                  f"-{mcpu}" if mcpu else ""))
         stop = mp.Event()
         burner = mp.Process(target=_burn, args=(stop, 5), daemon=True) if competitor else None
         if burner:
@@ -135,7 +143,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     if raw_dir:
         from dataclasses import asdict
         Path(raw_dir).mkdir(parents=True, exist_ok=True)
-        (Path(raw_dir) / f"{space_spec}-{'on' if competitor else 'off'}-r{rounds}.json").write_text(json.dumps(
+        (Path(raw_dir) / f"{space_spec}{'-' + mcpu if mcpu else ''}-{'on' if competitor else 'off'}-r{rounds}.json").write_text(json.dumps(
             {"baselines": baselines, "rounds": rounds,
              "campaigns": {k: [[[asdict(m) for m in v] for v in c] for c in cs]
                                                    for k, cs in campaigns.items()}}))
@@ -151,9 +159,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
     ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--reference", nargs="+", choices=["layer", "memory", "subnet"], default=["layer"],
-                    help="the reference timed beside each item: the fixed reference layer of the protocol, a "
-                         "memory-bound layer (4096->4096 1x1 at 1x1: 2 MB of weights per call), and/or a fixed "
-                         "subnet of the same space (its working set matches the items')")
+                    help="the reference timed beside each item: the protocol's reference layer (64->64 3x3 at "
+                         "8x8, in L1), a memory-bound layer (4096->4096 1x1 at 1x1: 2 MB of weights per call), "
+                         "and/or a fixed subnet of the same space (its working set matches the items')")
+    ap.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's (e.g. haswell: the AVX2 "
+                                   "kernels, which an AVX-512 CPU runs too)")
     ap.add_argument("--rounds", type=int, nargs="+", default=[1],
                     help="visits per subnet and campaign (each with chunks/rounds bursts): 1 = one contiguous block "
                          "per subnet; R > 1 spreads its samples over the campaign, as `profile --rounds` does")
@@ -164,7 +174,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
-                                a.raw, tuple(a.reference), int(a.worker[2]), a.cache)))
+                                a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu)))
         return 0
     results = []
     if any(r < 1 or a.chunks % r for r in a.rounds):
@@ -175,7 +185,8 @@ def main(argv=None) -> int:
         p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, str(rounds), "--subnets", str(a.subnets),
                             "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
                             "--reference", *a.reference]
-                           + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else []),
+                           + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else [])
+                           + (["--mcpu", a.mcpu] if a.mcpu else []),
                            capture_output=True, text=True)
         if p.returncode:
             sys.stderr.write(p.stderr)

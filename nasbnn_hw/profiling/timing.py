@@ -3,19 +3,18 @@
 A shared machine's speed drifts (other processes, shared cores, host contention): on a 2-vCPU VM the same
 subnet measured a minute apart moved by 20-40 %. Two things take that out:
 
-1. A fixed *reference kernel* timed right beside the item: a binary layer that streams 2 MB of weights per
-   call (`REFERENCE_LAYER`), so that it slows down with the shared cache and memory as cache-heavy subnets
-   do, not only with the core. A runner that can interleave (`LocalRunner.time_interleaved`) alternates
-   single samples, so each item sample is bracketed by two reference samples taken within about a
-   millisecond of it; other runners time a reference burst before each item burst. Each item sample is
-   divided by the mean of its two neighbouring reference samples and multiplied by `baseline`, the
-   reference's time on that device, measured once (`calibrate_reference`) and kept with the measurements
-   (`MeasurementStore.reference_baseline`): every item of a device is in the same units whenever it was
-   measured, and the machine's speed of that millisecond cancels.
+1. A fixed *reference kernel* timed right beside the item. A runner that can interleave
+   (`LocalRunner.time_interleaved`) alternates single samples, so each item sample is bracketed by two
+   reference samples taken within about a millisecond of it; other runners time a reference burst before
+   each item burst. Each item sample is divided by the mean of its two neighbouring reference samples and
+   multiplied by `baseline`, the reference's time on that device, measured once (`calibrate_reference`) and
+   kept with the measurements (`MeasurementStore.reference_baseline`): every item of a device is in the same
+   units whenever it was measured, and the machine's speed of that millisecond cancels.
 2. *Rounds*: the profiler visits every item of a campaign several times, round by round, taking a few
    samples per visit, so each item's samples spread over the whole campaign instead of one contiguous
-   block. A competing process or a neighbour on the host slows the machine for 0.5-2 s at a time;
-   spread, every item sees the same mix of quiet and busy phases.
+   block. A competing process or a neighbour on the host slows the machine for 0.5-2 s at a time, and
+   cache-heavy subnets slow down more than the L1-resident reference; spread, every item sees the same mix
+   of quiet and busy phases.
 
 The value kept is the 20th percentile of all the item's normalised samples, pooled over its rounds
 (`pooled_estimate`): disturbances only ever add time, so a low quantile keeps the undisturbed machine.
@@ -39,12 +38,11 @@ from nasbnn_hw.profiling.runners.base import ArgSpec
 __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "reference_library",
            "ESTIMATORS"]
 
-# A binary layer that streams 2 MB of packed weights per call (4096 x 4096 bits, one output pixel: a GEMV),
-# past a core's L2: it slows down with the machine's compute *and* with its neighbours' pressure on the shared
-# cache and memory, as cache-heavy subnets do (~60 us on a Zen 4 core). The previous reference, a 64->64 3x3
-# layer at 8x8 that fits in L1 (~4 us), missed the second (docs/measurements.md); stores keep a baseline per
-# reference layer, so rows measured against the old one keep their units.
-REFERENCE_LAYER = LayerConfig("bconv", 4096, 4096, 1, 1, 1, 1)
+# A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~4-30 us. A layer
+# that streams 2 MB of weights per call (a 4096 x 4096-bit GEMV) tracked cache-heavy imagenet@64 subnets
+# better on an AVX-512 VM, but over-corrected L1-resident items while another process loaded the memory, and
+# was erratic in the AVX2 build (`benchmarks/self_agreement.py --reference memory`, docs/measurements.md).
+REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
 ESTIMATORS = ("median", "min", "reference", "bracket", "low", "bracket-low")
 LOW_QUANTILE = 20
 # What the profiler stores: the 20th percentile of the item's samples, each against the mean of the reference
