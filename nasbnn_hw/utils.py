@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 # A progress bar written to a file or a CI log (stderr not a terminal) redraws at most this often: a
-# terminal shows every update in place, a log would keep each redraw as text (megabytes per quickstart).
+# terminal shows every update in place, a log keeps each redraw as text (125 kB of them per quickstart).
 LOG_PROGRESS_INTERVAL_S = 30.0
 
 
