@@ -57,7 +57,7 @@ def run(resolution: int, n_sets: int, per_set: int, pool: int) -> dict:
     space = get_space("imagenet").with_resolution(resolution)
     sets, ops = _collect(space, n_sets, per_set, pool)
     profile = load_profile("local")
-    timing, _ = timing_for(profile)
+    timing = timing_for(profile)
     acc = SyntheticAccuracy(space, seed=0)
     lat = {}
     with tempfile.TemporaryDirectory() as d, MeasurementStore(Path(d) / "m.db") as st, \

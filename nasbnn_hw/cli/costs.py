@@ -46,10 +46,10 @@ def _measure_missing_subnets(args) -> None:
         raise NasBnnError("--measure needs --space (which space's subnets to measure)")
     space = get_space(args.space)
     device, runner, target, profile = _device(args.device)
-    timing, rounds = timing_for(profile)
+    timing = timing_for(profile)
     try:
         with MeasurementStore(args.store) as store:
-            profile_layers(space, device, store, runner, target, timing=timing, rounds=rounds)
+            profile_layers(space, device, store, runner, target, timing=timing)
             book = ScheduleBook.load(store, device, target)
             rows = store.query(device=device, kind="subnet")
             done = {m.key for m in rows}
@@ -59,8 +59,7 @@ def _measure_missing_subnets(args) -> None:
             need = max(0, (args.measure_subnets or 3 * args.subnets) - stored)
             fresh = [a for a in random_subnets(space, need + len(done), seed=args.seed)
                      if subnet_key(a, space, book) not in done]
-            profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need], timing=timing,
-                            rounds=rounds)
+            profile_subnets(space, 0, device, store, runner, target, archs=fresh[:need], timing=timing)
     finally:
         runner.close()
 
@@ -71,7 +70,7 @@ def _remeasurer(args):
     from nasbnn_hw.profiling.devices import open_device as _device, timing_for
     from nasbnn_hw.profiling.profiler import measure_again
     device, runner, target, profile = _device(args.device)
-    timing, _ = timing_for(profile)
+    timing = timing_for(profile)
     return (lambda space, archs: measure_again(space, archs, device, runner, target, timing=timing,
                                                baseline_from=args.store)), runner
 

@@ -36,7 +36,7 @@ def _noise(p, args) -> None:
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.profiling.runners import get_runner
     from nasbnn_hw.profiling.timing import noise_floor
-    timing, _ = timing_for(p)
+    timing = timing_for(p)
     with get_runner(p, accept_new_host_key=getattr(args, "accept_new_host_key", False)) as runner:
         n = noise_floor(runner, resolve_target(p), timing)
     print(f"{p.name}: noise floor {100 * n['noise']:.1f} % ({n['protocol']} protocol, {n['rounds']} round(s) of "

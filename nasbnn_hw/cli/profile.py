@@ -44,7 +44,7 @@ def _profile_in_parallel(args) -> int:
 
 
 def _open_campaign(args, emulated_note: str):
-    """What `profile` and `tune` start from: (space, store, device, runner, target, timing, rounds). The store
+    """What `profile` and `tune` start from: (space, store, device, runner, target, timing). The store
     is refused (not writable, not a store) before any device work; an emulated device gets `emulated_note`."""
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
@@ -54,7 +54,7 @@ def _open_campaign(args, emulated_note: str):
     store = MeasurementStore(args.store)
     try:
         device, runner, target, profile = _device(args.device, args.devices_dir, args.accept_new_host_key)
-        timing, rounds = timing_for(profile, args)
+        timing = timing_for(profile, args)
     except BaseException:
         store.close()
         raise
@@ -62,7 +62,7 @@ def _open_campaign(args, emulated_note: str):
     if profile is not None and profile.runner == "emulated":
         print(f"note: device '{device}' is emulated ({' '.join(profile.exec_wrapper)}): {emulated_note}",
               file=sys.stderr)
-    return space, store, device, runner, target, timing, rounds
+    return space, store, device, runner, target, timing
 
 
 def cmd_profile(args) -> int:
@@ -77,26 +77,26 @@ def cmd_profile(args) -> int:
         raise NasBnnError("nothing to profile: give --layers and/or --subnets N")
     if args.subnets < 0:
         raise NasBnnError(f"--subnets must be >= 0 (got {args.subnets})")
-    space, store, device, runner, target, timing, rounds = _open_campaign(
+    space, store, device, runner, target, timing = _open_campaign(
         args, "its kernels run for real but the stored times are NOT latency of any board")
     reports = []
     try:
         with store:
             if args.active and args.budget:
                 reports.append(("active layers", _profile_active(args, space, device, store, runner, target,
-                                                                 timing, rounds)))
+                                                                 timing)))
             elif args.layers:
                 reports.append(("layers", profile_layers(space, device, store, runner, target, timing=timing,
-                                                         progress=not args.quiet, rounds=rounds)))
+                                                         progress=not args.quiet)))
             if args.subnets and args.active:
                 archs = _uncertain_subnets(args, space, device, store, target)
                 reports.append(("active subnets", profile_subnets(space, 0, device, store, runner, target,
                                                                   archs=archs, timing=timing,
-                                                                  progress=not args.quiet, rounds=rounds)))
+                                                                  progress=not args.quiet)))
             elif args.subnets:
                 reports.append(("subnets", profile_subnets(space, args.subnets, device, store, runner, target,
                                                            seed=args.seed, timing=timing,
-                                                           progress=not args.quiet, rounds=rounds)))
+                                                           progress=not args.quiet)))
     finally:
         runner.close()
     failed = 0
@@ -108,8 +108,7 @@ def cmd_profile(args) -> int:
     return 1 if failed else 0
 
 
-def _profile_active(args, space, device, store, runner, target, timing,
-                                                                               rounds):
+def _profile_active(args, space, device, store, runner, target, timing):
     """Measure `--budget` layer configs, `--round-size` at a time, each round choosing the unmeasured
     layers ranked by `cost_models.active.hybrid_scores`: where a predictor refitted on everything measured
     so far is least certain, and farthest from what is measured, weighted by how often the layer occurs in
@@ -125,7 +124,7 @@ def _profile_active(args, space, device, store, runner, target, timing,
             break
         rnd += 1
         rep = profile_layers(space, device, store, runner, target, timing=timing, layers=cfgs,
-                             progress=not args.quiet, rounds=rounds)
+                             progress=not args.quiet)
         total.measured += rep.measured
         total.skipped += rep.skipped
         total.failed.update(rep.failed)
@@ -154,7 +153,7 @@ def _uncertain_subnets(args, space, device, store, target, pool_factor: int = 20
 def cmd_tune(args) -> int:
     """Choose each binary layer's kernel schedule on the device and keep the winners in the store."""
     from nasbnn_hw.profiling.tuning import tune_layers
-    space, store, device, runner, target, timing, _ = _open_campaign(
+    space, store, device, runner, target, timing = _open_campaign(
         args, "schedules chosen there are not tuned for any board")
     try:
         with store:
@@ -247,8 +246,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=NON_NEGATIVE, help="warm-up calls (default: the device profile's)")
     p.add_argument("--repeat", type=POSITIVE, help="timed samples (default: the device profile's)")
     p.add_argument("--rounds", type=int_range(1, 100), help="measure each layer / subnet this many times, round by round over "
-                   "the whole campaign (spreads a drifting device's noise; stores the median of the rounds; "
-                   "default: the device profile's, else 1)")
+                   "the whole campaign (spreads a drifting device's noise; keeps the 20th percentile of all rounds' "
+                   "samples under the reference protocol, else the median of the rounds; default: the device "
+                   "profile's, else 1)")
     p.add_argument("--number", type=POSITIVE, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)

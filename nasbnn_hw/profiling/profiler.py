@@ -252,8 +252,9 @@ def _failure(e: Exception) -> str:
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
          timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
          rounds: int | None = None) -> ProfileReport:
-    """Measure each item until it has `rounds` (default: `timing.rounds`) measurements in the store, round by round (every item's
-    round r before any item's round r + 1, so that rounds fall at different moments of a drifting device).
+    """Measure each item until it has `rounds` (default: `timing.rounds`) measurements in the store, round
+    by round (every item's round r before any item's round r + 1, so that rounds fall at different moments of
+    a drifting device).
     A library is built once per run and kept until its last round."""
     from nasbnn_hw.profiling.timing import pooled_estimate
     rounds = timing.rounds if rounds is None else rounds
@@ -314,7 +315,8 @@ def profile_layers(space, device: str, store: MeasurementStore, runner=None, tar
                    rounds: int | None = None, schedules=None) -> ProfileReport:
     """Measure every layer of `space` (or the given `layers`) on `device` and store each one; `rounds` > 1
     (default: `timing.rounds`) measures each layer that many times, round by round, and stores the median of
-    the round medians, or under the reference protocol its pooled estimate (`timing.pooled_estimate`).
+    the round medians, or under the reference protocol the pooled estimate of all rounds' samples
+    (`nasbnn_hw.profiling.timing.pooled_estimate`).
     Layers are built with `schedules` (a `ScheduleBook`; default: the device's tuned schedules in `store`)."""
     from nasbnn_hw.deploy.kernels import build_layer, resolve_target
     space = get_space(space)

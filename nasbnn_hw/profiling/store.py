@@ -350,8 +350,7 @@ class MeasurementStore:
         """Store `m` as a further round of an item already stored (or as its first measurement when it is
         not), set the item's value to the median of its round medians (or, with `pooled`, a function of the
         list of every round's samples, e.g. the timing protocol's `pooled_estimate`) and return the round
-        number; with
-        `limit`, store nothing and return None when the item already has `limit` rounds. One transaction
+        number; with `limit`, store nothing and return None when the item already has `limit` rounds. One transaction
         (the count and the insert: two profilers on one store cannot overshoot `limit`); a run killed here
         leaves the item as it was."""
         with self._tx():

@@ -89,18 +89,14 @@ def estimate(m: ItemTiming, name: str, baseline: float | None = None) -> float:
         return statistics.median(m.samples)
     if name == "min":
         return min(m.samples)
+    if name in ("low", "bracket-low", "reference", "bracket") and (not baseline or not m.reference):
+        raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
     if name == "low":
-        if not baseline or not m.reference:
-            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         q = lambda xs: float(np.percentile(xs, LOW_QUANTILE))  # noqa: E731
         return q(m.samples) / q([x for r in m.reference for x in r]) * baseline
     if name == "bracket-low":
-        if not baseline or not m.reference:
-            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         return pooled_estimate([m.normalised_samples(baseline)])
     if name in ("reference", "bracket"):
-        if not baseline or not m.reference:
-            raise NasBnnError(f"the {name} estimator needs reference samples and a baseline")
         return statistics.median(m.ratios(bracket=name == "bracket")) * baseline
     raise NasBnnError(f"unknown estimator {name!r} (allowed: {', '.join(ESTIMATORS)})")
 

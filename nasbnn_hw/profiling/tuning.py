@@ -278,6 +278,7 @@ def _time_rounds(runner, clock, items, rounds: int) -> dict[str, list[float]]:
         order = items if r % 2 == 0 else items[::-1]  # no candidate always runs first
         if interleave is not None:
             nums = numbers if r % 2 == 0 else numbers[::-1]
+            # at least 30 samples per candidate and round, whatever the profile's per-visit sample count
             samples = interleave([(lib, args, n) for (_, lib, args), n in zip(order, nums)],
                                  warmup=clock.protocol.warmup, repeat=max(30, clock.protocol.repeat * clock.protocol.bursts))
             for (s, _, _), v in zip(order, samples):

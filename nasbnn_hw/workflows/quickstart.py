@@ -181,7 +181,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     # 2. profile ------------------------------------------------------------------------------------
     store_path = out / "measurements.db"
     device, runner, target, profile = open_device(cfg.device)
-    timing, _ = timing_for(profile)
+    timing = timing_for(profile)
     with MeasurementStore(store_path) as store:
         stages.run(f"profile layers (TVM binary kernels, {device})",
                    lambda: profile_layers(space, device, store, runner, target, timing=timing))
