@@ -10,6 +10,7 @@ not included). Cases: imagenet batch 2 at 224, small batch 128 at 28, small16 ba
     python benchmarks/step_fused.py --threads 2 --steps 30 --rounds 2
     python benchmarks/step_fused.py --cases small16 --steps 200          # recompilations over 200 steps
     python benchmarks/step_fused.py --baseline-commit HEAD~1 --steps 30  # also time the previous commit
+    python benchmarks/step_fused.py --modes eager --baseline-commit HEAD  # the working tree against HEAD
 
 A fresh TorchInductor cache directory per fused process makes each compile time a cold one
 (`--warm-cache`: one shared directory, so only the first fused process compiles from scratch).
@@ -119,6 +120,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="processes per (case, mode), alternated")
     ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     ap.add_argument("--baseline-commit", metavar="REV", help="also time the eager step of this commit")
+    ap.add_argument("--modes", nargs="+", choices=("eager", "fused"), default=["eager", "fused"],
+                    help="this tree's modes to time (default both; e.g. `--modes eager --baseline-commit HEAD`)")
     ap.add_argument("--warm-cache", action="store_true", help="one TorchInductor cache for all fused processes")
     ap.add_argument("--json", help="also write every record to this file")
     ap.add_argument("--child", choices=("eager", "fused"), help=argparse.SUPPRESS)
@@ -133,7 +136,7 @@ def main():
     if args.child:
         child(args)
         return
-    modes = ["eager", "fused"] + (["baseline"] if args.baseline_commit else [])
+    modes = list(dict.fromkeys(args.modes)) + (["baseline"] if args.baseline_commit else [])
     base = _worktree(args.baseline_commit) if args.baseline_commit else None
     shared = tempfile.mkdtemp(prefix="nasbnn_inductor_") if args.warm_cache else None
     print(f"threads={args.threads}, warm-up {args.warmup}, median of {args.steps} steps, {args.rounds} "

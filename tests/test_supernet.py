@@ -1,5 +1,7 @@
 import random
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -139,3 +141,53 @@ def test_sign_gradients_follow_the_method():
     w = torch.tensor([-2.0, -1.0, -0.2, 0.5, 1.0, 1.5], requires_grad=True)
     binary_weight_sign(w).sum().backward()
     assert torch.equal(w.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+@pytest.mark.parametrize("binary", [True, False])
+def test_fused_training_weight_equals_composed_operations(weight_norm, binary):
+    """`forward` prepares the weight in one autograd node (`_TrainWeight`, `_SharedSlice`); it must give the
+    values of the separate operations exactly and their parameter gradients within float rounding, also
+    summed over several subnets of different widths and kernels in one backward each."""
+    from nasbnn_hw.nn.binary_ops import DynamicBinaryConv2d
+    torch.manual_seed(0)
+    conv = DynamicBinaryConv2d(64, 96, (3, 5), 2, weight_norm=weight_norm).train()
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) * 200)   # many weights on both sides of the STE edge
+    subnets = [(64, 96, 5, 2), (32, 48, 3, 1), (64, 64, 3, 2)]
+    xs = [torch.randn(2, c, 6, 6) for c, *_ in subnets]
+    gs = [torch.randn(2, o, 6, 6) for _, o, *_ in subnets]
+
+    def composed(x, in_c, out_c, k, groups):
+        w, s = conv.subnet_weight(in_c, out_c, k, groups, binary)
+        if s is not None:
+            w = w * s.view(-1, 1, 1, 1)
+        return torch.nn.functional.conv2d(x, w, None, 1, k // 2, 1, groups)
+
+    grads, outs = [], []
+    for fused in (False, True):
+        conv.zero_grad(set_to_none=True)
+        ys = []
+        for x, g, (in_c, out_c, k, groups) in zip(xs, gs, subnets):
+            y = conv(x, out_c, k, groups, 1, binary) if fused else composed(x, in_c, out_c, k, groups)
+            y.backward(g)
+            ys.append(y.detach())
+        outs.append(ys)
+        grads.append({n: p.grad.clone() for n, p in conv.named_parameters() if p.grad is not None})
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    assert grads[0].keys() == grads[1].keys() and "weight" in grads[1]
+    for name in grads[0]:
+        ref = grads[0][name]
+        assert torch.allclose(grads[1][name], ref, rtol=1e-5, atol=1e-6 * ref.abs().max()), name
+
+
+def test_fused_weight_ste_keeps_the_gradient_at_exactly_one():
+    """The fused node's STE region is |w| <= 1 inclusive, like `binary_weight_sign`: weights of exactly
+    +-1 keep their gradient, the next float32 above 1 loses it."""
+    from nasbnn_hw.nn.binary_ops import train_weight
+    above = float(np.nextafter(np.float32(1), np.float32(2)))
+    w = torch.tensor([[-1.0, 1.0, above, -above, 0.5, 0.0]]).view(1, 6, 1, 1).requires_grad_()
+    out, scale = train_weight(w, normalise=False, binary=True)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(w.grad.flatten(), scale.item() * torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
