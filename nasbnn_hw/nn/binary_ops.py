@@ -325,7 +325,7 @@ class DynamicBinaryConv2d(nn.Module):
         return F.mse_loss(wb, wf)
 
     def forward(self, x, out_c: int, k: int, groups: int, stride: int, binary: bool = True):
-        w = self._cropped(x.size(1), out_c, k, groups, binary, shared_grad=False)
+        w = self._cropped(x.size(1), out_c, k, groups, binary, shared_grad=True)
         w, scale = train_weight(w, self.weight_norm, binary)  # binary: scaled (small) weight, not output
         if scale is not None:
             self._record_scale(scale)
