@@ -192,7 +192,7 @@ class _SharedSlice(torch.autograd.Function):
     """`weight[:rows, :cols]` whose backward adds the slice's gradient into `weight.grad` in place.
 
     Autograd's slice backward materialises a zero gradient of the whole shared weight for every subnet
-    and adds it into `.grad`: for the imagenet supernet, 260 MB zero-filled, page-faulted and added four
+    and adds it into `.grad`: for the imagenet supernet, 260 MB zero-filled and added four
     times per Bi-Teacher step. Here `.grad` is allocated once per step (it starts as zeros) and each
     subnet adds only the block it used. The parameter's gradient is the same sum; the difference from
     plain slicing is that it reaches `.grad` from this node, not through autograd's accumulation, so
