@@ -68,6 +68,7 @@ class DeviceProfile:
     rounds: int = 1                     # measure each item this many times, at different moments
     bursts: int = 1                     # split an item's samples into this many bursts ...
     reference: bool = False             # ... each after the reference kernel: latency in reference units
+    subnet_reference: bool = False      # whole subnets against a fixed subnet of their space (with reference)
     sample_ms: float = 20.0             # a sample lasts at least this long (when number is calibrated)
     retries: int = 4
     backoff: float = 1.0
@@ -186,8 +187,9 @@ def validate_profile(data: dict, where: str, default_name: str = "", path: Path 
     for k, (lo, hi) in _INT_KEYS.items():
         if k in d and (type(d[k]) is not int or not lo <= d[k] <= hi):
             raise _fail(where, k, d[k], f"expected an integer from {lo} to {hi}")
-    if "reference" in d and type(d["reference"]) is not bool:
-        raise _fail(where, "reference", d["reference"], "expected true or false")
+    for k in ("reference", "subnet_reference"):
+        if k in d and type(d[k]) is not bool:
+            raise _fail(where, k, d[k], "expected true or false")
     if "sample_ms" in d and (type(d["sample_ms"]) not in (int, float) or not 0 < d["sample_ms"] <= 10_000):
         raise _fail(where, "sample_ms", d["sample_ms"], "expected milliseconds, more than 0 and at most 10000")
     if "backoff" in d and (type(d["backoff"]) not in (int, float) or not 0 <= d["backoff"] <= 3600):

@@ -62,6 +62,7 @@ def test_user_directory_env_var_and_override(tmp_path, monkeypatch):
     (GOOD + "threads = -1\n", "threads", "integer from 0"),
     (GOOD + "repeat = 0\n", "repeat", "integer from 1"),
     (GOOD + "rounds = 0\n", "rounds", "integer from 1"),
+    (GOOD + "subnet_reference = 1\n", "subnet_reference", "true or false"),
     (GOOD + 'port = "22"\n', "port", "integer"),
     (GOOD + "colour = 1\n", "colour", "known keys"),
     (GOOD.replace('"llvm"', '"opencl"'), "target.kind", "llvm, c, cuda"),

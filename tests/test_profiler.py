@@ -197,6 +197,66 @@ def test_profile_subnets_stores_arch_json(tmp_path):
                                progress=False).skipped == 2
 
 
+def test_only_cache_heavy_spaces_take_a_reference_subnet():
+    from nasbnn_hw.profiling.profiler import uses_subnet_reference
+    on = TimingSettings(reference=True, subnet_reference=True)
+    assert uses_subnet_reference(get_space("imagenet").with_resolution(64), on)
+    assert not uses_subnet_reference(get_space("small16"), on) and not uses_subnet_reference(get_space("small"), on)
+    assert not uses_subnet_reference(get_space("imagenet"), TimingSettings(reference=True))
+
+
+@pytest.fixture
+def any_space_takes_a_reference_subnet(monkeypatch):
+    import nasbnn_hw.profiling.profiler as prof
+    monkeypatch.setattr(prof, "SUBNET_REFERENCE_MIN_BYTES", 0)
+
+
+def test_subnets_are_timed_beside_a_reference_subnet_of_their_space(tmp_path, any_space_takes_a_reference_subnet):
+    """Under `subnet_reference` whole subnets are bracketed by a fixed subnet of their space: its baseline
+    is kept in the store under its own key, every item records it, and `measure_again` reuses that baseline
+    (the same units: the second measurement lands near the first)."""
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.profiler import measure_again, subnet_reference_of
+    from nasbnn_hw.profiling.tuning import ScheduleBook
+    space = SearchSpace.from_dict(TINY)
+    timing = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=2, subnet_reference=True)
+    key = subnet_reference_of(space, resolve_target("local"), ScheduleBook.load(None, "cpu-test", "local"))[0]
+    assert key.startswith("subnet:tiny@8:")
+    archs = random_subnets(space, 2)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_subnets(space, 0, "cpu-test", store, archs=archs, timing=timing, progress=False)
+        assert len(set(rep.measured)) == 2 and not rep.failed
+        rows = store.query(kind="subnet")
+        assert [r.config["reference"] for r in rows] == [key, key]
+        assert all(len(r.samples) == 3 for r in rows)
+        refs = dict(store._db.execute("SELECT layer, baseline_s FROM reference").fetchall())
+        assert list(refs) == [key] and refs[key] > 0        # the reference layer was never needed
+        first = [r.median_s for r in rows]
+    again = measure_again(space, archs, "cpu-test", timing=timing, baseline_from=tmp_path / "m.db")
+    assert all(0.5 < b / a < 2.0 for a, b in zip(first, again)), (first, again)
+
+
+def test_a_stored_subnet_keeps_the_reference_of_its_first_round(tmp_path, any_space_takes_a_reference_subnet):
+    """Rounds against different references are never pooled: a subnet first measured against the reference
+    layer (as every store before `subnet_reference` was) gets its later rounds against the layer too, while a
+    new subnet in the same run gets the reference subnet."""
+    space = SearchSpace.from_dict(TINY)
+    old = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=1)
+    new = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=2, subnet_reference=True)
+    a, b = random_subnets(space, 2)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        profile_subnets(space, 0, "cpu-test", store, archs=[a], timing=old, progress=False)
+        rep = profile_subnets(space, 0, "cpu-test", store, archs=[a, b], timing=new, progress=False)
+        assert rep.measured.count(BOOK.subnet_key(a, space)) == 1 and not rep.failed
+        rows = {r.key: r for r in store.query(kind="subnet")}
+        assert "reference" not in rows[BOOK.subnet_key(a, space)].config
+        assert rows[BOOK.subnet_key(b, space)].config["reference"].startswith("subnet:tiny@8:")
+        assert store.rounds("cpu-test", rows[BOOK.subnet_key(a, space)].target, rows[BOOK.subnet_key(a, space)].tvm_version,
+                            "subnet", BOOK.subnet_key(a, space)) == 2
+        layers = [k for (k,) in store._db.execute("SELECT layer FROM reference")]
+        assert len(layers) == 2 and any(k.startswith("subnet:") for k in layers)
+
+
 def _rows(db: Path) -> dict:
     con = sqlite3.connect(str(db))
     try:

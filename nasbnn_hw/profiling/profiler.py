@@ -11,6 +11,7 @@ is measured, so a run killed at any moment loses at most the item in flight and 
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -118,7 +119,9 @@ class TimingSettings:
     times; `reference` times the reference kernel before each burst and stores the latency in units of the
     device's reference time (`nasbnn_hw.profiling.timing`: the machine's current speed factors out).
     `rounds`: how many times a campaign visits each item (what `profile_layers`/`profile_subnets` do when
-    not given `rounds`); with the reference the item keeps the protocol's pooled estimate of all rounds."""
+    not given `rounds`); with the reference the item keeps the protocol's pooled estimate of all rounds.
+    `subnet_reference` (with `reference`): whole subnets are timed beside a fixed subnet of their own space
+    (`subnet_reference_of`) instead of the reference layer, a reference with the items' working set."""
     warmup: int = 5
     repeat: int = 20
     number: int = 0
@@ -126,6 +129,7 @@ class TimingSettings:
     bursts: int = 1
     reference: bool = False
     rounds: int = 1
+    subnet_reference: bool = False
 
     def __post_init__(self):
         if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1 \
@@ -184,17 +188,20 @@ class _Clock:
     (built once for the target) and the device's baseline (calibrated once and kept in the store)."""
 
     def __init__(self, runner, timing: TimingSettings, store: MeasurementStore, device: str, spec, version: str,
-                 tmp: Path):
+                 tmp: Path, reference: tuple[str, Callable] | None = None):
+        """`reference`: (its key in the store, build(tmp) -> (library, args)) of a reference other than the
+        reference layer (`timing.REFERENCE_LAYER`)."""
         from nasbnn_hw.profiling.timing import REFERENCE_LAYER, reference_library
         self.runner, self.protocol, self.baseline, self.reference = runner, timing.protocol(), None, None
         if timing.reference:
-            self.reference = reference_library(tmp, spec)
-            key = (device, spec.description(), version, REFERENCE_LAYER.key())
+            name, build = reference or (REFERENCE_LAYER.key(), lambda t: reference_library(t, spec))
+            self.reference = build(tmp)
+            key = (device, spec.description(), version, name)
             self.baseline = store.reference_baseline(*key)
             if self.baseline is None:
                 self.baseline = store.set_reference_baseline(
                     *key, self.protocol.calibrate_reference(runner, self.reference))
-                log.info("reference kernel on %s: %.2f us (kept in the store)", device, self.baseline * 1e6)
+                log.info("reference %s on %s: %.2f us (kept in the store)", name, device, self.baseline * 1e6)
 
     def time(self, lib: Path, args) -> tuple[float, float, tuple[float, ...]]:
         """(median, iqr, samples) in seconds; in reference units times the baseline with a reference."""
@@ -251,11 +258,14 @@ def _failure(e: Exception) -> str:
 
 def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store: MeasurementStore, runner, spec,
          timing: TimingSettings, progress: bool, workdir: Path | None, stop_on_error: bool,
-         rounds: int | None = None) -> ProfileReport:
+         rounds: int | None = None, reference: tuple[str, Callable] | None = None) -> ProfileReport:
     """Measure each item until it has `rounds` (default: `timing.rounds`) measurements in the store, round
     by round (every item's round r before any item's round r + 1, so that rounds fall at different moments of
     a drifting device).
-    A library is built once per run and kept until its last round."""
+    A library is built once per run and kept until its last round. Under the reference protocol `reference`
+    (key, build) replaces the reference layer for new items; its key is kept in each item's config, and an
+    item already stored keeps the reference of its first round (rounds against different references are
+    never pooled; items stored before references were recorded used the reference layer)."""
     from nasbnn_hw.profiling.timing import pooled_estimate
     rounds = timing.rounds if rounds is None else rounds
     if not isinstance(rounds, int) or rounds < 1:
@@ -269,9 +279,26 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
         log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
     total = sum(rounds - done[key] for key, _, _ in todo)
     built: dict[str, tuple] = {}
+    ref_of: dict[str, str | None] = {}   # item key -> the reference key it is timed against (None: the layer)
+    if timing.reference and todo:
+        stored = {m.key: m.config for m in store.query(device=device, kind=kind, target=target_key)
+                  if m.tvm_version == version and done[m.key] > 0} if any(done[k] for k, _, _ in todo) else {}
+        for key, config, _ in todo:
+            ref_of[key] = stored[key].get("reference") if key in stored else (reference[0] if reference else None)
+            if reference and ref_of[key] == reference[0]:
+                config["reference"] = reference[0]
+    clocks: dict[str | None, _Clock] = {}
     with WorkDir("nasbnn-profile-", dir=workdir) as tmp, \
             _progress(total, f"{kind}s on {device}", progress) as bar:
-        clock = _Clock(runner, timing, store, device, spec, version, Path(tmp)) if todo else None
+        def clock_for(key):
+            ref = ref_of.get(key)
+            if ref not in clocks:
+                other = reference if reference and ref == reference[0] else None
+                if ref is not None and other is None:
+                    raise ProfileError(f"{kind} {key[:60]} was measured against reference {ref!r}, which this "
+                                       "run does not build; resume it with the same device profile and space")
+                clocks[ref] = _Clock(runner, timing, store, device, spec, version, Path(tmp), other)
+            return clocks[ref]
         for r in range(rounds):
             for key, config, build in todo:
                 if done[key] != r or key in report.failed:
@@ -282,7 +309,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                     if key not in built:
                         built[key] = build(Path(tmp))
                     lib_path, args = built[key]
-                    med, iqr, samples = clock.time(lib_path, args)
+                    med, iqr, samples = clock_for(key).time(lib_path, args)
                 except Exception as e:  # noqa: BLE001 - one bad item must not end a long run; it is reported
                     if stop_on_error or _device_level(e):
                         raise
@@ -369,7 +396,48 @@ def profile_subnets(space, n: int, device: str, store: MeasurementStore, runner=
         return {**d, "schedule_id": sid} if sid else d
 
     items = [(subnet_key(a, space, book), _config(a), _builder(a, i)) for i, a in enumerate(chosen)]
-    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds)
+    ref = subnet_reference_of(space, spec, book) if timing.reference and uses_subnet_reference(space, timing) \
+        else None
+    return _run(items, "subnet", device, store, runner, spec, timing, progress, workdir, stop_on_error, rounds,
+                reference=ref)
+
+
+REFERENCE_SUBNET_SEED = 9973
+# Spaces whose largest subnet packs more binary weights than this (a core's L2 on common x86 and ARM cores)
+# are timed against a reference subnet; smaller ones stay cache-resident like the reference layer, and there
+# the reference subnet gained nothing (docs/measurements.md).
+SUBNET_REFERENCE_MIN_BYTES = 1 << 20
+
+
+def uses_subnet_reference(space, timing: TimingSettings) -> bool:
+    """Whether whole subnets of `space` are timed against a reference subnet: `timing.subnet_reference` is on
+    and the space's largest subnet holds more than SUBNET_REFERENCE_MIN_BYTES of packed binary weights."""
+    from nasbnn_hw.core.sampling import largest
+    if not timing.subnet_reference:
+        return False
+    space = get_space(space)
+    bits = sum(c.in_channels // c.groups * c.out_channels * c.kernel ** 2
+               for c in arch_layers(largest(space), space) if c.kind == "bconv")
+    return bits // 8 > SUBNET_REFERENCE_MIN_BYTES
+
+
+def subnet_reference_of(space, spec, book) -> tuple[str, Callable]:
+    """(store key, build(tmp) -> (library, args)) of the reference subnet of `space`: a fixed random subnet
+    (seeded draw, seeded weights) built like the items. Timed beside whole subnets under
+    `TimingSettings.subnet_reference`, it has their working set, so a neighbour on the shared cache that slows
+    the items slows it too (docs/measurements.md). The key names the space (its definition and resolution),
+    the arch and its schedules, so its baseline in the store means one compiled subnet."""
+    import hashlib
+    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
+    space = get_space(space)
+    arch = random_subnets(space, 1, REFERENCE_SUBNET_SEED)[0]
+    ident = json.dumps([space.to_dict(), space.resolution, subnet_key(arch, space, book)], sort_keys=True)
+    key = f"subnet:{space.name}@{space.resolution}:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+    def build(tmp: Path):
+        net = compile_random_subnet(arch, space, spec, batch=1, seed=REFERENCE_SUBNET_SEED, schedules=book)
+        return net.export(Path(tmp) / "reference-subnet.so"), net.arg_specs()
+    return key, build
 
 
 def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
@@ -387,11 +455,15 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
     book = schedules if schedules is not None else ScheduleBook.load(baseline_from, device, target)
     with WorkDir("nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
         if timing.reference and baseline_from is not None and Path(baseline_from).exists():
-            key = (device, resolve_target(target).description(), _tvm_version(), REFERENCE_LAYER.key())
+            spec = resolve_target(target)
+            names = [REFERENCE_LAYER.key()] + ([subnet_reference_of(space, spec, book)[0]]
+                                               if uses_subnet_reference(space, timing) else [])
             with MeasurementStore(baseline_from, readonly=True) as src:
-                base = src.reference_baseline(*key)
-            if base is not None:
-                st.set_reference_baseline(*key, base)
+                for name in names:
+                    key = (device, spec.description(), _tvm_version(), name)
+                    base = src.reference_baseline(*key)
+                    if base is not None:
+                        st.set_reference_baseline(*key, base)
         rep = profile_subnets(space, 0, device, st, runner, target, archs=archs, timing=timing, progress=progress,
                               schedules=book)
         got = {m.key: m.median_s for m in st.query(device=device, kind="subnet")}

@@ -132,7 +132,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from nasbnn_hw.core.layers import count_ops
     from nasbnn_hw.profiling.devices import open_device, timing_for
     from nasbnn_hw.profiling.timing import NOISE_TAU
-    from nasbnn_hw.profiling.profiler import measure_again, profile_layers, profile_subnets, subnet_key
+    from nasbnn_hw.profiling.profiler import (measure_again, profile_layers, profile_subnets, subnet_key,
+                                               uses_subnet_reference)
     from nasbnn_hw.core.sampling import largest, smallest
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.profiling.store import MeasurementStore
@@ -330,7 +331,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               f"TVM-compiled bit-packed binary kernels, timing protocol: "
               f"{'reference kernel interleaved' if timing.reference else 'plain medians'}, {timing.rounds} round(s) "
               f"of {timing.bursts} x {timing.repeat} samples per item"
-              f"{', 20th percentile of the normalised samples kept' if timing.reference else ''}. "
+              f"{', 20th percentile of the normalised samples kept' if timing.reference else ''}"
+              f"{', whole subnets against a reference subnet of the space' if timing.reference and uses_subnet_reference(space, timing) else ''}. "
               f"Total wall time {total:.0f} s.", "",
               "## 1. Does the device agree with itself?", "",
               f"{again['n']} held-out subnets measured a second time, independently (compiled and timed again), "
