@@ -243,9 +243,9 @@ def test_a_stored_subnet_keeps_the_reference_of_its_first_round(tmp_path, any_sp
     space = SearchSpace.from_dict(TINY)
     old = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=1)
     new = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=2, subnet_reference=True)
-    a, b = random_subnets(space, 2)
+    a, b, c = random_subnets(space, 3)
     with MeasurementStore(tmp_path / "m.db") as store:
-        profile_subnets(space, 0, "cpu-test", store, archs=[a], timing=old, progress=False)
+        profile_subnets(space, 0, "cpu-test", store, archs=[a, c], timing=old, progress=False)  # c: not in the next run
         rep = profile_subnets(space, 0, "cpu-test", store, archs=[a, b], timing=new, progress=False)
         assert rep.measured.count(BOOK.subnet_key(a, space)) == 1 and not rep.failed
         rows = {r.key: r for r in store.query(kind="subnet")}

@@ -282,7 +282,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
     ref_of: dict[str, str | None] = {}   # item key -> the reference key it is timed against (None: the layer)
     if timing.reference and todo:
         stored = {m.key: m.config for m in store.query(device=device, kind=kind, target=target_key)
-                  if m.tvm_version == version and done[m.key] > 0} if any(done[k] for k, _, _ in todo) else {}
+                  if m.tvm_version == version and done.get(m.key, 0) > 0} if any(done[k] for k, _, _ in todo) else {}
         for key, config, _ in todo:
             ref_of[key] = stored[key].get("reference") if key in stored else (reference[0] if reference else None)
             if reference and ref_of[key] == reference[0]:
