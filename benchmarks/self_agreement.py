@@ -77,7 +77,6 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     import tempfile
 
     from cost_models.metrics import kendall_tau, within
-    from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     from nasbnn_hw.profiling.profiler import random_subnets
     from nasbnn_hw.profiling.runners.local import LocalRunner
     from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, reference_library
@@ -99,9 +98,12 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
             lay = build_layer(LayerConfig("bconv", 4096, 4096, 1, 1, 1, 1), target, batch=1,
                               schedule=legacy_schedule(target))
             refs["memory"] = (lay.export(Path(d) / "reference-memory.so"), lay.args)
-        if "subnet" in references:  # a fixed subnet of the same space: the items' own working set
-            net = compile_random_subnet(random_subnets(space, 1, seed=9973)[0], space, target, seed=99)
-            refs["subnet"] = (net.export(Path(d) / "reference-subnet.so"), net.arg_specs())
+        if "subnet" in references:  # the profiler's reference subnet of this space (`subnet_reference_of`)
+            from nasbnn_hw.deploy.kernels import resolve_target
+            from nasbnn_hw.profiling.profiler import subnet_reference_of
+            from nasbnn_hw.profiling.tuning import ScheduleBook
+            spec = resolve_target(target)
+            refs["subnet"] = subnet_reference_of(space, spec, ScheduleBook.load(None, "local", spec))[1](Path(d))
         libs = []
         for i, a in enumerate(archs):
             libs.append(_compiled(a, space, i, Path(cache_dir) if cache_dir else Path(d), space_spec, target,
