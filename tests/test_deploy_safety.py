@@ -204,7 +204,10 @@ def test_npz_is_validated_at_load(exported, tmp_path):
              (_with_meta(a, {**meta, "param_names": meta["param_names"][:-1]}), "'param_names'"),
              (_with_meta(a, {**meta, "layers": [{**meta["layers"][0], "kind": "conv"}, *meta["layers"][1:]]}),
               "layer 0"),
-             (_with_meta(a, {**meta, "layers": meta["layers"][1:]}), "layer 0")]
+             (_with_meta(a, {**meta, "layers": meta["layers"][1:], "schedules": meta["schedules"][1:]}), "layer 0"),
+             (_with_meta(a, {**meta, "schedules": "nibble"}), "'schedules' must list one entry per layer"),
+             (_with_meta(a, {**meta, "schedules": [None, {"pixels": "7"}, *meta["schedules"][2:]]}),
+              "layer 1 schedule: {'pixels': '7'} is not a schedule")]
     for arrays, needle in cases:
         with pytest.raises(DeployError) as e:
             _load(so, tmp_path, _savez(arrays))

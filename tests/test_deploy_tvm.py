@@ -70,6 +70,34 @@ def test_export_and_load_roundtrip(tmp_path):
         TvmSubnet.load(tmp_path / "missing.so")
 
 
+def test_avx2_build_with_nibble_lookups_matches_pytorch_and_reloads(tmp_path):
+    """On an AVX2 target most layers take the nibble strategy: logits as PyTorch's, the weight layout
+    recorded in the export so the file loads again; an export without that record holds 64-bit words."""
+    import io
+    import json
+    from nasbnn_hw.deploy.kernels import schedule as S
+    space = get_space("small16")
+    model = StaticSubnet(largest(space), space, seed=4)
+    avx2 = {"kind": "llvm", "mcpu": "haswell"}
+    net = compile_subnet(model, target=avx2, batch=1, resolution=space.resolution)
+    kinds = [d and d["strategy"] for d in net.schedules]
+    assert kinds.count("nibble") >= len(kinds) // 2 and kinds[0] is None and kinds[-1] is None
+    _check(model, net, space, batch=1, seed=3)
+    again = TvmSubnet.load(net.export(tmp_path / "nib.so"))
+    x = np.random.default_rng(0).standard_normal(net.input_shape).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net(x))
+    word = compile_subnet(model, target=avx2, batch=1, resolution=space.resolution, schedules=lambda c: S.AVX2_X86)
+    npz = word.export(tmp_path / "word.so").with_suffix(".npz")
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    del meta["schedules"]                          # as written before schedules were recorded
+    buf = io.BytesIO()
+    np.savez(buf, **{**arrays, "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    npz.write_bytes(buf.getvalue())
+    np.testing.assert_allclose(TvmSubnet.load(tmp_path / "word.so")(x), net(x), rtol=1e-5, atol=1e-5)
+
+
 def test_random_subnet_args_for_runners():
     space = get_space("small16")
     net = compile_random_subnet(largest(space), space)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from _bnn_reference import StaticBlock, StaticStem, shortcut
 from nasbnn_hw.deploy.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
-from nasbnn_hw.deploy.kernels.binary import border_classes, pack_weights, padding_correction
+from nasbnn_hw.deploy.kernels import schedule as S
+from nasbnn_hw.deploy.kernels.binary import border_classes, nibble_weights, pack_weights, padding_correction
 from nasbnn_hw.deploy.kernels.layer import build_binary_conv
 from nasbnn_hw.deploy.kernels.params import binary_half_params, head_params, stem_params
 from nasbnn_hw.core.layers import LayerConfig
@@ -51,6 +52,59 @@ def test_binary_conv_is_exact(c_in, c_out, k, groups, stride, res):
     ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, nhwc(ref).astype(np.int32))
+
+
+HASWELL = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without AVX-512: runs on every x86-64 CPU these tests run on
+
+
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,res,sched", [
+    (20, 32, 3, 1, 1, 5, S.NIBBLE_X86),                                 # 20 channels: a spare nibble and a half
+    (96, 96, 5, 2, 2, 10, S.NIBBLE_X86),                                # 48 per group: 16-lane lookups, stride 2
+    (128, 128, 3, 1, 1, 5, S.NIBBLE_X86_WIDE),                          # int32 accumulators
+    (64, 128, 1, 1, 2, 6, S.CpuSchedule(2, 128, 32, "int16", strategy="nibble")),  # 1x1 stride 2
+    (256, 256, 3, 8, 1, 7, S.CpuSchedule(4, 32, 32, "int16", strategy="nibble")),  # 32 per group, 8 groups
+    (512, 512, 1, 1, 1, 3, S.NIBBLE_X86),                               # 64 bytes: chunks of 16 widened 4 times
+])
+def test_nibble_lookups_are_exact(c_in, c_out, k, groups, stride, res, sched):
+    """The nibble strategy (tables + vpshufb, 8-bit chunks) against PyTorch, on the AVX2 target."""
+    assert sched.fits(LayerConfig("bconv", c_in, c_out, k, groups, stride, res))
+    lay = build_binary_conv(c_in, c_out, k, groups, stride, res, target=HASWELL, tile=sched.tile())
+    g = torch.Generator().manual_seed(c_in + k)
+    x = torch.randn(1, c_in, res, res, generator=g)
+    move = torch.randn(c_in, generator=g) * 0.3
+    w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
+    words = pack_weights(w.numpy(), groups)
+    params = {"x": nhwc(x), "move_in": move.numpy(), "weight": nibble_weights(words, c_in // groups)}
+    if k > 1:
+        params["corr"] = padding_correction(w.numpy(), groups, (res, res), stride, k // 2)[0]
+    ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
+    np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
+
+
+def test_nibble_weights_and_where_nibble_schedules_apply():
+    w = np.ones((32, 20, 1, 1), np.float32)
+    w[0, 3] = -1                                  # channel 3 of filter 0: bit 3 of byte 0, low nibble
+    w[1, 17] = -1                                 # channel 17 of filter 1: bit 1 of byte 2, low nibble
+    nib = nibble_weights(pack_weights(w, 1), 20)
+    assert nib.shape == (1, 1, 3, 2, 32) and nib.dtype == np.uint8
+    assert nib[0, 0, 0, :, 0].tolist() == [0b0111, 15] and nib[0, 0, 2, :, 1].tolist() == [0b1101, 0]
+    assert nib[0, 0, 2, :, 2].tolist() == [15, 0]  # channels 20-23 are spare: 0
+    avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
+    cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
+    assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
+    assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
+    assert S.default_schedule(resolve_target("rpi4"), cfg) == S.LEGACY_ARM
+    assert all(c.strategy == "word" for c in S.candidate_schedules(resolve_target("rpi4"), cfg))
+    with pytest.raises(S.ScheduleError, match="a nibble schedule takes 16 or 32 lanes"):
+        S.CpuSchedule(7, 64, 8, "int16", strategy="nibble")
+    with pytest.raises(S.ScheduleError, match="strategy='byte' not supported"):
+        S.CpuSchedule(7, 64, 32, "int16", strategy="byte")
+    assert S.NIBBLE_X86.fingerprint() == "nib-p7c64v32-int16-pm131072"
+    assert S.CpuSchedule.from_dict(S.NIBBLE_X86.to_dict()) == S.NIBBLE_X86
+    legacy = S.LEGACY_X86.to_dict()
+    del legacy["strategy"]                        # schedules stored before strategies existed
+    assert S.CpuSchedule.from_dict(legacy) == S.LEGACY_X86
 
 
 def test_spare_bits_never_count():

@@ -44,7 +44,7 @@ def test_candidates_start_with_the_default_and_never_overflow():
     assert cands[0] == S.default_schedule(LOCAL, cfg) and len(cands) >= 8
     assert len({c.effective(cfg) for c in cands}) == len(cands)  # no two compile to the same code
     assert {c.acc_dtype for c in cands} == {"int64", "int32", "int16"} and {c.popcount for c in cands} == {
-        "scalar", "vector"}
+        "scalar", "vector", "nibble"}  # every x86-64 CPU these run on has AVX2
     wide = LayerConfig("bconv", 2048, 2048, 5, 1, 1, 7)  # 25 x 2048 popcounts can exceed int16
     assert all(c.acc_dtype != "int16" for c in S.candidate_schedules(LOCAL, wide))
     with pytest.raises(S.ScheduleError, match="int16 accumulator can overflow"):
@@ -167,7 +167,9 @@ def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
         book = ScheduleBook(resolve_target(t))
         assert book.all_legacy and book.layer_key(cfg) == cfg.key() and book.subnet_key(arch, space) == arch.to_json()
     avx2 = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "haswell"}))
-    assert avx2(cfg) == S.AVX2_X86 and avx2.layer_key(cfg) == f"{cfg.key()} @{S.AVX2_X86.fingerprint()}"
+    assert avx2(cfg) == S.NIBBLE_X86 and avx2.layer_key(cfg) == f"{cfg.key()} @nib-p7c64v32-int16-pm131072"
+    narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)  # 24 channels: not whole 16-lane lookups
+    assert avx2(narrow) == S.AVX2_X86 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.AVX2_X86.fingerprint()}"
     assert avx2.subnet_key(arch, space).startswith(arch.to_json() + " @")
     assert avx2.layer_key(LayerConfig("stem", 1, 16, 3, 1, 1, 16)) == "stem_i1_o16_k3_g1_s1_r16"
 

@@ -161,6 +161,7 @@ def _expected_params(meta: dict, npz: Path):
             raise DeployError(f"{npz}: bad metadata: layer {i} ({cfg.key()}): {why}")
     try:
         spec = resolve_target("local" if meta["target_name"] == "local" else meta["target"])
+        schedules = _meta_schedules(meta, layers, spec, npz)
         batch = meta["input_shape"][0]
         h = te.placeholder(tuple(meta["input_shape"]), "float32", name="x")
         expected = []
@@ -168,7 +169,7 @@ def _expected_params(meta: dict, npz: Path):
             if _shape_dtype(h)[0] != layer_input_shape(cfg, batch):
                 raise DeployError(f"{npz}: bad metadata: layer {i} ({cfg.key()}) takes "
                                   f"{layer_input_shape(cfg, batch)}, gets {_shape_dtype(h)[0]}")
-            ph, h = layer_te(cfg, h, f"l{i}", spec)
+            ph, h = layer_te(cfg, h, f"l{i}", spec, schedules[i])
             expected += [(f"l{i}_{key}", *_shape_dtype(t)) for key, t in ph.items()]
     except NasBnnError:
         raise
@@ -183,6 +184,24 @@ def _expected_params(meta: dict, npz: Path):
     return layers, spec, expected
 
 
+def _meta_schedules(meta: dict, layers: list[LayerConfig], spec, npz: Path) -> list:
+    """Each layer's `CpuSchedule` from the metadata (it sets the weight layout); files written before
+    schedules were recorded hold 64-bit weight words: the target's word schedule."""
+    from nasbnn_hw.deploy.kernels.schedule import CpuSchedule, legacy_schedule
+    got = meta.get("schedules")
+    if got is None:
+        return [None if spec.is_gpu or c.kind != "bconv" else legacy_schedule(spec) for c in layers]
+    if not isinstance(got, list) or len(got) != len(layers):
+        raise DeployError(f"{npz}: bad metadata: 'schedules' must list one entry per layer ({len(layers)})")
+    out = []
+    for i, (cfg, d) in enumerate(zip(layers, got)):
+        try:
+            out.append(None if d is None else CpuSchedule.from_dict(d, f"{npz}: layer {i} schedule"))
+        except NasBnnError as e:
+            raise DeployError(f"{npz}: bad metadata: {e}") from None
+    return out
+
+
 @dataclass
 class TvmSubnet:
     """A compiled subnet: the executable, its parameters in call order and the input it takes."""
@@ -193,6 +212,7 @@ class TvmSubnet:
     params: list[np.ndarray] = field(repr=False)
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    schedules: list[dict | None] | None = None  # each layer's `CpuSchedule.to_dict()` (None: stem, head, GPU)
 
     def arg_specs(self, x: np.ndarray | None = None) -> list[ArgSpec]:
         """Arguments for a runner: the input (random unless given), all parameters, the logits."""
@@ -234,6 +254,7 @@ class TvmSubnet:
             meta = {"format": EXPORT_FORMAT, "target": self.target.config, "target_name": self.target.name,
                     "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
                     "param_names": self.param_names, "layers": [l.to_dict() for l in self.layers],
+                    "schedules": self.schedules,
                     "library_sha256": hashlib.sha256(lib.read_bytes()).hexdigest()}
             buf = io.BytesIO()
             np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
@@ -284,7 +305,7 @@ class TvmSubnet:
         except Exception as e:  # noqa: BLE001 - TVM raises several FFI error types
             raise DeployError(f"cannot load compiled subnet {str(path)!r}: {_short(e)}") from None
         return cls(layers, spec, ex, meta["param_names"], params, tuple(meta["input_shape"]),
-                   tuple(meta["output_shape"]))
+                   tuple(meta["output_shape"]), meta.get("schedules"))
 
 
 def subnet_layers(model, resolution: int | None = None) -> list[LayerConfig]:
@@ -332,9 +353,8 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
              schedules=None) -> TvmSubnet:
     from tvm import te
 
-    from nasbnn_hw.deploy.kernels.layer import KernelBuildError, _shape_dtype, compile_function, layer_input_shape, layer_te, \
-        schedule_layer, supports
-    from nasbnn_hw.deploy.kernels.params import random_arrays
+    from nasbnn_hw.deploy.kernels.layer import KernelBuildError, _shape_dtype, compile_function, kernel_params, \
+        layer_input_shape, layer_schedule, layer_te, random_params, schedule_layer, supports
     from nasbnn_hw.deploy.kernels.targets import resolve_target
     batch = _check_batch(batch)
     spec = resolve_target(target)
@@ -347,7 +367,7 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
     rng = np.random.default_rng(seed)
     for i, cfg in enumerate(layers):
         ph, h = layer_te(cfg, h, f"l{i}", spec, schedules)
-        given = params[i] if params is not None else random_arrays({k: _shape_dtype(v) for k, v in ph.items()}, rng)
+        given = kernel_params(cfg, ph, params[i]) if params is not None else random_params(cfg, ph, rng)
         for key, t in ph.items():
             shape, dtype = _shape_dtype(t)
             val = np.ascontiguousarray(given[key], dtype)
@@ -362,7 +382,9 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
             schedule_layer(sch, cfg, f"l{i}", spec, schedules)
 
     ex = compile_function([x, *tensors, h], spec, _schedule)
-    return TvmSubnet(list(layers), spec, ex, names, values, _shape_dtype(x)[0], _shape_dtype(h)[0])
+    used = [None if cfg.kind != "bconv" or spec.is_gpu else layer_schedule(cfg, spec, schedules).to_dict()
+            for cfg in layers]
+    return TvmSubnet(list(layers), spec, ex, names, values, _shape_dtype(x)[0], _shape_dtype(h)[0], used)
 
 
 def compile_subnet(model, target="local", batch: int = 1, resolution: int | None = None,

@@ -11,6 +11,14 @@ packed input is padded with all-zero words (all -1), which adds `-sum_c w[f, c, 
 tap; `padding_correction` gives the exact fix. It depends only on which taps of an output position fall
 outside, i.e. on a (row class, column class) pair: a few border rows/columns have their own class and all
 interior ones share one, so the table is tiny: `corr[row_class, col_class, f]`.
+
+Nibble strategy (`nibble_popcount_conv`, x86 without a vector popcount instruction). The same bits, cut
+into 4-bit nibbles: weights as one byte per nibble, `(k, k, bytes, 2, F)` (byte `b` of a group holds its
+channels `8b..8b+7`, nibble 0 the low four), and each input nibble `v` expanded once per call into its
+16-entry table `popcount(v ^ i)`, `i = 0..15`. Then `popcount(x_nibble ^ w_nibble)` is a table lookup with
+the weight nibble as index: one `vpshufb` looks up 32 output channels at once and its byte sums
+accumulate in 8-bit lanes for up to 31 bytes before they are widened (`NIBBLE_CHUNK_MAX`). Spare bits are 0
+on both sides as in the word layout, so they never count; padding is all-zero words as above.
 """
 from __future__ import annotations
 
@@ -92,6 +100,26 @@ def pack_weights(sign_weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(words.transpose(0, 1, 3, 2)).astype(np.uint64)
 
 
+def bytes_per_group(channels_per_group: int) -> int:
+    return math.ceil(channels_per_group / 8)
+
+
+def nibble_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> nibbles (k, k, bytes_per_group, 2, F) uint8, one per byte."""
+    k, k2, nw, f = words.shape
+    b = np.ascontiguousarray(words, "<u8").view(np.uint8).reshape(k, k2, nw, f, 8)  # little-endian: byte j = bits 8j..
+    b = b.transpose(0, 1, 2, 4, 3).reshape(k, k2, nw * 8, f)[:, :, :bytes_per_group(channels_per_group)]
+    return np.ascontiguousarray(np.stack([b & 15, b >> 4], axis=3))
+
+
+def clear_spare_bits(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Words (k, k, words_per_group, F) with the bits past the group's channels set to 0, as `pack_weights`
+    writes them (random words for profiling have them set)."""
+    valid = np.clip(channels_per_group - WORD_BITS * np.arange(words.shape[2]), 0, WORD_BITS)
+    mask = np.array([(1 << int(v)) - 1 for v in valid], np.uint64)
+    return words & mask[None, None, :, None]
+
+
 def sign_pack(x, move, groups: int, pad: int, name: str):
     """x (N, H, W, C) float, move (C,) -> packed (N, H + 2 pad, W + 2 pad, groups, words) uint64."""
     import tvm
@@ -139,6 +167,76 @@ def xnor_popcount_conv(xp, wp, kernel: int, stride: int, out_hw: tuple[int, int]
         name=f"{name}_acc")
 
 
+NIBBLE_CHUNK_MAX = 31  # bytes summed in 8-bit lanes before widening: 31 x 8 = 248 <= 255
+
+
+def nibble_tables(packed, nbytes: int, name: str):
+    """Packed words (N, H, W, groups, words) -> the lookup tables of each input nibble of the first
+    `nbytes` bytes, (N, H, W, groups, nbytes, 2, 16) uint8 with `t[..., b, h, i] = popcount(nibble h of
+    byte b ^ i)`."""
+    import tvm
+    from tvm import te
+    n_, h, w, groups, _ = (int(v) for v in packed.shape)
+
+    def _table(n, y, xx, g, b, half, i):
+        shift = ((b % 8) * 8 + half * 4).astype(WORD_DTYPE)
+        nib = ((packed[n, y, xx, g, b // 8] >> shift) & tvm.tirx.const(15, WORD_DTYPE)).astype("uint8")
+        return tvm.tirx.popcount(nib ^ i.astype("uint8")).astype("uint8")
+
+    return te.compute((n_, h, w, groups, nbytes, 2, 16), _table, name=f"{name}_table")
+
+
+def nibble_chunk(kernel: int, nbytes: int) -> int:
+    """Bytes per 8-bit accumulation chunk: the largest divisor of `nbytes` whose taps x bytes <= 31."""
+    return max([d for d in range(1, nbytes + 1) if nbytes % d == 0 and kernel * kernel * d <= NIBBLE_CHUNK_MAX],
+               default=1)
+
+
+def nibble_popcount_conv(tables, wn, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
+                         acc_dtype: str = "int16"):
+    """The nibble strategy's popcount(x XOR w) sums: (N, Ho, Wo, F) in `acc_dtype`. Stage `{name}_acc8`
+    sums one chunk of bytes (all taps x `nibble_chunk` bytes) in uint8, stage `{name}_acc` widens and
+    sums the chunks. A lookup is written as a masked sum over the 16 table entries, which is what the
+    schedule's tensor intrinsic replaces with one `vpshufb` (`schedule.nibble_intrinsic`)."""
+    import tvm
+    from tvm import te
+    n_, _, _, groups, _, _, _ = (int(v) for v in tables.shape)
+    _, _, nb, _, f = (int(v) for v in wn.shape)
+    fg = f // groups
+    chunk = nibble_chunk(kernel, nb)
+    ky = te.reduce_axis((0, kernel), name=f"{name}_ky")
+    kx = te.reduce_axis((0, kernel), name=f"{name}_kx")
+    bi = te.reduce_axis((0, chunk), name=f"{name}_bi")
+    ri = te.reduce_axis((0, 16), name=f"{name}_ri")
+    zero = tvm.tirx.const(0, "uint8")
+
+    def _acc8(n, y, x, bo, o):
+        b = bo * chunk + bi
+        at = (n, y * stride + ky, x * stride + kx, o // fg, b)
+        i = ri.astype("uint8")
+        return te.sum(tvm.tirx.Select(wn[ky, kx, b, 0, o] == i, tables[(*at, 0, ri)], zero)
+                      + tvm.tirx.Select(wn[ky, kx, b, 1, o] == i, tables[(*at, 1, ri)], zero), axis=[ky, kx, bi, ri])
+
+    acc8 = te.compute((n_, *out_hw, nb // chunk, f), _acc8, name=f"{name}_acc8")
+    rbo = te.reduce_axis((0, nb // chunk), name=f"{name}_rbo")
+    return te.compute((n_, *out_hw, f), lambda n, y, x, o: te.sum(acc8[n, y, x, rbo, o].astype(acc_dtype), axis=rbo),
+                      name=f"{name}_acc")
+
+
+def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str,
+                   strategy: str):
+    """(weight placeholder, popcount sums) of the binary conv of sign(x + move) with `strategy`."""
+    from tvm import te
+    cg = int(x.shape[3]) // groups
+    packed = sign_pack(x, move, groups, k // 2, name)
+    if strategy == "nibble":
+        weight = te.placeholder((k, k, bytes_per_group(cg), 2, out_channels), "uint8", name=f"{name}_weight")
+        tables = nibble_tables(packed, bytes_per_group(cg), name)
+        return weight, nibble_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+    weight = te.placeholder((k, k, words_per_group(cg), out_channels), WORD_DTYPE, name=f"{name}_weight")
+    return weight, xnor_popcount_conv(packed, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+
+
 def binary_dot(acc, taps_times_cg: int, corr=None, rows: BorderClasses | None = None,
                cols: BorderClasses | None = None):
     """The exact +-1 conv value at (n, y, x, f) as an int32 expression builder."""
@@ -169,55 +267,52 @@ def rprelu(v, alpha, bias_after):
 
 
 def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, name: str,
-                      acc_dtype: str = "int64"):
+                      acc_dtype: str = "int64", strategy: str = "word"):
     """One half of a binary block, all fused into one output stage.
 
     out = rprelu(dot * mul + add + shortcut(x)) with mul = weight scale * BN scale, add = BN shift + move12.
-    Returns (placeholders dict, output tensor). Placeholders: move_in (C_in,), weight (k, k, words, C_out)
-    uint64, corr (rows, cols, C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
+    Returns (placeholders dict, output tensor). Placeholders: move_in (C_in,), weight (`weights_for` the
+    strategy: (k, k, words, C_out) uint64 or (k, k, bytes, 2, C_out) uint8 nibbles), corr (rows, cols,
+    C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
     """
     from tvm import te
-    n_, h, w, c_in = (int(v) for v in x.shape)
-    pad = k // 2
-    cg = c_in // groups
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    nw = words_per_group(cg)
-    p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in"),
-         "weight": te.placeholder((k, k, nw, out_channels), WORD_DTYPE, name=f"{name}_weight")}
-    rows = cols = None
-    if pad:
-        rows, cols = border_classes(h, ho, k, stride, pad), border_classes(w, wo, k, stride, pad)
-        p["corr"] = te.placeholder((rows.count, cols.count, out_channels), "int32", name=f"{name}_corr")
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy)
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
-    packed = sign_pack(x, p["move_in"], groups, pad, name)
-    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name, acc_dtype)
-    dot = binary_dot(acc, k * k * cg, p.get("corr"), rows, cols)
     sc = shortcut_value(x, stride, out_channels)
 
     def _out(n, y, xx, o):
         v = dot(n, y, xx, o).astype("float32") * p["mul"][o] + p["add"][o] + sc(n, y, xx, o)
         return rprelu(v, p["alpha"][o], p["bias2"][o])
 
-    out = te.compute((n_, ho, wo, out_channels), _out, name=f"{name}_out")
+    out = te.compute((int(x.shape[0]), *_out_hw(x, k, stride), out_channels), _out, name=f"{name}_out")
     return p, out
 
 
-def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64"):
-    """The integer +-1 conv of sign(x) alone (no epilogue): for exactness tests and benchmarks."""
-    from tvm import te
-    n_, h, w, c_in = (int(v) for v in x.shape)
+def _out_hw(x, k: int, stride: int) -> tuple[int, int]:
     pad = k // 2
-    cg = c_in // groups
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in"),
-         "weight": te.placeholder((k, k, words_per_group(cg), out_channels), WORD_DTYPE, name=f"{name}_weight")}
+    return tuple((int(v) + 2 * pad - k) // stride + 1 for v in x.shape[1:3])
+
+
+def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str, strategy: str):
+    """(placeholders move_in, weight, corr; the exact +-1 conv value builder) of sign(x + move_in)."""
+    from tvm import te
+    _, h, w, c_in = (int(v) for v in x.shape)
+    pad = k // 2
+    ho, wo = _out_hw(x, k, stride)
+    p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in")}
+    p["weight"], acc = _popcount_conv(x, p["move_in"], k, stride, groups, out_channels, name, acc_dtype, strategy)
     rows = cols = None
     if pad:
         rows, cols = border_classes(h, ho, k, stride, pad), border_classes(w, wo, k, stride, pad)
         p["corr"] = te.placeholder((rows.count, cols.count, out_channels), "int32", name=f"{name}_corr")
-    packed = sign_pack(x, p["move_in"], groups, pad, name)
-    acc = xnor_popcount_conv(packed, p["weight"], k, stride, (ho, wo), name, acc_dtype)
-    dot = binary_dot(acc, k * k * cg, p.get("corr"), rows, cols)
-    out = te.compute((n_, ho, wo, out_channels), dot, name=f"{name}_out")
+    return p, binary_dot(acc, k * k * (c_in // groups), p.get("corr"), rows, cols)
+
+
+def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64",
+                    strategy: str = "word"):
+    """The integer +-1 conv of sign(x) alone (no epilogue): for exactness tests and benchmarks."""
+    from tvm import te
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy)
+    out = te.compute((int(x.shape[0]), *_out_hw(x, k, stride), out_channels), dot, name=f"{name}_out")
     return p, out

@@ -77,8 +77,38 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
     if cfg.kind == "bconv":
         sched = layer_schedule(cfg, spec, schedule)
         return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
-                                        "int32" if sched is None else sched.acc_dtype)
+                                        "int32" if sched is None else sched.acc_dtype,
+                                        "word" if sched is None else sched.strategy)
     return float_ops.pool_classifier(x, cfg.out_channels, name)
+
+
+def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
+    """`given` parameters of layer `cfg` (`params.binary_half_params`: packed 64-bit weight words) in the
+    layout its kernel's `placeholders` take (the nibble strategy's weights: `binary.nibble_weights`)."""
+    from nasbnn_hw.deploy.kernels.binary import nibble_weights
+    w = placeholders.get("weight")
+    if cfg.kind == "bconv" and w is not None and str(w.dtype) == "uint8" and "weight" in given \
+            and np.asarray(given["weight"]).dtype == np.uint64:
+        return {**given, "weight": nibble_weights(np.asarray(given["weight"]), cfg.in_channels // cfg.groups)}
+    return given
+
+
+def random_params(cfg: LayerConfig, placeholders: dict, rng: np.random.Generator, x=None) -> dict:
+    """Random arguments of the kernel of layer `cfg` (`x` first, when given): the same logical weights for
+    every strategy (64-bit words with their spare bits cleared, in the kernel's layout), so that kernels
+    built with different schedules compute the same output from the same seed."""
+    from nasbnn_hw.deploy.kernels.binary import WORD_DTYPE, clear_spare_bits, words_per_group
+    from nasbnn_hw.deploy.kernels.params import random_arrays
+    shapes = {} if x is None else {"x": _shape_dtype(x)}
+    shapes.update({k: _shape_dtype(v) for k, v in placeholders.items()})
+    cg = cfg.in_channels // cfg.groups
+    if cfg.kind == "bconv":
+        shapes["weight"] = ((cfg.kernel, cfg.kernel, words_per_group(cg), _shape_dtype(placeholders["weight"])[0][-1]),
+                            WORD_DTYPE)
+    data = random_arrays(shapes, rng)
+    if cfg.kind == "bconv":
+        data["weight"] = clear_spare_bits(data["weight"], cg)
+    return kernel_params(cfg, placeholders, data)
 
 
 def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec, schedule=None) -> None:
@@ -153,13 +183,11 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
         raise KernelBuildError(f"cannot build layer {cfg.key()}: {why}")
     from tvm import te
 
-    from nasbnn_hw.deploy.kernels.params import random_arrays
     spec = resolve_target(target)
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
     placeholders, out = layer_te(cfg, x, "l0", spec, schedule)
-    rng = np.random.default_rng(seed)
-    data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
-    for key, val in (params or {}).items():
+    data = random_params(cfg, placeholders, np.random.default_rng(seed), x)
+    for key, val in kernel_params(cfg, placeholders, params or {}).items():
         if key not in placeholders:
             raise KernelBuildError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
         data[key] = np.asarray(val)
@@ -181,7 +209,6 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     from tvm import te
 
     from nasbnn_hw.deploy.kernels import binary, schedule
-    from nasbnn_hw.deploy.kernels.params import random_arrays
     cfg = LayerConfig("bconv", in_channels, out_channels, kernel, groups, stride, resolution)
     ok, why = supports(LayerConfig("bconv", in_channels, max(in_channels, out_channels), kernel, groups, stride,
                                    resolution))
@@ -191,13 +218,12 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     x = te.placeholder(layer_input_shape(cfg, batch), "float32", name="x")
     tile_cfg = {**schedule.cpu_tile(spec), **(tile or {})}
     acc = "int32" if spec.is_gpu else tile_cfg["acc_dtype"]
-    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc)
-    rng = np.random.default_rng(seed)
-    data = random_arrays({"x": _shape_dtype(x), **{k: _shape_dtype(v) for k, v in placeholders.items()}}, rng)
+    strategy = "word" if spec.is_gpu else tile_cfg.get("strategy", "word")
+    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc, strategy)
+    data = random_params(cfg, placeholders, np.random.default_rng(seed), x)
 
     def _sched(sch):
-        schedule.cpu_pack(sch, "l0", tile_cfg)
-        schedule._tile_conv(sch, "l0_acc", "l0_out", out_channels // groups, tile_cfg=tile_cfg)
+        schedule.cpu_binary_half(sch, "l0", groups, tile_cfg)
 
     ex = compile_function([x, *placeholders.values(), out], spec, _sched)
     names = ["x", *placeholders, "out"]

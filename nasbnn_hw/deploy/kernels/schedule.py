@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, words_per_group
+from nasbnn_hw.deploy.kernels.intrinsics import NIBBLE_LANES
 from nasbnn_hw.errors import NasBnnError
 
 
@@ -25,6 +26,9 @@ def _divisor_at_most(n: int, cap: int) -> int:
 # than the launch and the time stays a property of the work (benchmarks/latency_floor.py).
 PARALLEL_MIN = 1 << 17
 ACC_DTYPES = ("int64", "int32", "int16")
+# "word": 64-bit words XOR + popcount, output channels in vector lanes (`CpuSchedule`); "nibble": 4-bit
+# table lookups with `vpshufb` and 8-bit accumulators (`binary.nibble_popcount_conv`), x86 with AVX2.
+STRATEGIES = ("word", "nibble")
 
 
 class ScheduleError(NasBnnError):
@@ -40,12 +44,17 @@ class CpuSchedule:
     LLVM emits the target's vector popcount (VPOPCNTQ with AVX-512 VPOPCNTDQ, a nibble lookup with byte
     sums on AVX2, `cnt` + widening adds on NEON); `vector` == 1 keeps each output channel in a scalar
     register (x86 `popcnt`, one word per instruction). Narrower accumulators save widening instructions
-    and registers but are only valid while a dot product cannot overflow them (`fits`)."""
+    and registers but are only valid while a dot product cannot overflow them (`fits`).
+
+    `strategy="nibble"` replaces the popcount by table lookups (see `binary.nibble_popcount_conv`): `vector`
+    is then the lanes of one lookup (32: AVX2, or 16 where the channel tile is not a multiple of 32),
+    `acc_dtype` the accumulator the 8-bit chunk sums are widened into."""
     pixels: int
     channels: int
     vector: int
     acc_dtype: str
     parallel_min: int = PARALLEL_MIN
+    strategy: str = "word"
 
     def __post_init__(self):
         for k in ("pixels", "channels", "vector", "parallel_min"):
@@ -56,24 +65,30 @@ class CpuSchedule:
             raise ScheduleError(f"schedule acc_dtype={self.acc_dtype!r} not supported (allowed: {', '.join(ACC_DTYPES)})")
         if self.vector > self.channels:
             raise ScheduleError(f"schedule vector={self.vector} must be <= channels={self.channels}")
+        if self.strategy not in STRATEGIES:
+            raise ScheduleError(f"schedule strategy={self.strategy!r} not supported (allowed: {', '.join(STRATEGIES)})")
+        if self.strategy == "nibble" and self.vector not in NIBBLE_LANES:
+            raise ScheduleError(f"schedule vector={self.vector}: a nibble schedule takes 16 or 32 lanes")
 
     @property
     def popcount(self) -> str:
+        if self.strategy == "nibble":
+            return "nibble"
         return "scalar" if self.vector == 1 else "vector"
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        return f"p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
+        tag = "nib-" if self.strategy == "nibble" else ""
+        return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
         return {"pixels": self.pixels, "channels": self.channels, "vector": self.vector,
-                "acc_dtype": self.acc_dtype, "parallel_min": self.parallel_min}
+                "acc_dtype": self.acc_dtype, "parallel_min": self.parallel_min, "strategy": self.strategy}
 
     @classmethod
     def from_dict(cls, d, source: str = "a schedule") -> "CpuSchedule":
-        if not isinstance(d, dict) or set(d) - {"pixels", "channels", "vector", "acc_dtype", "parallel_min"}:
-            raise ScheduleError(f"{source}: {d!r} is not a schedule (keys: pixels, channels, vector, acc_dtype, "
-                                f"parallel_min)")
+        if not isinstance(d, dict) or set(d) - set(_FIELDS):
+            raise ScheduleError(f"{source}: {d!r} is not a schedule (keys: {', '.join(_FIELDS)})")
         try:
             return cls(**d)
         except TypeError as e:
@@ -83,19 +98,40 @@ class CpuSchedule:
         return self.to_dict()
 
     def fits(self, cfg) -> bool:
-        """Whether the accumulator holds every popcount sum of layer `cfg` (taps x input channels per group)."""
+        """Whether this schedule can build layer `cfg`: the accumulator holds every popcount sum (taps x
+        input channels per group), and a nibble schedule's channel tile is whole lookups."""
         if cfg.kind != "bconv":
             return True
         bound = cfg.kernel * cfg.kernel * words_per_group(cfg.in_channels // cfg.groups) * WORD_BITS
-        return bound < {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]
+        if bound >= {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]:
+            return False
+        return self.strategy != "nibble" or self._tile_of(cfg)[2] > 0
+
+    def _tile_of(self, cfg) -> tuple[int, int, int]:
+        """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble schedule cannot tile it."""
+        pad = cfg.kernel // 2
+        wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
+        ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
+        if self.strategy == "nibble":
+            vec = nibble_lanes(ft, self.vector)
+        return _divisor_at_most(wo, self.pixels), ft, vec
 
     def effective(self, cfg) -> tuple:
         """What this schedule compiles to for layer `cfg` (tiles are clipped to divisors of the layer's
         sizes): two schedules with the same `effective` build the same code."""
-        pad = cfg.kernel // 2
-        wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
-        ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
-        return _divisor_at_most(wo, self.pixels), ft, vec, self.acc_dtype, self.parallel_min
+        return (*self._tile_of(cfg), self.acc_dtype, self.parallel_min, self.strategy)
+
+
+_FIELDS = ("pixels", "channels", "vector", "acc_dtype", "parallel_min", "strategy")
+
+
+def nibble_lanes(tile: int, lanes: int) -> int:
+    """Lanes of each lookup of a nibble schedule on a channel tile of `tile`: `lanes` (16 or 32) when it
+    divides the tile, else 16 when that does, else 0 (the tile cannot be looked up in whole vectors)."""
+    for v in (lanes, 16):
+        if v <= lanes and tile % v == 0:
+            return v
+    return 0
 
 
 LEGACY_X86 = CpuSchedule(7, 16, 8, "int64")
@@ -104,6 +140,11 @@ LEGACY_ARM = CpuSchedule(4, 8, 4, "int32")
 # need 28 of them and spill; 7 x 8 needs 14. Measured on a Zen 3 VM (AVX2) against the legacy tile on the
 # six layers of benchmarks/tuned_layers.py: 0.59-1.02x its time, median 0.76x (docs/measurements.md).
 AVX2_X86 = CpuSchedule(7, 8, 8, "int64")
+# x86 with AVX2 but no AVX-512: the nibble strategy's table lookups (no vector popcount instruction there).
+# 7 pixels x 64 channels, 32 lanes, 16-bit accumulators (int32 where a layer could overflow them). Measured
+# against AVX2_X86 in docs/measurements.md ("Nibble lookups").
+NIBBLE_X86 = CpuSchedule(7, 64, 32, "int16", strategy="nibble")
+NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
 CPU_TILE = LEGACY_X86.tile()
 ARM_TILE = LEGACY_ARM.tile()
 
@@ -115,6 +156,8 @@ X86_CANDIDATES = (
     CpuSchedule(7, 16, 4, "int64"), CpuSchedule(4, 32, 8, "int32"), CpuSchedule(7, 32, 8, "int32"),
     CpuSchedule(7, 16, 16, "int32"), CpuSchedule(7, 16, 8, "int16"), CpuSchedule(2, 8, 1, "int64"),
     CpuSchedule(4, 4, 1, "int64"),
+    NIBBLE_X86, *(CpuSchedule(p, c, 32, "int16", strategy="nibble")
+                  for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128))),
 )
 ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
@@ -148,26 +191,34 @@ def _has_feature(spec, feature: str) -> bool:
 def default_schedule(spec, cfg=None) -> CpuSchedule:
     """The schedule of an untuned layer, from the target's features (see `CpuSchedule` on strategies):
     aarch64 NEON: `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is
-    there): `LEGACY_X86`, tuned there; x86 without AVX-512: `AVX2_X86`, whose accumulators fit 16 registers."""
+    there): `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for
+    layers whose channel tile they cover, else `AVX2_X86`, whose accumulators fit 16 registers. Without a
+    layer (`cfg` None) the word schedule of the target."""
     fam = target_family(spec)
     if fam == "aarch64":
         return LEGACY_ARM
-    if spec is not None and not _has_feature(spec, "avx512f"):
-        return AVX2_X86
-    return LEGACY_X86
+    if spec is None or _has_feature(spec, "avx512f"):
+        return LEGACY_X86
+    if cfg is not None and cfg.kind == "bconv" and _has_feature(spec, "avx2"):
+        for s in (NIBBLE_X86, NIBBLE_X86_WIDE):
+            if s.fits(cfg):
+                return s
+    return AVX2_X86
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
     """The schedules `tune` times for layer `cfg` on target `spec`: the default first, then every other
-    candidate of the target family that is valid for the layer and compiles to different code."""
+    candidate of the target family that is valid for the layer (nibble lookups only where the target has
+    AVX2) and compiles to different code."""
     fam = target_family(spec)
     if fam == "gpu" or cfg.kind != "bconv":
         return []
     base = default_schedule(spec, cfg)
+    nibble_ok = fam == "x86" and _has_feature(spec, "avx2")
     seen, out = set(), []
     for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
         e = s.effective(cfg)
-        if s.fits(cfg) and e not in seen:
+        if s.fits(cfg) and e not in seen and (s.strategy != "nibble" or nibble_ok):
             seen.add(e)
             out.append(s)
     return out
@@ -221,8 +272,7 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
     acc = sch.get_sblock(acc_name)
     work = _iterations(sch, acc)  # before compute_at, which shrinks the block to one tile
     sch.compute_at(acc, fo)
-    # compute_at regenerates the loops and drops unit ones: count the remaining reduction loops
-    n_red = sum(1 for v in sch.get(acc).iter_vars if int(v.iter_type) == 2 and int(v.dom.extent) > 1)
+    n_red = _reduction_loops(sch, acc)
     own = sch.get_loops(acc)[4:]
     spatial, red = own[:len(own) - n_red], own[len(own) - n_red:]
     inner = []
@@ -256,7 +306,65 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     cpu_pack(sch, name, tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
-    _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups, tile_cfg=tile_cfg)
+    if (tile_cfg or {}).get("strategy") == "nibble":
+        _tile_nibble_conv(sch, name, f_ext // groups, tile_cfg)
+    else:
+        _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups, tile_cfg=tile_cfg)
+
+
+def _tile_nibble_conv(sch, name: str, per_group: int, tile_cfg: dict):
+    """The nibble strategy (`binary.nibble_popcount_conv`): tables vectorised over their 16 entries; the
+    (n, y, x, f) epilogue tiled as in `_tile_conv`; per tile, 16-bit (or 32-bit) accumulators in registers
+    and, per chunk of bytes, the 8-bit ones, whose every (tap, byte, pixel, lanes) step is one
+    `intrinsics.nibble_lookup`."""
+    from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup
+    table = sch.get_sblock(f"{name}_table")
+    tl = sch.get_loops(table)
+    sch.vectorize(tl[-1])
+    _maybe_parallel(sch, _iterations(sch, table) // 16, tl[:2], tile_cfg)
+    out = sch.get_sblock(f"{name}_out")
+    n, y, x, f = sch.get_loops(out)
+    xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
+    ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
+    lanes = nibble_lanes(ft, tile_cfg["vector"])
+    if not lanes:
+        raise ScheduleError(f"nibble schedule: a channel tile of {ft} (from {per_group} channels per group) is not "
+                            f"a multiple of 16 lanes")
+    xo, xi = sch.split(x, [None, xt])
+    fo, fi = sch.split(f, [None, ft])
+    sch.reorder(n, y, xo, fo, xi, fi)
+    acc, acc8 = sch.get_sblock(f"{name}_acc"), sch.get_sblock(f"{name}_acc8")
+    work = _iterations(sch, acc8) // 128  # in 64-bit words, like `_tile_conv` (8 bytes x 16 entries each)
+    sch.compute_at(acc, fo)
+    own = sch.get_loops(acc)[4:]
+    n_red = _reduction_loops(sch, acc)
+    sp, red = own[:len(own) - n_red], own[len(own) - n_red:]
+    if red:
+        sch.reorder(*red, *sp)
+    sch.set_scope(acc, 0, "local")
+    sch.compute_at(acc8, red[0] if red else fo)
+    sch.set_scope(acc8, 0, "local")
+    loops8 = sch.get_loops(acc8)
+    n_red8, n_sp8 = _reduction_loops(sch, acc8), (2 if xt > 1 else 1)
+    own8 = loops8[len(loops8) - n_red8 - n_sp8:]
+    sp8, red8 = own8[:n_sp8], own8[n_sp8:]  # (xi, fi), (ky, kx, bi, entry) without unit loops
+    fo8, fv8 = sch.split(sp8[-1], [None, lanes])
+    sch.reorder(*red8[:-1], *sp8[:-1], fo8, fv8, red8[-1])
+    for lp in (*sp8[:-1], fo8):
+        sch.unroll(lp)
+    sch.vectorize(sch.split(fi, [None, lanes])[1])
+    _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
+    sch.decompose_reduction(acc8, (red8[:-1] or [*sp8[:-1], fo8])[0])
+    sch.vectorize(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1])
+    widen = sch.split(sp[-1], [None, lanes // 2 if tile_cfg["acc_dtype"] == "int16" else 8])
+    sch.vectorize(widen[1])
+    sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
+    sch.tensorize(fv8, nibble_lookup(lanes))
+
+
+def _reduction_loops(sch, block) -> int:
+    """Reduction loops of `block` that compute_at kept (it drops unit loops)."""
+    return sum(1 for v in sch.get(block).iter_vars if int(v.iter_type) == 2 and int(v.dom.extent) > 1)
 
 
 def cpu_stem(sch, name: str, tile_cfg: dict | None = None):
