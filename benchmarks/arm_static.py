@@ -1,15 +1,17 @@
 """ARM without a board: the static throughput of the compiled binary-conv inner loops, by llvm-mca.
 
-For each layer shape, each register tile (the shipped `ARM_TILE` first) is compiled for aarch64 NEON; the
-hottest innermost loop of the assembly (the one with the most `cnt` vector popcounts) goes through
+For each layer shape, each ARM candidate schedule (`schedule.ARM_CANDIDATES`; the target's default first:
+the 64-bit word tiles and the byte strategy, whose `cnt` sums stay in 8-bit lanes) is compiled for aarch64
+NEON; the hottest innermost loop of the assembly (the one with the most `cnt` vector popcounts) goes through
 `llvm-mca -mcpu=cortex-a72` and `cortex-a76`. Each `cnt v.16b` counts 128 bits, i.e. 128 binary MACs, so
 
     estimated binary MACs per cycle = 128 * (cnt.16b per iteration) / (cycles per iteration, "Block RThroughput")
 
 and per core G binary MAC/s = that x the clock (Raspberry Pi 4, A72: 1.5 GHz; Pi 5, A76: 2.4 GHz). It is a
-ceiling: the loop alone, data in L1, no packing or epilogue. As a check of the method, the same estimate is
-made for this machine's CPU (x86: vector popcounts `vpopcntq`, or the AVX2 nibble-lookup `vpsadbw` per
-256 bits, or scalar `popcnt` per 64) and printed beside the measured whole binary conv (`--measure`).
+ceiling: the loop alone, data in L1, no packing or epilogue (nor, for the byte strategy, the widening of the
+8-bit sums once per chunk of up to 31 bytes, outside the loop). As a check of the method, the same estimate is
+made for this machine's CPU (x86: vector popcounts `vpopcntq`; on AVX2 the word schedule's `vpsadbw` per
+256 bits, or the nibble strategy's `vpshufb` per 32 x 4 bits; or scalar `popcnt` per 64) and printed beside the measured whole binary conv (`--measure`).
 
     python benchmarks/arm_static.py [--shapes all|quick] [--measure]
 
@@ -18,7 +20,6 @@ Needs Debian's `llvm` (llvm-mca) and TVM; no board, no emulator.
 from __future__ import annotations
 
 import argparse
-import itertools
 import re
 import shutil
 import subprocess
@@ -29,7 +30,6 @@ SHAPES = {"256->256 14x14 3x3": (256, 256, 14, 3, 1), "128->128 28x28 3x3": (128
           "512->512 7x7 1x1": (512, 512, 7, 1, 1), "96->96 28x28 5x5 g2": (96, 96, 28, 5, 2),
           "768->768 7x7 3x3 g8": (768, 768, 7, 3, 8), "192->384 14x14 1x1": (192, 384, 14, 1, 1)}
 ARM_CPUS = {"cortex-a72": 1.5, "cortex-a76": 2.4}
-TILES = [dict(pixels=p, channels=c) for p, c in itertools.product((2, 4, 7, 8), (4, 8, 16))]
 
 _LABEL = re.compile(r"^(\.?L\w+):")
 _BRANCH = re.compile(r"^\s+(b\.\w+|b|cbnz|cbz|tbnz|tbz|j\w+|loop)\s+.*?(\.?L\w+)\s*$")
@@ -58,8 +58,12 @@ def popcount_bits(body: list[str], arch: str) -> int:
     bits = 0
     for m in re.finditer(r"\bvpopcnt[qd]\s+%?([xyz])mm", text):
         bits += {"x": 128, "y": 256, "z": 512}[m.group(1)]
-    for m in re.finditer(r"\bvpsadbw\s+.*?%?([xyz])mm\d+\s*$", text, re.M):
-        bits += {"x": 128, "y": 256, "z": 512}[m.group(1)]
+    sad = sum({"x": 128, "y": 256, "z": 512}[m.group(1)]
+              for m in re.finditer(r"\bvpsadbw\s+.*?%?([xyz])mm\d+\s*$", text, re.M))
+    bits += sad
+    if not sad:  # the nibble strategy: each vpshufb looks up one 4-bit nibble per byte lane
+        bits += sum({"x": 64, "y": 128, "z": 256}[m.group(1)]
+                    for m in re.finditer(r"\bvpshufb\s+.*?%?([xyz])mm\d+\s*$", text, re.M))
     bits += 64 * len(re.findall(r"\bpopcnt[qa-z]*\s", text))
     return bits
 
@@ -83,10 +87,10 @@ def hot_loop(ex, arch: str) -> list[str]:
     return max(loops, key=lambda b: popcount_bits(b, arch))
 
 
-def build(shape, target, tile: dict | None):
+def build(shape, target, schedule=None):
     from nasbnn_hw.deploy.kernels.layer import build_binary_conv
     c_in, c_out, res, k, g = shape
-    return build_binary_conv(c_in, c_out, k, g, 1, res, target=target, tile=tile)
+    return build_binary_conv(c_in, c_out, k, g, 1, res, target=target, tile=schedule and schedule.tile())
 
 
 def host_cpu() -> tuple[str, str, float]:
@@ -108,43 +112,46 @@ def main() -> int:
     if not shutil.which("llvm-mca"):
         print("llvm-mca not found: apt install llvm", file=sys.stderr)
         return 1
-    from nasbnn_hw.deploy.kernels.schedule import ARM_TILE
+    from nasbnn_hw.core.layers import LayerConfig
+    from nasbnn_hw.deploy.kernels.schedule import LEGACY_ARM, candidate_schedules
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
     shapes = dict(list(SHAPES.items())[:2]) if args.shapes == "quick" else SHAPES
     cpu, model, ghz = host_cpu()
-    print(f"# aarch64 NEON, llvm-mca (cycles per loop iteration = Block RThroughput); "
-          f"shipped ARM tile {ARM_TILE['pixels']} px x {ARM_TILE['channels']} ch")
-    print(f"{'layer':22s} {'tile':>7s} " + " ".join(f"{c + ' MAC/cyc':>18s}" for c in ARM_CPUS)
+    arm = resolve_target("aarch64-neon")
+    print(f"# aarch64 NEON, llvm-mca (cycles per loop iteration = Block RThroughput); reference: the word tile "
+          f"{LEGACY_ARM.fingerprint()} (the ARM default before schedules per strategy)")
+    print(f"{'layer':22s} {'schedule':>28s} " + " ".join(f"{c + ' MAC/cyc':>18s}" for c in ARM_CPUS)
           + "   " + " ".join(f"{c + ' G/s':>15s}" for c in ARM_CPUS))
     best = {}
     for name, shape in shapes.items():
+        c_in, c_out, res, k, g = shape
+        cands = candidate_schedules(arm, LayerConfig("bconv", c_in, c_out, k, g, 1, res))
         rows = []
-        for tile in [None] + TILES:
-            t = tile or {"pixels": ARM_TILE["pixels"], "channels": ARM_TILE["channels"]}
-            if tile and (tile["pixels"], tile["channels"]) == (ARM_TILE["pixels"], ARM_TILE["channels"]):
-                continue
+        for sch in sorted(cands, key=lambda s: s != LEGACY_ARM):
             try:
-                body = hot_loop(build(shape, "aarch64-neon", tile).executable, "aarch64")
-            except Exception as e:  # noqa: BLE001 - a tile that does not build or vectorise is skipped
-                print(f"{name:22s} {t['pixels']}x{t['channels']:<5d} skipped: {str(e).splitlines()[-1][:80]}")
+                body = hot_loop(build(shape, arm, sch).executable, "aarch64")
+            except Exception as e:  # noqa: BLE001 - a schedule that does not build or vectorise is skipped
+                print(f"{name:22s} {sch.fingerprint():>28s} skipped: {str(e).splitlines()[-1][:80]}")
                 continue
             bits = popcount_bits(body, "aarch64")
             per = {c: bits / mca_cycles(body, "aarch64", c) for c in ARM_CPUS}
-            rows.append((t, per))
-            tag = "shipped" if tile is None else ""
-            print(f"{name:22s} {t['pixels']}x{t['channels']:<5d} "
+            rows.append((sch, per))
+            tag = "default" if sch == cands[0] else ""
+            print(f"{name:22s} {sch.fingerprint():>28s} "
                   + " ".join(f"{per[c]:18.1f}" for c in ARM_CPUS) + "   "
                   + " ".join(f"{per[c] * ARM_CPUS[c]:15.1f}" for c in ARM_CPUS) + f"  {tag}")
         if rows:
             top = max(rows, key=lambda r: r[1]["cortex-a72"])
             best[name] = (rows[0], top)
-    print("\n# best tile by the A72 estimate against the shipped one")
-    for name, (ship, top) in best.items():
-        print(f"{name:22s} shipped {ship[1]['cortex-a72']:6.1f} MAC/cycle, best {top[0]['pixels']}x"
-              f"{top[0]['channels']} {top[1]['cortex-a72']:6.1f} ({top[1]['cortex-a72'] / ship[1]['cortex-a72']:.2f}x); "
-              f"A76 {top[1]['cortex-a76'] / ship[1]['cortex-a76']:.2f}x")
+    print(f"\n# best schedule by the A72 estimate against the word tile {LEGACY_ARM.fingerprint()}")
+    for name, (ref, top) in best.items():
+        print(f"{name:22s} word {ref[1]['cortex-a72']:6.1f} MAC/cycle, best {top[0].fingerprint()} "
+              f"{top[1]['cortex-a72']:6.1f} ({top[1]['cortex-a72'] / ref[1]['cortex-a72']:.2f}x); "
+              f"A76 {top[1]['cortex-a76'] / ref[1]['cortex-a76']:.2f}x")
     print(f"\n# check of the method on this machine: {model}, llvm cpu {cpu}, {ghz:.2f} GHz")
+    host = {"kind": "llvm", "mcpu": cpu}  # the CPU llvm-mca models (Debian's LLVM may name an older one)
     for name, shape in shapes.items():
-        lay = build(shape, "local", None)
+        lay = build(shape, host)
         body = hot_loop(lay.executable, "x86_64")
         est = popcount_bits(body, "x86_64") / mca_cycles(body, "x86_64", cpu)
         line = f"{name:22s} estimated {est:6.1f} MAC/cycle = {est * ghz:6.1f} G/s (loop ceiling)"

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from _bnn_reference import StaticBlock, StaticStem, shortcut
 from nasbnn_hw.deploy.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
 from nasbnn_hw.deploy.kernels import schedule as S
-from nasbnn_hw.deploy.kernels.binary import border_classes, nibble_weights, pack_weights, padding_correction
+from nasbnn_hw.deploy.kernels.binary import border_classes, byte_weights, nibble_weights, pack_weights, \
+    padding_correction, weights_for
 from nasbnn_hw.deploy.kernels.layer import build_binary_conv
 from nasbnn_hw.deploy.kernels.params import binary_half_params, head_params, stem_params
 from nasbnn_hw.core.layers import LayerConfig
@@ -64,9 +65,13 @@ HASWELL = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without AVX-512: runs on e
     (64, 128, 1, 1, 2, 6, S.CpuSchedule(2, 128, 32, "int16", strategy="nibble")),  # 1x1 stride 2
     (256, 256, 3, 8, 1, 7, S.CpuSchedule(4, 32, 32, "int16", strategy="nibble")),  # 32 per group, 8 groups
     (512, 512, 1, 1, 1, 3, S.NIBBLE_X86),                               # 64 bytes: chunks of 16 widened 4 times
+    (20, 32, 3, 1, 1, 5, S.BYTE_ARM),                                   # the byte strategy (here on x86)
+    (96, 96, 5, 2, 2, 10, S.CpuSchedule(4, 64, 16, "int32", strategy="byte")),
+    (512, 512, 1, 1, 1, 3, S.BYTE_ARM),
 ])
-def test_nibble_lookups_are_exact(c_in, c_out, k, groups, stride, res, sched):
-    """The nibble strategy (tables + vpshufb, 8-bit chunks) against PyTorch, on the AVX2 target."""
+def test_nibble_and_byte_strategies_are_exact(c_in, c_out, k, groups, stride, res, sched):
+    """The nibble (tables + vpshufb) and byte (vector popcount of bytes) strategies, 8-bit chunks, against
+    PyTorch, on the AVX2 target."""
     assert sched.fits(LayerConfig("bconv", c_in, c_out, k, groups, stride, res))
     lay = build_binary_conv(c_in, c_out, k, groups, stride, res, target=HASWELL, tile=sched.tile())
     g = torch.Generator().manual_seed(c_in + k)
@@ -74,7 +79,7 @@ def test_nibble_lookups_are_exact(c_in, c_out, k, groups, stride, res, sched):
     move = torch.randn(c_in, generator=g) * 0.3
     w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
     words = pack_weights(w.numpy(), groups)
-    params = {"x": nhwc(x), "move_in": move.numpy(), "weight": nibble_weights(words, c_in // groups)}
+    params = {"x": nhwc(x), "move_in": move.numpy(), "weight": weights_for(words, c_in // groups, sched.strategy)}
     if k > 1:
         params["corr"] = padding_correction(w.numpy(), groups, (res, res), stride, k // 2)[0]
     ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
@@ -89,17 +94,22 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     assert nib.shape == (1, 1, 3, 2, 32) and nib.dtype == np.uint8
     assert nib[0, 0, 0, :, 0].tolist() == [0b0111, 15] and nib[0, 0, 2, :, 1].tolist() == [0b1101, 0]
     assert nib[0, 0, 2, :, 2].tolist() == [15, 0]  # channels 20-23 are spare: 0
+    assert byte_weights(pack_weights(w, 1), 20)[0, 0, :, 1].tolist() == [255, 255, 0b1101]
     avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
     assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
-    assert S.default_schedule(resolve_target("rpi4"), cfg) == S.LEGACY_ARM
-    assert all(c.strategy == "word" for c in S.candidate_schedules(resolve_target("rpi4"), cfg))
+    rpi4 = resolve_target("rpi4")
+    assert S.default_schedule(rpi4, cfg) == S.BYTE_ARM and S.default_schedule(rpi4, LayerConfig(
+        "bconv", 40, 40, 3, 1, 1, 8)) == S.LEGACY_ARM
+    assert {c.strategy for c in S.candidate_schedules(rpi4, cfg)} == {"word", "byte"}
     with pytest.raises(S.ScheduleError, match="a nibble schedule takes 16 or 32 lanes"):
         S.CpuSchedule(7, 64, 8, "int16", strategy="nibble")
-    with pytest.raises(S.ScheduleError, match="strategy='byte' not supported"):
-        S.CpuSchedule(7, 64, 32, "int16", strategy="byte")
+    with pytest.raises(S.ScheduleError, match="strategy='bit' not supported"):
+        S.CpuSchedule(7, 64, 32, "int16", strategy="bit")
+    with pytest.raises(S.ScheduleError, match="a byte schedule takes 8, 16, 32, 64 lanes"):
+        S.CpuSchedule(7, 64, 4, "int16", strategy="byte")
     assert S.NIBBLE_X86.fingerprint() == "nib-p7c64v32-int16-pm131072"
     assert S.CpuSchedule.from_dict(S.NIBBLE_X86.to_dict()) == S.NIBBLE_X86
     legacy = S.LEGACY_X86.to_dict()
@@ -218,6 +228,27 @@ def test_aarch64_neon_build_runs_under_qemu(tmp_path):
     t = board.time_library(lib, args, warmup=0, repeat=2, return_outputs=True)
     (got,) = t.outputs
     assert len(t.samples) == 2
+    assert_float_close(got, nhwc(ref))
+
+
+def test_aarch64_byte_strategy_runs_under_qemu(tmp_path):
+    """The aarch64 default for layers of whole 16-lane tiles: byte `cnt` sums in 8-bit lanes, exact there."""
+    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
+    g = torch.Generator().manual_seed(12)
+    blk = StaticBlock(64, 64, 3, 1, 1, 1, g).eval()
+    x = torch.randn(1, 64, 6, 6, generator=g)
+    with torch.no_grad():
+        ref = blk.half1(x)
+    p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (6, 6))
+    cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 6)
+    assert S.default_schedule(resolve_target("aarch64-neon"), cfg) == S.BYTE_ARM
+    lay = build_layer(cfg, target="aarch64-neon", params=p)
+    assert "cnt\tv" in lay.executable.mod.inspect_source("asm")
+    board = HarnessProcessRunner("aarch64", "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
+    args = list(lay.args)
+    args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
+    (got,) = board.time_library(lay.export(tmp_path / "byte.so"), args, warmup=0, repeat=1,
+                                return_outputs=True).outputs
     assert_float_close(got, nhwc(ref))
 
 

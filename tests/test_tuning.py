@@ -50,7 +50,7 @@ def test_candidates_start_with_the_default_and_never_overflow():
     with pytest.raises(S.ScheduleError, match="int16 accumulator can overflow"):
         build_layer(wide, "local", schedule=S.CpuSchedule(7, 16, 8, "int16"))
     arm = S.candidate_schedules(resolve_target("rpi4"), cfg)
-    assert arm[0] == S.LEGACY_ARM and set(arm).isdisjoint(S.X86_CANDIDATES[1:])
+    assert arm[0] == S.BYTE_ARM and set(arm).isdisjoint(S.X86_CANDIDATES[1:])
     assert S.candidate_schedules(resolve_target("cuda-sm80"), cfg) == []
     assert S.candidate_schedules(LOCAL, LayerConfig("stem", 3, 16, 3, 1, 2, 32)) == []
 
@@ -160,15 +160,18 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
 
 def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
     """Stores written before schedules existed hold bare keys: a target whose default is the legacy schedule
-    (AVX-512, NEON) keeps them; AVX2's own default names itself, so legacy rows are not mixed with it."""
+    (AVX-512; NEON on layers the byte strategy does not cover) keeps them; AVX2's and NEON's own defaults
+    name themselves, so legacy rows are not mixed with them."""
     space = get_space("small16")
     cfg, arch = LayerConfig("bconv", 16, 16, 3, 1, 1, 8), random_subnets(space, 1, seed=1)[0]
-    for t in ({"kind": "llvm", "mcpu": "icelake-server"}, "rpi4"):
-        book = ScheduleBook(resolve_target(t))
-        assert book.all_legacy and book.layer_key(cfg) == cfg.key() and book.subnet_key(arch, space) == arch.to_json()
+    book = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "icelake-server"}))
+    assert book.all_legacy and book.layer_key(cfg) == cfg.key() and book.subnet_key(arch, space) == arch.to_json()
+    arm = ScheduleBook(resolve_target("rpi4"))
+    assert not arm.all_legacy and arm.layer_key(cfg) == f"{cfg.key()} @byte-p2c128v16-int16-pm131072"
+    narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)
+    assert arm.layer_key(narrow) == narrow.key() and arm.subnet_key(arch, space).startswith(arch.to_json() + " @")
     avx2 = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "haswell"}))
     assert avx2(cfg) == S.NIBBLE_X86 and avx2.layer_key(cfg) == f"{cfg.key()} @nib-p7c64v32-int16-pm131072"
-    narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)  # 24 channels: not whole 16-lane lookups
     assert avx2(narrow) == S.AVX2_X86 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.AVX2_X86.fingerprint()}"
     assert avx2.subnet_key(arch, space).startswith(arch.to_json() + " @")
     assert avx2.layer_key(LayerConfig("stem", 1, 16, 3, 1, 1, 16)) == "stem_i1_o16_k3_g1_s1_r16"

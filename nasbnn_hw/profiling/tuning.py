@@ -96,11 +96,12 @@ class ScheduleBook:
     @property
     def all_legacy(self) -> bool:
         """True when every layer builds as before schedules existed (no tuned winner, legacy defaults)."""
-        from nasbnn_hw.deploy.kernels.schedule import default_schedule, legacy_schedule
+        from nasbnn_hw.deploy.kernels.schedule import legacy_schedule, target_defaults
         if self.spec.is_gpu:
             return True
+        word, chunked = target_defaults(self.spec)
         return all(s == legacy_schedule(self.spec) for s in self.tuned.values()) and \
-            default_schedule(self.spec) == legacy_schedule(self.spec)
+            word == legacy_schedule(self.spec) and not chunked
 
     # --- keys and configs of measurements
     def layer_key(self, cfg: LayerConfig) -> str:

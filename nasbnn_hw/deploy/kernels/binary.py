@@ -17,8 +17,11 @@ into 4-bit nibbles: weights as one byte per nibble, `(k, k, bytes, 2, F)` (byte 
 channels `8b..8b+7`, nibble 0 the low four), and each input nibble `v` expanded once per call into its
 16-entry table `popcount(v ^ i)`, `i = 0..15`. Then `popcount(x_nibble ^ w_nibble)` is a table lookup with
 the weight nibble as index: one `vpshufb` looks up 32 output channels at once and its byte sums
-accumulate in 8-bit lanes for up to 31 bytes before they are widened (`NIBBLE_CHUNK_MAX`). Spare bits are 0
+accumulate in 8-bit lanes for up to 31 bytes before they are widened (`CHUNK_MAX`). Spare bits are 0
 on both sides as in the word layout, so they never count; padding is all-zero words as above.
+
+Byte strategy (`byte_popcount_conv`, aarch64 NEON): the same chunked 8-bit accumulation on whole bytes,
+weights `(k, k, bytes, F)`: `cnt` counts 16 lanes of bytes in one instruction with no widening per word.
 """
 from __future__ import annotations
 
@@ -104,12 +107,25 @@ def bytes_per_group(channels_per_group: int) -> int:
     return math.ceil(channels_per_group / 8)
 
 
-def nibble_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
-    """Packed words (k, k, words_per_group, F) -> nibbles (k, k, bytes_per_group, 2, F) uint8, one per byte."""
+def byte_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> bytes (k, k, bytes_per_group, F) uint8 (channels 8b..8b+7)."""
     k, k2, nw, f = words.shape
     b = np.ascontiguousarray(words, "<u8").view(np.uint8).reshape(k, k2, nw, f, 8)  # little-endian: byte j = bits 8j..
-    b = b.transpose(0, 1, 2, 4, 3).reshape(k, k2, nw * 8, f)[:, :, :bytes_per_group(channels_per_group)]
+    return np.ascontiguousarray(b.transpose(0, 1, 2, 4, 3).reshape(k, k2, nw * 8, f)[:, :, :bytes_per_group(
+        channels_per_group)])
+
+
+def nibble_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> nibbles (k, k, bytes_per_group, 2, F) uint8, one per byte."""
+    b = byte_weights(words, channels_per_group)
     return np.ascontiguousarray(np.stack([b & 15, b >> 4], axis=3))
+
+
+def weights_for(words: np.ndarray, channels_per_group: int, strategy: str) -> np.ndarray:
+    """The weight argument of a binary conv built with `strategy` from its packed 64-bit words."""
+    if strategy == "word":
+        return words
+    return (nibble_weights if strategy == "nibble" else byte_weights)(words, channels_per_group)
 
 
 def clear_spare_bits(words: np.ndarray, channels_per_group: int) -> np.ndarray:
@@ -167,7 +183,22 @@ def xnor_popcount_conv(xp, wp, kernel: int, stride: int, out_hw: tuple[int, int]
         name=f"{name}_acc")
 
 
-NIBBLE_CHUNK_MAX = 31  # bytes summed in 8-bit lanes before widening: 31 x 8 = 248 <= 255
+CHUNK_MAX = 31  # bytes summed in 8-bit lanes before widening: 31 x 8 = 248 <= 255
+
+
+def _byte_of(packed, n, y, xx, g, b):
+    """Byte `b` of a group's packed words (channels 8b..8b+7), as uint64."""
+    return (packed[n, y, xx, g, b // 8] >> ((b % 8) * 8).astype(WORD_DTYPE))
+
+
+def input_bytes(packed, nbytes: int, name: str):
+    """Packed words (N, H, W, groups, words) -> their first `nbytes` bytes, (N, H, W, groups, nbytes) uint8."""
+    import tvm
+    from tvm import te
+    n_, h, w, groups, _ = (int(v) for v in packed.shape)
+    return te.compute((n_, h, w, groups, nbytes),
+                      lambda n, y, xx, g, b: (_byte_of(packed, n, y, xx, g, b) & tvm.tirx.const(255, WORD_DTYPE))
+                      .astype("uint8"), name=f"{name}_bytes")
 
 
 def nibble_tables(packed, nbytes: int, name: str):
@@ -179,48 +210,70 @@ def nibble_tables(packed, nbytes: int, name: str):
     n_, h, w, groups, _ = (int(v) for v in packed.shape)
 
     def _table(n, y, xx, g, b, half, i):
-        shift = ((b % 8) * 8 + half * 4).astype(WORD_DTYPE)
-        nib = ((packed[n, y, xx, g, b // 8] >> shift) & tvm.tirx.const(15, WORD_DTYPE)).astype("uint8")
-        return tvm.tirx.popcount(nib ^ i.astype("uint8")).astype("uint8")
+        nib = ((_byte_of(packed, n, y, xx, g, b) >> (half * 4).astype(WORD_DTYPE)) & tvm.tirx.const(15, WORD_DTYPE))
+        return tvm.tirx.popcount(nib.astype("uint8") ^ i.astype("uint8")).astype("uint8")
 
     return te.compute((n_, h, w, groups, nbytes, 2, 16), _table, name=f"{name}_table")
 
 
-def nibble_chunk(kernel: int, nbytes: int) -> int:
+def byte_chunk(kernel: int, nbytes: int) -> int:
     """Bytes per 8-bit accumulation chunk: the largest divisor of `nbytes` whose taps x bytes <= 31."""
-    return max([d for d in range(1, nbytes + 1) if nbytes % d == 0 and kernel * kernel * d <= NIBBLE_CHUNK_MAX],
-               default=1)
+    return max([d for d in range(1, nbytes + 1) if nbytes % d == 0 and kernel * kernel * d <= CHUNK_MAX], default=1)
+
+
+def _chunked_conv(step, kernel: int, nbytes: int, shape: tuple, name: str, acc_dtype: str, inner=()):
+    """Sums of `step(n, y, x, o, ky, kx, byte)` (uint8, at most 8 each) over taps and bytes: stage
+    `{name}_acc8` sums one chunk (all taps x `byte_chunk` bytes, and the `inner` axes) in uint8, stage
+    `{name}_acc` widens the chunks to `acc_dtype` and sums them. `shape`: (N, Ho, Wo, F)."""
+    from tvm import te
+    chunk = byte_chunk(kernel, nbytes)
+    ky = te.reduce_axis((0, kernel), name=f"{name}_ky")
+    kx = te.reduce_axis((0, kernel), name=f"{name}_kx")
+    bi = te.reduce_axis((0, chunk), name=f"{name}_bi")
+    n_, ho, wo, f = shape
+    acc8 = te.compute((n_, ho, wo, nbytes // chunk, f),
+                      lambda n, y, x, bo, o: te.sum(step(n, y, x, o, ky, kx, bo * chunk + bi), axis=[ky, kx, bi, *inner]),
+                      name=f"{name}_acc8")
+    rbo = te.reduce_axis((0, nbytes // chunk), name=f"{name}_rbo")
+    return te.compute(shape, lambda n, y, x, o: te.sum(acc8[n, y, x, rbo, o].astype(acc_dtype), axis=rbo),
+                      name=f"{name}_acc")
 
 
 def nibble_popcount_conv(tables, wn, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
                          acc_dtype: str = "int16"):
-    """The nibble strategy's popcount(x XOR w) sums: (N, Ho, Wo, F) in `acc_dtype`. Stage `{name}_acc8`
-    sums one chunk of bytes (all taps x `nibble_chunk` bytes) in uint8, stage `{name}_acc` widens and
-    sums the chunks. A lookup is written as a masked sum over the 16 table entries, which is what the
-    schedule's tensor intrinsic replaces with one `vpshufb` (`schedule.nibble_intrinsic`)."""
+    """The nibble strategy's popcount(x XOR w) sums (`_chunked_conv`). A lookup is written as a masked sum
+    over the 16 table entries, which the schedule's tensor intrinsic (`intrinsics.nibble_lookup`) replaces
+    with one `vpshufb` for a vector of output channels."""
     import tvm
     from tvm import te
-    n_, _, _, groups, _, _, _ = (int(v) for v in tables.shape)
+    groups = int(tables.shape[3])
     _, _, nb, _, f = (int(v) for v in wn.shape)
     fg = f // groups
-    chunk = nibble_chunk(kernel, nb)
-    ky = te.reduce_axis((0, kernel), name=f"{name}_ky")
-    kx = te.reduce_axis((0, kernel), name=f"{name}_kx")
-    bi = te.reduce_axis((0, chunk), name=f"{name}_bi")
     ri = te.reduce_axis((0, 16), name=f"{name}_ri")
     zero = tvm.tirx.const(0, "uint8")
 
-    def _acc8(n, y, x, bo, o):
-        b = bo * chunk + bi
+    def step(n, y, x, o, ky, kx, b):
         at = (n, y * stride + ky, x * stride + kx, o // fg, b)
         i = ri.astype("uint8")
-        return te.sum(tvm.tirx.Select(wn[ky, kx, b, 0, o] == i, tables[(*at, 0, ri)], zero)
-                      + tvm.tirx.Select(wn[ky, kx, b, 1, o] == i, tables[(*at, 1, ri)], zero), axis=[ky, kx, bi, ri])
+        return (tvm.tirx.Select(wn[ky, kx, b, 0, o] == i, tables[(*at, 0, ri)], zero)
+                + tvm.tirx.Select(wn[ky, kx, b, 1, o] == i, tables[(*at, 1, ri)], zero))
 
-    acc8 = te.compute((n_, *out_hw, nb // chunk, f), _acc8, name=f"{name}_acc8")
-    rbo = te.reduce_axis((0, nb // chunk), name=f"{name}_rbo")
-    return te.compute((n_, *out_hw, f), lambda n, y, x, o: te.sum(acc8[n, y, x, rbo, o].astype(acc_dtype), axis=rbo),
-                      name=f"{name}_acc")
+    return _chunked_conv(step, kernel, nb, (int(tables.shape[0]), *out_hw, f), name, acc_dtype, inner=(ri,))
+
+
+def byte_popcount_conv(xb, wb, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
+                       acc_dtype: str = "int16"):
+    """The byte strategy's popcount(x XOR w) sums (`_chunked_conv`): a vector popcount of bytes (NEON
+    `cnt`), output channels in 8-bit lanes."""
+    import tvm
+    groups = int(xb.shape[3])
+    _, _, nb, f = (int(v) for v in wb.shape)
+    fg = f // groups
+
+    def step(n, y, x, o, ky, kx, b):
+        return tvm.tirx.popcount(xb[n, y * stride + ky, x * stride + kx, o // fg, b] ^ wb[ky, kx, b, o])
+
+    return _chunked_conv(step, kernel, nb, (int(xb.shape[0]), *out_hw, f), name, acc_dtype)
 
 
 def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str,
@@ -229,10 +282,15 @@ def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int,
     from tvm import te
     cg = int(x.shape[3]) // groups
     packed = sign_pack(x, move, groups, k // 2, name)
+    nb = bytes_per_group(cg)
     if strategy == "nibble":
-        weight = te.placeholder((k, k, bytes_per_group(cg), 2, out_channels), "uint8", name=f"{name}_weight")
-        tables = nibble_tables(packed, bytes_per_group(cg), name)
+        weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight")
+        tables = nibble_tables(packed, nb, name)
         return weight, nibble_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+    if strategy == "byte":
+        weight = te.placeholder((k, k, nb, out_channels), "uint8", name=f"{name}_weight")
+        xb = input_bytes(packed, nb, name)
+        return weight, byte_popcount_conv(xb, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
     weight = te.placeholder((k, k, words_per_group(cg), out_channels), WORD_DTYPE, name=f"{name}_weight")
     return weight, xnor_popcount_conv(packed, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
 

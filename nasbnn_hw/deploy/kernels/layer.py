@@ -84,12 +84,13 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
 
 def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     """`given` parameters of layer `cfg` (`params.binary_half_params`: packed 64-bit weight words) in the
-    layout its kernel's `placeholders` take (the nibble strategy's weights: `binary.nibble_weights`)."""
-    from nasbnn_hw.deploy.kernels.binary import nibble_weights
+    layout its kernel's `placeholders` take (nibble and byte strategies: `binary.weights_for`)."""
+    from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
     if cfg.kind == "bconv" and w is not None and str(w.dtype) == "uint8" and "weight" in given \
             and np.asarray(given["weight"]).dtype == np.uint64:
-        return {**given, "weight": nibble_weights(np.asarray(given["weight"]), cfg.in_channels // cfg.groups)}
+        strategy = "nibble" if len(w.shape) == 5 else "byte"
+        return {**given, "weight": weights_for(np.asarray(given["weight"]), cfg.in_channels // cfg.groups, strategy)}
     return given
 
 

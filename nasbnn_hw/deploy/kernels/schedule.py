@@ -27,8 +27,10 @@ def _divisor_at_most(n: int, cap: int) -> int:
 PARALLEL_MIN = 1 << 17
 ACC_DTYPES = ("int64", "int32", "int16")
 # "word": 64-bit words XOR + popcount, output channels in vector lanes (`CpuSchedule`); "nibble": 4-bit
-# table lookups with `vpshufb` and 8-bit accumulators (`binary.nibble_popcount_conv`), x86 with AVX2.
-STRATEGIES = ("word", "nibble")
+# table lookups with `vpshufb` and 8-bit accumulators (`binary.nibble_popcount_conv`), x86 with AVX2;
+# "byte": byte popcounts (NEON `cnt`) with 8-bit accumulators (`binary.byte_popcount_conv`).
+STRATEGIES = ("word", "nibble", "byte")
+CHUNKED = ("nibble", "byte")  # the strategies that accumulate bytes in 8-bit lanes
 
 
 class ScheduleError(NasBnnError):
@@ -46,9 +48,10 @@ class CpuSchedule:
     register (x86 `popcnt`, one word per instruction). Narrower accumulators save widening instructions
     and registers but are only valid while a dot product cannot overflow them (`fits`).
 
-    `strategy="nibble"` replaces the popcount by table lookups (see `binary.nibble_popcount_conv`): `vector`
-    is then the lanes of one lookup (32: AVX2, or 16 where the channel tile is not a multiple of 32),
-    `acc_dtype` the accumulator the 8-bit chunk sums are widened into."""
+    `strategy="nibble"` replaces the popcount by table lookups (see `binary.nibble_popcount_conv`), and
+    `strategy="byte"` counts bytes (`binary.byte_popcount_conv`): `vector` is then the 8-bit lanes of one
+    step (nibble: 32 on AVX2, or 16 where the channel tile is not a multiple of 32), `acc_dtype` the
+    accumulator the 8-bit chunk sums are widened into."""
     pixels: int
     channels: int
     vector: int
@@ -69,16 +72,19 @@ class CpuSchedule:
             raise ScheduleError(f"schedule strategy={self.strategy!r} not supported (allowed: {', '.join(STRATEGIES)})")
         if self.strategy == "nibble" and self.vector not in NIBBLE_LANES:
             raise ScheduleError(f"schedule vector={self.vector}: a nibble schedule takes 16 or 32 lanes")
+        if self.strategy == "byte" and self.vector not in BYTE_LANES:
+            raise ScheduleError(f"schedule vector={self.vector}: a byte schedule takes {', '.join(map(str, BYTE_LANES))} "
+                                f"lanes")
 
     @property
     def popcount(self) -> str:
-        if self.strategy == "nibble":
-            return "nibble"
+        if self.strategy in CHUNKED:
+            return self.strategy
         return "scalar" if self.vector == 1 else "vector"
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        tag = "nib-" if self.strategy == "nibble" else ""
+        tag = {"nibble": "nib-", "byte": "byte-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -99,21 +105,21 @@ class CpuSchedule:
 
     def fits(self, cfg) -> bool:
         """Whether this schedule can build layer `cfg`: the accumulator holds every popcount sum (taps x
-        input channels per group), and a nibble schedule's channel tile is whole lookups."""
+        input channels per group), and a nibble or byte schedule's channel tile is whole vectors."""
         if cfg.kind != "bconv":
             return True
         bound = cfg.kernel * cfg.kernel * words_per_group(cfg.in_channels // cfg.groups) * WORD_BITS
         if bound >= {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]:
             return False
-        return self.strategy != "nibble" or self._tile_of(cfg)[2] > 0
+        return self.strategy not in CHUNKED or self._tile_of(cfg)[2] > 0
 
     def _tile_of(self, cfg) -> tuple[int, int, int]:
-        """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble schedule cannot tile it."""
+        """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble/byte schedule cannot tile it."""
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
         ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
-        if self.strategy == "nibble":
-            vec = nibble_lanes(ft, self.vector)
+        if self.strategy in CHUNKED:
+            vec = chunk_lanes(ft, self.vector)
         return _divisor_at_most(wo, self.pixels), ft, vec
 
     def effective(self, cfg) -> tuple:
@@ -125,9 +131,12 @@ class CpuSchedule:
 _FIELDS = ("pixels", "channels", "vector", "acc_dtype", "parallel_min", "strategy")
 
 
-def nibble_lanes(tile: int, lanes: int) -> int:
-    """Lanes of each lookup of a nibble schedule on a channel tile of `tile`: `lanes` (16 or 32) when it
-    divides the tile, else 16 when that does, else 0 (the tile cannot be looked up in whole vectors)."""
+BYTE_LANES = (8, 16, 32, 64)
+
+
+def chunk_lanes(tile: int, lanes: int) -> int:
+    """Lanes of each step of a nibble or byte schedule on a channel tile of `tile`: `lanes` when they
+    divide the tile, else 16 when that does, else 0 (the tile cannot be covered in whole vectors)."""
     for v in (lanes, 16):
         if v <= lanes and tile % v == 0:
             return v
@@ -145,6 +154,11 @@ AVX2_X86 = CpuSchedule(7, 8, 8, "int64")
 # against AVX2_X86 in docs/measurements.md ("Nibble lookups").
 NIBBLE_X86 = CpuSchedule(7, 64, 32, "int16", strategy="nibble")
 NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
+# aarch64 NEON: byte popcounts (`cnt`) summed in 8-bit lanes, 2 pixels x 128 channels of 16 lanes. Chosen by
+# the llvm-mca estimate of benchmarks/arm_static.py (cortex-a72 and -a76): 2.3x the binary MACs per cycle of
+# LEGACY_ARM's inner loop on the 3x3 layers (docs/measurements.md, "ARM without a board"); not timed on a board.
+BYTE_ARM = CpuSchedule(2, 128, 16, "int16", strategy="byte")
+BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 CPU_TILE = LEGACY_X86.tile()
 ARM_TILE = LEGACY_ARM.tile()
 
@@ -163,6 +177,7 @@ ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
     CpuSchedule(2, 16, 4, "int32"), CpuSchedule(4, 4, 4, "int32"), CpuSchedule(4, 8, 8, "int16"),
     CpuSchedule(4, 8, 2, "int64"), CpuSchedule(2, 4, 1, "int64"),
+    BYTE_ARM, *(CpuSchedule(p, c, 16, "int16", strategy="byte") for p, c in ((4, 64), (8, 32), (4, 32), (7, 32))),
 )
 
 
@@ -190,20 +205,28 @@ def _has_feature(spec, feature: str) -> bool:
 
 def default_schedule(spec, cfg=None) -> CpuSchedule:
     """The schedule of an untuned layer, from the target's features (see `CpuSchedule` on strategies):
-    aarch64 NEON: `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is
-    there): `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for
-    layers whose channel tile they cover, else `AVX2_X86`, whose accumulators fit 16 registers. Without a
-    layer (`cfg` None) the word schedule of the target."""
-    fam = target_family(spec)
-    if fam == "aarch64":
-        return LEGACY_ARM
-    if spec is None or _has_feature(spec, "avx512f"):
-        return LEGACY_X86
-    if cfg is not None and cfg.kind == "bconv" and _has_feature(spec, "avx2"):
-        for s in (NIBBLE_X86, NIBBLE_X86_WIDE):
+    aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover, else
+    `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
+    `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    whose channel tile they cover, else `AVX2_X86`, whose accumulators fit 16 registers. The 16-bit
+    accumulators become 32-bit where a layer could overflow them. Without a layer (`cfg` None): the
+    target's word schedule."""
+    word, chunked = target_defaults(spec)
+    if cfg is not None and cfg.kind == "bconv":
+        for s in chunked:
             if s.fits(cfg):
                 return s
-    return AVX2_X86
+    return word
+
+
+def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
+    """(word schedule, nibble/byte schedules in order of preference) of a target's untuned layers."""
+    fam = target_family(spec)
+    if fam == "aarch64":
+        return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
+    if spec is None or _has_feature(spec, "avx512f"):
+        return LEGACY_X86, ()
+    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE) if _has_feature(spec, "avx2") else ())
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
@@ -306,35 +329,37 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     cpu_pack(sch, name, tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
-    if (tile_cfg or {}).get("strategy") == "nibble":
-        _tile_nibble_conv(sch, name, f_ext // groups, tile_cfg)
+    if (tile_cfg or {}).get("strategy") in CHUNKED:
+        _tile_chunked_conv(sch, name, f_ext // groups, tile_cfg)
     else:
         _tile_conv(sch, f"{name}_acc", f"{name}_out", f_ext // groups, tile_cfg=tile_cfg)
 
 
-def _tile_nibble_conv(sch, name: str, per_group: int, tile_cfg: dict):
-    """The nibble strategy (`binary.nibble_popcount_conv`): tables vectorised over their 16 entries; the
-    (n, y, x, f) epilogue tiled as in `_tile_conv`; per tile, 16-bit (or 32-bit) accumulators in registers
-    and, per chunk of bytes, the 8-bit ones, whose every (tap, byte, pixel, lanes) step is one
-    `intrinsics.nibble_lookup`."""
+def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
+    """The nibble and byte strategies (`binary._chunked_conv`): the input stage (tables or bytes) rows in
+    parallel when large; the (n, y, x, f) epilogue tiled as in `_tile_conv`; per tile, 16-bit (or wider)
+    accumulators and, per chunk of bytes, the 8-bit ones. Every (tap, byte, pixel, lanes) step is one
+    `intrinsics.nibble_lookup` (nibble) or one vector popcount of bytes (byte)."""
     from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup
-    table = sch.get_sblock(f"{name}_table")
-    tl = sch.get_loops(table)
-    sch.vectorize(tl[-1])
-    _maybe_parallel(sch, _iterations(sch, table) // 16, tl[:2], tile_cfg)
+    nibble = tile_cfg["strategy"] == "nibble"
+    inp = sch.get_sblock(f"{name}_table" if nibble else f"{name}_bytes")
+    il = sch.get_loops(inp)
+    if nibble:
+        sch.vectorize(il[-1])
+    _maybe_parallel(sch, _iterations(sch, inp) // (128 if nibble else 8), il[:2], tile_cfg)
     out = sch.get_sblock(f"{name}_out")
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
     ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
-    lanes = nibble_lanes(ft, tile_cfg["vector"])
+    lanes = chunk_lanes(ft, tile_cfg["vector"])
     if not lanes:
-        raise ScheduleError(f"nibble schedule: a channel tile of {ft} (from {per_group} channels per group) is not "
-                            f"a multiple of 16 lanes")
+        raise ScheduleError(f"{tile_cfg['strategy']} schedule: a channel tile of {ft} (from {per_group} channels "
+                            f"per group) is not a multiple of 16 lanes")
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
     acc, acc8 = sch.get_sblock(f"{name}_acc"), sch.get_sblock(f"{name}_acc8")
-    work = _iterations(sch, acc8) // 128  # in 64-bit words, like `_tile_conv` (8 bytes x 16 entries each)
+    work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     sch.compute_at(acc, fo)
     own = sch.get_loops(acc)[4:]
     n_red = _reduction_loops(sch, acc)
@@ -347,19 +372,23 @@ def _tile_nibble_conv(sch, name: str, per_group: int, tile_cfg: dict):
     loops8 = sch.get_loops(acc8)
     n_red8, n_sp8 = _reduction_loops(sch, acc8), (2 if xt > 1 else 1)
     own8 = loops8[len(loops8) - n_red8 - n_sp8:]
-    sp8, red8 = own8[:n_sp8], own8[n_sp8:]  # (xi, fi), (ky, kx, bi, entry) without unit loops
+    sp8, red8 = own8[:n_sp8], own8[n_sp8:]  # (xi, fi), (ky, kx, bi[, table entry]) without unit loops
+    steps = red8[:-1] if nibble else red8   # nibble: the 16 table entries stay inside the intrinsic
     fo8, fv8 = sch.split(sp8[-1], [None, lanes])
-    sch.reorder(*red8[:-1], *sp8[:-1], fo8, fv8, red8[-1])
+    sch.reorder(*steps, *sp8[:-1], fo8, fv8, *red8[len(steps):])
     for lp in (*sp8[:-1], fo8):
         sch.unroll(lp)
+    if not nibble:
+        sch.vectorize(fv8)
     sch.vectorize(sch.split(fi, [None, lanes])[1])
     _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
-    sch.decompose_reduction(acc8, (red8[:-1] or [*sp8[:-1], fo8])[0])
+    sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
     sch.vectorize(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1])
-    widen = sch.split(sp[-1], [None, lanes // 2 if tile_cfg["acc_dtype"] == "int16" else 8])
+    widen = sch.split(sp[-1], [None, max(8, lanes // {"int16": 2, "int32": 4, "int64": 8}[tile_cfg["acc_dtype"]])])
     sch.vectorize(widen[1])
     sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
-    sch.tensorize(fv8, nibble_lookup(lanes))
+    if nibble:
+        sch.tensorize(fv8, nibble_lookup(lanes))
 
 
 def _reduction_loops(sch, block) -> int:
