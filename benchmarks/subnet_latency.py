@@ -1,13 +1,17 @@
 """Whole-subnet latency: TVM binary kernels vs onnxruntime fp32 vs PyTorch eager, batch 1.
 
     python benchmarks/subnet_latency.py [--spaces imagenet small] [--random 5] [--threads 1] [--repeat 10]
-        [--store tuned.db [--tune]] [--legacy]
+        [--store tuned.db [--tune]] [--legacy] [--word] [--mcpu haswell]
 
 Subnets: largest, smallest and N uniform random ones of each space (seeded), weights from a randomly
 initialised supernet (latency does not depend on the values). Each engine runs in its own process.
 TVM engines: `TVM` with the target's default kernel schedules; `--legacy` adds `legacy` (the one tile every
 CPU had before schedules were chosen per target); `--store` adds `tuned` (the store's tuned schedules for
-device `local`; `--tune` first tunes every binary layer of the subnets into it, `nasbnn-hw tune`'s code).
+device `local`; `--tune` first tunes every binary layer of the subnets into it, `nasbnn-hw tune`'s code);
+`--word` adds `word` (the target's 64-bit XOR + popcount schedule on every layer: the default before the
+nibble and byte strategies). `--mcpu NAME` compiles the TVM engines for that LLVM CPU (`haswell`: the AVX2
+kernels on any x86-64 CPU with AVX2); onnxruntime and PyTorch still pick their kernels from this CPU (hold
+PyTorch to AVX2 with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`).
 The TVM column also reports the largest relative difference of its logits to PyTorch's, and below the table,
 for a difference above 1e-4, whether binary activations at values within rounding of zero explain it.
 """
@@ -57,17 +61,22 @@ def _median_time(fn, repeat: int, min_s: float = 0.2) -> float:
     return samples[len(samples) // 2]
 
 
-def _schedules(engine: str, store: str | None):
-    from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+def _target(mcpu: str | None):
+    return {"kind": "llvm", "mcpu": mcpu} if mcpu else "local"
+
+
+def _schedules(engine: str, store: str | None, target):
+    from nasbnn_hw.deploy.kernels.schedule import default_schedule, legacy_schedule
     from nasbnn_hw.deploy.kernels.targets import resolve_target
     from nasbnn_hw.profiling.tuning import ScheduleBook
-    if engine == "legacy":
-        s = legacy_schedule(resolve_target("local"))
+    if engine in ("legacy", "word"):
+        spec = resolve_target(target)
+        s = legacy_schedule(spec) if engine == "legacy" else default_schedule(spec)  # no layer: the word one
         return lambda cfg: s
-    return ScheduleBook.load(store, "local", "local") if engine == "tuned" else None
+    return ScheduleBook.load(store, target, "local") if engine == "tuned" else None
 
 
-def tune(space_name: str, n_random: int, store: str) -> None:
+def tune(space_name: str, n_random: int, store: str, mcpu: str | None = None) -> None:
     from nasbnn_hw.deploy.tvm_net import subnet_layers
     from nasbnn_hw.profiling.profiler import TimingSettings
     from nasbnn_hw.profiling.store import MeasurementStore
@@ -76,12 +85,13 @@ def tune(space_name: str, n_random: int, store: str) -> None:
     for _, _, model, space in _models(space_name, n_random):
         layers += subnet_layers(model, space.resolution)
     with MeasurementStore(store) as st:
-        rep = tune_layers(space, "local", st, layers=layers, timing=TimingSettings(warmup=3, repeat=10,
+        rep = tune_layers(space, "local", st, target=_target(mcpu), layers=layers, timing=TimingSettings(warmup=3, repeat=10,
                           min_sample_ms=2.0), rounds=3, progress=True)
     print(f"tuning {space_name}: {rep.summary()}", file=sys.stderr)
 
 
-def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: int, store: str | None = None) -> dict:
+def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: int, store: str | None = None,
+           mcpu: str | None = None) -> dict:
     import numpy as np
     import torch
     torch.set_num_threads(threads)
@@ -106,12 +116,12 @@ def worker(engine: str, space_name: str, n_random: int, repeat: int, threads: in
             sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
             feed = {"input": x.numpy()}
             out[name] = {"s": _median_time(lambda: sess.run(None, feed), repeat)}
-        else:  # a TVM engine: tvm (default schedules), legacy, tuned
+        else:  # a TVM engine: tvm (default schedules), legacy, word, tuned
             import tvm
 
             from nasbnn_hw.deploy.tvm_net import compile_subnet
             t0 = time.perf_counter()
-            net = compile_subnet(model, schedules=_schedules(engine, store))
+            net = compile_subnet(model, target=_target(mcpu), schedules=_schedules(engine, store, _target(mcpu)))
             compile_s = time.perf_counter() - t0
             with torch.no_grad():
                 ref = model(x).numpy()
@@ -138,17 +148,20 @@ def main() -> int:
     ap.add_argument("--store", help="measurement store with tuned schedules of device local: adds the `tuned` engine")
     ap.add_argument("--tune", action="store_true", help="with --store: first tune the subnets' layers into it")
     ap.add_argument("--legacy", action="store_true", help="add the `legacy` engine (the pre-per-target tile)")
+    ap.add_argument("--word", action="store_true", help="add the `word` engine (64-bit XOR + popcount everywhere)")
+    ap.add_argument("--mcpu", help="compile the TVM engines for this LLVM CPU (e.g. haswell: the AVX2 kernels)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "SPACE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         if args.worker[0] == "tune":
-            tune(args.worker[1], args.random, args.store)
+            tune(args.worker[1], args.random, args.store, args.mcpu)
             return 0
         print(json.dumps(worker(args.worker[0], args.worker[1], args.random, args.repeat, args.threads[0],
-                                args.store)))
+                                args.store, args.mcpu)))
         return 0
-    tvms = ["tvm"] + (["legacy"] if args.legacy else []) + (["tuned"] if args.store else [])
-    extra = ["--store", args.store] if args.store else []
+    tvms = ["tvm"] + (["legacy"] if args.legacy else []) + (["word"] if args.word else []) + (
+        ["tuned"] if args.store else [])
+    extra = (["--store", args.store] if args.store else []) + (["--mcpu", args.mcpu] if args.mcpu else [])
     if args.tune and args.store:
         for sp in args.spaces:
             subprocess.run([sys.executable, __file__, "--worker", "tune", sp, "--random", str(args.random), *extra],

@@ -69,12 +69,34 @@ class SimulatedDevice:
         return Measurement(self.name, self.target, self.tvm_version, kind, key, config, median_s=median,
                            iqr_s=median * self.noise * 1.349, repeats=1, samples=(median,))
 
+    def _book(self):
+        """The schedules the profiler would key this device's rows with (its target's defaults); None for a
+        target the kernels cannot build."""
+        from nasbnn_hw.deploy.kernels.targets import resolve_target
+        from nasbnn_hw.errors import NasBnnError
+        from nasbnn_hw.profiling.store import canonical_target
+        from nasbnn_hw.profiling.tuning import ScheduleBook
+
+        from ._store import _target_dict
+        try:  # as the cost models read the stored target text back
+            return ScheduleBook(resolve_target(_target_dict(canonical_target(self.target))))
+        except (NasBnnError, ValueError, TypeError, KeyError):
+            return None
+
     def fill_store(self, store: MeasurementStore, layers: Iterable[LayerConfig] = (),
                    subnets: Sequence[tuple[SearchSpace, Arch]] = ()) -> int:
-        """Add measurements of `layers` and whole `subnets` to `store`; return the number of new rows."""
-        ms = [self._measurement("layer", c.key(), c.to_dict(), self.measure_layer(c)) for c in layers]
+        """Add measurements of `layers` and whole `subnets` to `store`, keyed as the profiler keys them for
+        this device's target (with the schedules its builds use); return the number of new rows."""
+        book = self._book()
+        known = book is not None  # (an empty book is falsy: it has no tuned layers)
+        ms = [self._measurement("layer", book.layer_key(c) if known else c.key(),
+                                book.layer_config(c) if known else c.to_dict(), self.measure_layer(c)) for c in layers]
         for space, arch in subnets:
             cfg = {"space": space.name, "resolution": space.resolution, "arch": arch.to_dict()}
-            ms.append(self._measurement("subnet", f"{space.name}@{space.resolution}:{arch.to_json()}", cfg,
+            sid = book.subnet_schedule_id(arch_layers(arch, space)) if known else ""
+            if sid:
+                cfg["schedule_id"] = sid
+            key = book.subnet_key(arch, space) if known else arch.to_json()
+            ms.append(self._measurement("subnet", f"{space.name}@{space.resolution}:{key}", cfg,
                                         self.measure_subnet(arch, space)))
         return store.add_many(ms)

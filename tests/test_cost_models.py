@@ -160,7 +160,7 @@ def test_packages_do_not_import_torch():
 # --- lookup table --------------------------------------------------------------------------------
 def test_lut_is_sum_of_measured_medians_plus_fitted_overhead(store):
     lut = get_cost_model("lut@simdev", SMALL, store=store)
-    med = {m.key: m.median_s for m in store.query(device="simdev", kind="layer")}
+    med = {m.key.split(" @")[0]: m.median_s for m in store.query(device="simdev", kind="layer")}  # key @schedule
     gaps = []
     for m in store.query(device="simdev", kind="subnet"):
         a = Arch.from_dict(m.config["arch"])
@@ -436,15 +436,15 @@ def test_lut_reads_rows_by_config_not_row_key(tmp_path):
     from nasbnn_hw.profiling.store import Measurement
     st = MeasurementStore(tmp_path / "m.db")
     layers = space_layer_configs(SMALL)
-    # an aarch64 target: rows without a schedule were taken with its default (legacy) schedule
-    st.add_many(Measurement("d", "llvm -mtriple=aarch64-linux-gnu", "0.27", "layer", f"row{n}",
+    # an AVX-512 target: rows without a schedule were taken with its default (legacy) schedule
+    st.add_many(Measurement("d", "llvm -mcpu=icelake-server", "0.27", "layer", f"row{n}",
                             {**c.to_dict(), "dtype": "int32"},
                             median_s=1e-5 * (n + 1), iqr_s=0.0, repeats=3, samples=(1e-5,))
                 for n, c in enumerate(layers))
     lut = get_cost_model("lut@d", SMALL, store=st)
     a = smallest(SMALL)
     assert lut.cost(a) == pytest.approx(sum(1e-5 * (layers.index(c) + 1) for c in arch_layers(a, SMALL)))
-    st.add(Measurement("d", "llvm -mtriple=aarch64-linux-gnu", "0.27", "layer", "bad", {"kind": "bconv"},
+    st.add(Measurement("d", "llvm -mcpu=icelake-server", "0.27", "layer", "bad", {"kind": "bconv"},
                        median_s=1.0))
     with pytest.raises(CostModelError, match=r"row 'bad'.*is not a layer config"):
         get_cost_model("lut@d", SMALL, store=st)
