@@ -73,7 +73,7 @@ def _schedules(engine: str, store: str | None, target):
         spec = resolve_target(target)
         s = legacy_schedule(spec) if engine == "legacy" else default_schedule(spec)  # no layer: the word one
         return lambda cfg: s
-    return ScheduleBook.load(store, target, "local") if engine == "tuned" else None
+    return ScheduleBook.load(store, "local", target) if engine == "tuned" else None
 
 
 def tune(space_name: str, n_random: int, store: str, mcpu: str | None = None) -> None:

@@ -71,7 +71,7 @@ def worker_tvm(store: str, repeat: int, mcpu=None) -> dict:
     from nasbnn_hw.deploy.kernels.targets import resolve_target
     from nasbnn_hw.profiling.tuning import ScheduleBook
     target = _target(mcpu)
-    book = ScheduleBook.load(store, target, "local")
+    book = ScheduleBook.load(store, "local", target)
     spec = resolve_target(target)
     legacy, word = legacy_schedule(spec), default_schedule(spec)  # without a layer: the word schedule
     dev = tvm.cpu(0)

@@ -99,6 +99,7 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
+    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.AVX2_X86   # 48: 16 lanes only
     assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
     rpi4 = resolve_target("rpi4")
     assert S.default_schedule(rpi4, cfg) == S.BYTE_ARM and S.default_schedule(rpi4, LayerConfig(

@@ -111,9 +111,9 @@ class CpuSchedule:
         bound = cfg.kernel * cfg.kernel * words_per_group(cfg.in_channels // cfg.groups) * WORD_BITS
         if bound >= {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]:
             return False
-        return self.strategy not in CHUNKED or self._tile_of(cfg)[2] > 0
+        return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
-    def _tile_of(self, cfg) -> tuple[int, int, int]:
+    def tile_of(self, cfg) -> tuple[int, int, int]:
         """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble/byte schedule cannot tile it."""
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
@@ -125,7 +125,7 @@ class CpuSchedule:
     def effective(self, cfg) -> tuple:
         """What this schedule compiles to for layer `cfg` (tiles are clipped to divisors of the layer's
         sizes): two schedules with the same `effective` build the same code."""
-        return (*self._tile_of(cfg), self.acc_dtype, self.parallel_min, self.strategy)
+        return (*self.tile_of(cfg), self.acc_dtype, self.parallel_min, self.strategy)
 
 
 _FIELDS = ("pixels", "channels", "vector", "acc_dtype", "parallel_min", "strategy")
@@ -205,16 +205,17 @@ def _has_feature(spec, feature: str) -> bool:
 
 def default_schedule(spec, cfg=None) -> CpuSchedule:
     """The schedule of an untuned layer, from the target's features (see `CpuSchedule` on strategies):
-    aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover, else
+    aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
-    whose channel tile they cover, else `AVX2_X86`, whose accumulators fit 16 registers. The 16-bit
-    accumulators become 32-bit where a layer could overflow them. Without a layer (`cfg` None): the
-    target's word schedule."""
+    whose channel tile they cover in whole 32-lane lookups, else `AVX2_X86`, whose accumulators fit 16
+    registers (with 16-lane lookups, 48 channels per group, the word schedule was faster: docs/measurements.md).
+    The 16-bit accumulators become 32-bit where a layer could overflow them. Without a layer (`cfg` None):
+    the target's word schedule."""
     word, chunked = target_defaults(spec)
     if cfg is not None and cfg.kind == "bconv":
         for s in chunked:
-            if s.fits(cfg):
+            if s.fits(cfg) and s.tile_of(cfg)[2] == s.vector:
                 return s
     return word
 
