@@ -323,6 +323,49 @@ def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
         log.close()
 
 
+def test_rpc_runner_gives_up_on_a_server_that_never_answers(tmp_path):
+    """A port that accepts connections but never speaks (a dead session process, a wrong service): each
+    attempt ends at timeouts.connect, then BoardUnavailable, instead of blocking forever in rpc.connect."""
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])      # accept, then say nothing
+            except OSError:
+                pass
+    th = threading.Thread(target=accept, daemon=True)
+    th.start()
+    try:
+        prof = validate_profile(dict(name=DEV, runner="tvm-rpc", target=HOST_TARGET, host="127.0.0.1",
+                                     port=srv.getsockname()[1], retries=1, backoff=0.1,
+                                     timeouts={"connect": 1}), "test")
+        t0 = time.monotonic()
+        with get_runner(prof) as r, pytest.raises(BoardUnavailable, match="no RPC handshake .* within 1s"):
+            r.time_library(_any_kernel(tmp_path), rk.xor_popcount_args(*SHAPES["k0"]),
+                           warmup=0, repeat=1)
+        assert time.monotonic() - t0 < 20 and len(held) >= 2   # two attempts, each given up after ~1 s
+    finally:
+        stop.set()
+        th.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def _any_kernel(tmp_path):
+    p = tmp_path / "k.so"
+    p.write_bytes(b"not read before the connection")
+    return p
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 def test_cli_devices_check_over_ssh(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path, capsys):
     from nasbnn_hw.cli import main

@@ -32,11 +32,35 @@ class RPCRunner(ClosingRunner):
         self._sessions = 0
         self._uploaded: list[str] = []
 
+    def _connect(self):
+        """`rpc.connect` within the profile's connect timeout. TVM's client has none: a server that accepts
+        the TCP connection but never completes the handshake (its session process died, or a wrong service on
+        the port) blocked it forever. The call runs in a daemon thread; past the timeout it is abandoned
+        (the thread ends when the socket does) and the attempt fails like a refused connection."""
+        import threading
+        from tvm import rpc
+        box: dict = {}
+
+        def run():
+            try:
+                box["remote"] = rpc.connect(self.host, self.port,
+                                            session_timeout=int(self.profile.timeout("command")) + 60)
+            except Exception as e:  # noqa: BLE001 - handed to the caller's retry loop
+                box["error"] = e
+
+        t = threading.Thread(target=run, name=f"rpc-connect-{self.device}", daemon=True)
+        t.start()
+        t.join(self.profile.timeout("connect"))
+        if t.is_alive():
+            raise ConnectionError(f"no RPC handshake from {self.host}:{self.port} within "
+                                  f"{self.profile.timeout('connect'):g}s (timeouts.connect)")
+        if "error" in box:
+            raise box["error"]
+        return box["remote"]
+
     def _session(self):
         if self._remote is None:
-            from tvm import rpc
-            self._remote = rpc.connect(self.host, self.port,
-                                       session_timeout=int(self.profile.timeout("command")) + 60)
+            self._remote = self._connect()
             if self._sessions:
                 self.reconnects += 1
             self._sessions += 1
