@@ -4,6 +4,7 @@ runner and `devices check`. Kernels are real TVM builds checked against numpy. T
 test_ssh_faults.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -290,7 +291,9 @@ def test_fingerprint_matches_ssh_keygen(ssh_board):
 
 
 # ---- TVM RPC ------------------------------------------------------------------------------------------------
-def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
+@contextlib.contextmanager
+def _rpc_server(tmp_path):
+    """A real `tvm.exec.rpc_server` on a free local port: yields (process, port); killed afterwards."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -303,6 +306,18 @@ def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
         while "bind to" not in (tmp_path / "rpc.log").read_text():
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "rpc.log").read_text()
             time.sleep(0.2)
+        yield proc, port
+    finally:
+        try:
+            os.killpg(proc.pid, 9)           # the server and its forked session process
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+
+
+def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
+    with _rpc_server(tmp_path) as (proc, port):
         prof = validate_profile(dict(name=DEV, runner="tvm-rpc", target=HOST_TARGET, host="127.0.0.1", port=port,
                                      retries=1, backoff=0.1), "test")
         store = MeasurementStore(tmp_path / "m.db")
@@ -310,17 +325,27 @@ def test_rpc_runner_against_local_server(xor_kernels, tmp_path):
             status, msg, failed = campaign(r, items_for({k: xor_kernels[k] for k in ("k0", "k1")}), store)
             assert status == "completed" and not failed
             assert_rows(store, ["k0", "k1"])
-            os.killpg(proc.pid, 9)           # the server and its forked session process
+            os.killpg(proc.pid, 9)
             proc.wait()
             with pytest.raises(BoardUnavailable, match="TVM RPC .* unavailable"):
                 r.time_library(xor_kernels["k2"], rk.xor_popcount_args(*SHAPES["k2"]), warmup=0, repeat=1)
-    finally:
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        log.close()
+
+
+def test_tune_over_tvm_rpc(tmp_path):
+    """`tune` runs every candidate of a layer several times (a check, then interleaved rounds): each library is
+    uploaded and loaded once per session; uploading it again rewrote a loaded file and crashed the server's
+    session process after a dozen loads, which a reconnect could not recover."""
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.profiling.profiler import TimingSettings
+    from nasbnn_hw.profiling.tuning import tune_layers
+    with _rpc_server(tmp_path) as (proc, port):
+        prof = validate_profile(dict(name="rpcdev", runner="tvm-rpc", target=HOST_TARGET, host="127.0.0.1",
+                                     port=port, retries=1, backoff=0.1), "test")
+        with MeasurementStore(tmp_path / "m.db") as st, get_runner(prof) as r:
+            rep = tune_layers(get_space("small16"), "rpcdev", st, r, target=prof, limit=4, rounds=1,
+                              timing=TimingSettings(warmup=1, repeat=3, min_sample_ms=1.0), progress=False)
+            assert len(rep.tuned) == 4 and not rep.failed and r.reconnects == 0 and proc.poll() is None
+            assert len(r._uploaded) == len(set(r._uploaded))   # no library uploaded twice
 
 
 def test_rpc_runner_gives_up_on_a_server_that_never_answers(tmp_path):

@@ -31,6 +31,7 @@ class RPCRunner(ClosingRunner):
         self._remote = None
         self._sessions = 0
         self._uploaded: list[str] = []
+        self._modules: dict = {}  # uploaded name -> module loaded in the current session
 
     def _connect(self):
         """`rpc.connect` within the profile's connect timeout. TVM's client has none: a server that accepts
@@ -93,9 +94,9 @@ class RPCRunner(ClosingRunner):
             try:
                 remote = self._session()
                 stage = "run"
-                remote.upload(bytearray(data), target=name)
-                self._uploaded.append(name)
-                rlib = remote.load_module(name)
+                rlib = self._modules.get(name)
+                if rlib is None:  # upload and load once per session (see `_load`)
+                    rlib = self._modules[name] = self._load(remote, name, data)
                 dev = remote.cuda(0) if self.profile.target["kind"] == "cuda" else remote.cpu(0)
                 tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
                 fn = rlib["main"]
@@ -116,6 +117,7 @@ class RPCRunner(ClosingRunner):
                 last = e
                 log.warning("%s: RPC attempt %d of %d failed: %s", self.device, attempt + 1, retries + 1, e)
                 self._remote = None
+                self._modules.clear()
             if attempt < retries:
                 time.sleep(delay)
                 delay = min(delay * 2, 60.0)
@@ -123,6 +125,14 @@ class RPCRunner(ClosingRunner):
             f"device '{self.device}' (TVM RPC {self.host}:{self.port}) unavailable: {retries + 1} attempts over "
             f"{time.monotonic() - t0:.0f}s (last: {str(last).strip().splitlines()[-1] if last else '-'}); "
             "measurements stored so far are kept, run again when the device is back to resume")
+
+    def _load(self, remote, name: str, data: bytes):
+        """Upload and load a library. Once per session and name (the name is its content's hash): uploading
+        it again rewrote the file under the server's earlier dlopen of it, and the server's session process
+        died in dlsym (SIGSEGV) after a dozen such loads while `tune` re-ran its candidates."""
+        remote.upload(bytearray(data), target=name)
+        self._uploaded.append(name)
+        return remote.load_module(name)
 
     def close(self) -> None:
         if self._remote is not None:
@@ -132,4 +142,5 @@ class RPCRunner(ClosingRunner):
                 except Exception:  # noqa: BLE001 - best effort; the server removes its temp dir anyway
                     pass
         self._uploaded.clear()
+        self._modules.clear()
         self._remote = None
