@@ -171,8 +171,9 @@ def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
     narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)
     assert arm.layer_key(narrow) == narrow.key() and arm.subnet_key(arch, space).startswith(arch.to_json() + " @")
     avx2 = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "haswell"}))
-    assert avx2(cfg) == S.NIBBLE_X86 and avx2.layer_key(cfg) == f"{cfg.key()} @nib-p7c64v32-int16-pm131072"
-    assert avx2(narrow) == S.AVX2_X86 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.AVX2_X86.fingerprint()}"
+    wide = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)   # whole 32-lane lookups
+    assert avx2(wide) == S.NIBBLE_X86 and avx2.layer_key(wide) == f"{wide.key()} @nib-p7c64v32-int16-pm131072"
+    assert avx2(cfg) == avx2(narrow) == S.AVX2_X86 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.AVX2_X86.fingerprint()}"
     assert avx2.subnet_key(arch, space).startswith(arch.to_json() + " @")
     assert avx2.layer_key(LayerConfig("stem", 1, 16, 3, 1, 1, 16)) == "stem_i1_o16_k3_g1_s1_r16"
 

@@ -50,14 +50,16 @@ def _register(VL: int, name: str) -> None:  # noqa: N803 - the TVMScript bodies 
         with T.sblock("root"):
             T.reads(C[0:VL], W[0:2, 0:VL], X[0:2, 0:16])
             T.writes(C[0:VL])
-            lo = X.vload([0, 0], "uint8x16")
-            hi = X.vload([1, 0], "uint8x16")
-            a = T.call_llvm_pure_intrin(I8, T.llvm_lookup_intrinsic_id(PSHUFB),
-                                        T.reinterpret(T.Shuffle([lo] * HALVES, list(range(16)) * HALVES), dtype=I8),
-                                        T.reinterpret(W.vload([0, 0], U8), dtype=I8))
-            b = T.call_llvm_pure_intrin(I8, T.llvm_lookup_intrinsic_id(PSHUFB),
-                                        T.reinterpret(T.Shuffle([hi] * HALVES, list(range(16)) * HALVES), dtype=I8),
-                                        T.reinterpret(W.vload([1, 0], U8), dtype=I8))
-            C[T.ramp(T.int32(0), 1, VL)] = C.vload([0], U8) + (T.reinterpret(a, dtype=U8) + T.reinterpret(b, dtype=U8))
+            # one expression: Python names bound inside the body became buffers (workspace allocations inside a
+            # parallel loop), where LLVM could no longer keep the tables in registers
+            C[T.ramp(T.int32(0), 1, VL)] = C.vload([0], U8) + (
+                T.reinterpret(T.call_llvm_pure_intrin(
+                    I8, T.llvm_lookup_intrinsic_id(PSHUFB),
+                    T.reinterpret(T.Shuffle([X.vload([0, 0], "uint8x16")] * HALVES, list(range(16)) * HALVES), dtype=I8),
+                    T.reinterpret(W.vload([0, 0], U8), dtype=I8)), dtype=U8)
+                + T.reinterpret(T.call_llvm_pure_intrin(
+                    I8, T.llvm_lookup_intrinsic_id(PSHUFB),
+                    T.reinterpret(T.Shuffle([X.vload([1, 0], "uint8x16")] * HALVES, list(range(16)) * HALVES), dtype=I8),
+                    T.reinterpret(W.vload([1, 0], U8), dtype=I8)), dtype=U8))
 
     TensorIntrin.register(name, desc, impl, override=True)

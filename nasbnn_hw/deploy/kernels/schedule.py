@@ -343,11 +343,15 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     `intrinsics.nibble_lookup` (nibble) or one vector popcount of bytes (byte)."""
     from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup
     nibble = tile_cfg["strategy"] == "nibble"
+    acc, acc8 = sch.get_sblock(f"{name}_acc"), sch.get_sblock(f"{name}_acc8")
+    work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     inp = sch.get_sblock(f"{name}_table" if nibble else f"{name}_bytes")
     il = sch.get_loops(inp)
     if nibble:
         sch.vectorize(il[-1])
-    _maybe_parallel(sch, _iterations(sch, inp) // (128 if nibble else 8), il[:2], tile_cfg)
+    # rows in parallel exactly when the conv's rows are: each thread then reads mostly the tables it wrote
+    # (16 bytes per input nibble: 32x the packed input; built by one thread, half of them crossed cores)
+    _maybe_parallel(sch, work, il[:2], tile_cfg)
     out = sch.get_sblock(f"{name}_out")
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
@@ -359,8 +363,6 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
-    acc, acc8 = sch.get_sblock(f"{name}_acc"), sch.get_sblock(f"{name}_acc8")
-    work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     sch.compute_at(acc, fo)
     own = sch.get_loops(acc)[4:]
     n_red = _reduction_loops(sch, acc)
