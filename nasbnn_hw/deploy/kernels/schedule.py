@@ -160,7 +160,6 @@ NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
 BYTE_ARM = CpuSchedule(2, 128, 16, "int16", strategy="byte")
 BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 CPU_TILE = LEGACY_X86.tile()
-ARM_TILE = LEGACY_ARM.tile()
 
 # The schedules `tune` tries per layer (deduplicated by what they compile to for the layer). Chosen to
 # span the axes that moved the time on the CPUs measured (docs/measurements.md): register tile shape,
