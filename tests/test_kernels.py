@@ -210,15 +210,22 @@ def test_cuda_source_uses_popcount():
     assert "__popc" in src and "__global__" in src
 
 
-def test_aarch64_neon_build_runs_under_qemu(tmp_path):
+@pytest.mark.parametrize("c,k,groups,stride,seed,default", [
+    (48, 5, 2, 2, 11, "LEGACY_ARM"),   # 24 channels per group: the word tile
+    (64, 3, 1, 1, 12, "BYTE_ARM"),     # whole 16-lane tiles: byte `cnt` sums in 8-bit lanes
+])
+def test_aarch64_neon_build_runs_under_qemu(tmp_path, c, k, groups, stride, seed, default):
+    """The aarch64 default schedule of each kind, cross-compiled and run under qemu, against PyTorch."""
     from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
-    g = torch.Generator().manual_seed(11)
-    blk = StaticBlock(48, 48, 5, 2, 2, 1, g).eval()
-    x = torch.randn(1, 48, 6, 6, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    blk = StaticBlock(c, c, k, stride, groups, 1, g).eval()
+    x = torch.randn(1, c, 6, 6, generator=g)
     with torch.no_grad():
         ref = blk.half1(x)
     p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (6, 6))
-    lay = build_layer(LayerConfig("bconv", 48, 48, 5, 2, 2, 6), target="aarch64-neon", params=p)
+    cfg = LayerConfig("bconv", c, c, k, groups, stride, 6)
+    assert S.default_schedule(resolve_target("aarch64-neon"), cfg) == getattr(S, default)
+    lay = build_layer(cfg, target="aarch64-neon", params=p)
     asm = lay.executable.mod.inspect_source("asm")
     assert "cnt\tv" in asm  # NEON vector popcount
     lib = lay.export(tmp_path / "bconv_aarch64.so")
@@ -229,27 +236,6 @@ def test_aarch64_neon_build_runs_under_qemu(tmp_path):
     t = board.time_library(lib, args, warmup=0, repeat=2, return_outputs=True)
     (got,) = t.outputs
     assert len(t.samples) == 2
-    assert_float_close(got, nhwc(ref))
-
-
-def test_aarch64_byte_strategy_runs_under_qemu(tmp_path):
-    """The aarch64 default for layers of whole 16-lane tiles: byte `cnt` sums in 8-bit lanes, exact there."""
-    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
-    g = torch.Generator().manual_seed(12)
-    blk = StaticBlock(64, 64, 3, 1, 1, 1, g).eval()
-    x = torch.randn(1, 64, 6, 6, generator=g)
-    with torch.no_grad():
-        ref = blk.half1(x)
-    p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (6, 6))
-    cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 6)
-    assert S.default_schedule(resolve_target("aarch64-neon"), cfg) == S.BYTE_ARM
-    lay = build_layer(cfg, target="aarch64-neon", params=p)
-    assert "cnt\tv" in lay.executable.mod.inspect_source("asm")
-    board = HarnessProcessRunner("aarch64", "aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"])
-    args = list(lay.args)
-    args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
-    (got,) = board.time_library(lay.export(tmp_path / "byte.so"), args, warmup=0, repeat=1,
-                                return_outputs=True).outputs
     assert_float_close(got, nhwc(ref))
 
 

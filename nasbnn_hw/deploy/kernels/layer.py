@@ -104,8 +104,7 @@ def random_params(cfg: LayerConfig, placeholders: dict, rng: np.random.Generator
     shapes.update({k: _shape_dtype(v) for k, v in placeholders.items()})
     cg = cfg.in_channels // cfg.groups
     if cfg.kind == "bconv":
-        shapes["weight"] = ((cfg.kernel, cfg.kernel, words_per_group(cg), _shape_dtype(placeholders["weight"])[0][-1]),
-                            WORD_DTYPE)
+        shapes["weight"] = ((cfg.kernel, cfg.kernel, words_per_group(cg), cfg.out_channels), WORD_DTYPE)
     data = random_arrays(shapes, rng)
     if cfg.kind == "bconv":
         data["weight"] = clear_spare_bits(data["weight"], cg)
@@ -206,7 +205,7 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
                       tile: dict | None = None) -> CompiledLayer:
     """The integer +-1 conv of sign(x + move) alone (int32 NHWC output): for exactness tests, benchmarks.
     `tile` overrides keys of the target's register tile (`schedule.cpu_tile`: pixels, channels, vector,
-    acc_dtype, parallel_min)."""
+    acc_dtype, parallel_min, strategy)."""
     from tvm import te
 
     from nasbnn_hw.deploy.kernels import binary, schedule
