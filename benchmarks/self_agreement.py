@@ -4,7 +4,7 @@ protocol, with and without a competing process, in one contiguous block per subn
     python benchmarks/self_agreement.py [--spaces small16 small imagenet@64] [--subnets 20] [--threads 1]
                                         [--chunks 20] [--repeat 3] [--rounds 1 20] [--competitor off on]
                                         [--reference layer memory subnet] [--mcpu haswell]
-                                        [--cache DIR] [--raw DIR]
+                                        [--precision 0.01 [--max-rounds 60]] [--cache DIR] [--raw DIR]
 
 Every subnet is compiled once (`--cache DIR` keeps them for later runs); then two campaigns (A, then B) time
 every subnet. With `--rounds 1` a campaign times each subnet in one block of `chunks` bursts; with
@@ -73,13 +73,14 @@ def _compiled(arch, space, i: int, where, space_spec: str, target="local", tag: 
 
 def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
            raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
-           cache_dir: str | None = None, mcpu: str | None = None) -> dict:
+           cache_dir: str | None = None, mcpu: str | None = None, precision: float = 0.0,
+           max_rounds: int = 0) -> dict:
     import tempfile
 
     from cost_models.metrics import kendall_tau, within
     from nasbnn_hw.profiling.profiler import random_subnets
     from nasbnn_hw.profiling.runners.local import LocalRunner
-    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, reference_library
+    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, quantile_ci, reference_library
     space = _space(space_spec)
     target = {"kind": "llvm", "mcpu": mcpu} if mcpu else "local"
     archs = random_subnets(space, n, seed=11)
@@ -87,6 +88,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     # rounds > 1: a campaign visits every subnet `rounds` times, each visit taking 1/rounds of its samples,
     # so each subnet's samples spread over the whole campaign instead of one contiguous block
     proto = Protocol(bursts=max(1, chunks // rounds), repeat=repeat)
+    cap = max(rounds, max_rounds or 3 * rounds) if precision else rounds
     with tempfile.TemporaryDirectory() as d:
         refs = {}
         if "layer" in references:   # the protocol's reference: a 64->64 3x3 layer at 8x8 that lives in L1
@@ -117,8 +119,15 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
             campaigns = {k: [] for k in refs}
             for _ in range(2):  # campaign A with every reference, then B with every reference
                 for k, r in refs.items():
-                    visits = [[proto.measure(runner, lib, args, r) for lib, args in libs] for _ in range(rounds)]
-                    campaigns[k].append([list(v) for v in zip(*visits)])   # per subnet: its R visits
+                    # per subnet: its visits; with --precision a subnet whose kept value is not yet that precise
+                    # is visited again, up to max_rounds, as the profiler does (`TimingSettings.precision`)
+                    per = [[] for _ in libs]
+                    for i in range(cap):
+                        for j, (lib, args) in enumerate(libs):
+                            if len(per[j]) == i and (i < rounds or quantile_ci(
+                                    [x for m in per[j] for x in m.normalised_samples(baselines[k])]) > precision):
+                                per[j].append(proto.measure(runner, lib, args, r))
+                    campaigns[k].append(per)
         finally:
             if burner:
                 stop.set()
@@ -140,6 +149,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
                                        "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
                                        "range_ms": [min(a) * 1e3, max(a) * 1e3]}
     out["rounds"] = rounds
+    out["visits"] = {k: [len(v) for c in cs for v in c] for k, cs in campaigns.items()}   # per campaign, per subnet
     out["reference_drift"] = {k: [max(m.reference_s) / min(m.reference_s) for c in cs for v in c for m in v]
                               for k, cs in campaigns.items()}
     if raw_dir:
@@ -169,6 +179,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, nargs="+", default=[1],
                     help="visits per subnet and campaign (each with chunks/rounds bursts): 1 = one contiguous block "
                          "per subnet; R > 1 spreads its samples over the campaign, as `profile --rounds` does")
+    ap.add_argument("--precision", type=float, default=0.0, metavar="FRACTION",
+                    help="after --rounds, visit a subnet again (up to --max-rounds) while the 95 %% confidence "
+                         "interval of its kept value is wider than +-FRACTION, as the profiler does with the "
+                         "profile key `precision` (0: fixed rounds)")
+    ap.add_argument("--max-rounds", type=int, default=0, help="with --precision: most visits (0: 3 x rounds)")
     ap.add_argument("--cache", metavar="DIR", help="keep the compiled subnets there and reuse them in later runs "
                                                    "(compiling dominates the run time at imagenet scale)")
     ap.add_argument("--raw", metavar="DIR", help="also write every campaign's raw samples there (JSON)")
@@ -176,7 +191,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
-                                a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu)))
+                                a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu, a.precision,
+                                a.max_rounds)))
         return 0
     results = []
     if any(r < 1 or a.chunks % r for r in a.rounds):
@@ -188,15 +204,18 @@ def main(argv=None) -> int:
                             "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
                             "--reference", *a.reference]
                            + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else [])
-                           + (["--mcpu", a.mcpu] if a.mcpu else []),
+                           + (["--mcpu", a.mcpu] if a.mcpu else [])
+                           + ["--precision", str(a.precision), "--max-rounds", str(a.max_rounds)],
                            capture_output=True, text=True)
         if p.returncode:
             sys.stderr.write(p.stderr)
             return p.returncode
         r = json.loads(p.stdout.strip().splitlines()[-1])
         results.append(r)
+        visits = [n for vs in r["visits"].values() for n in vs]
+        shown = str(rounds) if max(visits) == rounds else f"{rounds}-{max(visits)} (mean {statistics.mean(visits):.1f})"
         for name, m in r["protocols"].items():
-            print(f"| {sp} | {comp} | {rounds} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
+            print(f"| {sp} | {comp} | {shown} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
                   f"{100 * m['median_dev']:.1f} % | {100 * m['worst_dev']:.1f} % | "
                   f"{m['range_ms'][0]:.3f}-{m['range_ms'][1]:.3f} |", flush=True)
     print(json.dumps({"self_agreement": results}))

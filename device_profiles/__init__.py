@@ -70,6 +70,8 @@ class DeviceProfile:
     reference: bool = False             # ... each after the reference kernel: latency in reference units
     subnet_reference: bool = False      # whole subnets against a fixed subnet of their space (with reference)
     sample_ms: float = 20.0             # a sample lasts at least this long (when number is calibrated)
+    precision: float = 0.0              # with reference: add rounds until the kept value is this precise
+    max_rounds: int = 0                 # ... up to this many rounds (0: 3 x rounds)
     retries: int = 4
     backoff: float = 1.0
     timeouts: dict = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
@@ -127,7 +129,8 @@ def _resolve_native(t: dict) -> dict:
 
 # ---- validation ---------------------------------------------------------------------------------------
 _INT_KEYS = {"port": (0, 65535), "threads": (0, 4096), "warmup": (0, 10**6), "repeat": (1, 10**6),
-             "number": (1, 10**7), "rounds": (1, 100), "retries": (0, 100), "bursts": (1, 1000)}
+             "number": (1, 10**7), "rounds": (1, 100), "retries": (0, 100), "bursts": (1, 1000),
+             "max_rounds": (0, 300)}
 _STR_KEYS = ("name", "description", "cross_compiler", "host", "user", "identity_file", "known_hosts",
              "ssh_config", "remote_dir", "runner")
 ALLOWED_KEYS = tuple(k for k in DeviceProfile.__dataclass_fields__ if k != "path")
@@ -192,6 +195,15 @@ def validate_profile(data: dict, where: str, default_name: str = "", path: Path 
             raise _fail(where, k, d[k], "expected true or false")
     if "sample_ms" in d and (type(d["sample_ms"]) not in (int, float) or not 0 < d["sample_ms"] <= 10_000):
         raise _fail(where, "sample_ms", d["sample_ms"], "expected milliseconds, more than 0 and at most 10000")
+    if "precision" in d and (type(d["precision"]) not in (int, float) or not 0 <= d["precision"] < 1):
+        raise _fail(where, "precision", d["precision"], "expected a fraction from 0 (off) to below 1, e.g. 0.01 for "
+                    "+-1 %")
+    if d.get("precision") and not d.get("reference"):
+        raise _fail(where, "precision", d["precision"], "it needs reference = true (it bounds the kept percentile "
+                    "of the reference-normalised samples); set reference = true or precision = 0")
+    if d.get("max_rounds") and d["max_rounds"] < d.get("rounds", 1):
+        raise _fail(where, "max_rounds", d["max_rounds"], f"expected 0 (3 x rounds) or at least rounds = "
+                    f"{d.get('rounds', 1)}")
     if "backoff" in d and (type(d["backoff"]) not in (int, float) or not 0 <= d["backoff"] <= 3600):
         raise _fail(where, "backoff", d["backoff"], "expected seconds from 0 to 3600")
     tmo = d.get("timeouts", {})

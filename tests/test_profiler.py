@@ -1,8 +1,10 @@
 """The profiler: exact layer enumeration, stored measurements, skip-if-stored, resume after SIGKILL."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -182,6 +184,58 @@ def test_profile_rounds_are_interleaved_and_resumable(tmp_path):
             profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, rounds=0)
 
 
+class _NoisyRunner:
+    """A device where one library (`noisy` in its path) scatters by +-30 % from sample to sample and every
+    other one, the reference included, takes a fixed time."""
+
+    def __init__(self, noisy: str):
+        self.noisy, self.rng = noisy, random.Random(5)
+
+    def _t(self, lib) -> float:
+        return 1e-5 * (1 + (self.rng.uniform(0, 0.6) if self.noisy in str(lib) else 0))
+
+    def time_library(self, lib_path, args, *, warmup, repeat, number=1, return_outputs=False):
+        from nasbnn_hw.profiling.runners.base import Timing
+        return Timing(tuple(self._t(lib_path) for _ in range(repeat)))
+
+    def time_interleaved(self, items, *, warmup, repeat):
+        return [tuple(self._t(lib) for _ in range(repeat)) for lib, _a, _n in items]
+
+
+def test_imprecise_items_take_further_rounds_up_to_max_rounds_and_resume(tmp_path):
+    """With `precision`, an item whose kept percentile is not yet within +-precision (95 % confidence) after
+    its base rounds is visited again, up to max_rounds; a steady one stops at the base rounds. A later run
+    with a larger max_rounds continues the imprecise item only."""
+    from nasbnn_hw.profiling.timing import quantile_ci
+    space = SearchSpace.from_dict(TINY)
+    layers = enumerate_layers(space)[:2]
+    noisy = KEY(layers[1])
+    timing = TimingSettings(warmup=1, repeat=3, number=1, reference=True, rounds=2, precision=0.01, max_rounds=6)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        rep = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy), layers=layers, timing=timing,
+                             progress=False)
+        n = {r.key: store.rounds(r.device, r.target, r.tvm_version, "layer", r.key) for r in store.query()}
+        assert n == {KEY(layers[0]): 2, noisy: 6} and len(rep.measured) == 8
+        row = next(r for r in store.query() if r.key == noisy)
+        pooled = [x for r in store.round_samples(row.device, row.target, row.tvm_version, "layer", noisy) for x in r]
+        assert len(pooled) == 18 and quantile_ci(pooled) > 0.01
+        more = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy), layers=layers,
+                              timing=dataclasses.replace(timing, max_rounds=8), progress=False)
+        assert more.measured == [noisy, noisy] and more.skipped == 1
+    with pytest.raises(ProfileError, match="precision=0.01 needs the reference protocol"):
+        TimingSettings(precision=0.01)
+    assert TimingSettings(reference=True, rounds=20, precision=0.01).round_limit(20) == 60
+    assert TimingSettings(reference=True, rounds=20).round_limit(20) == 20
+
+
+def test_quantile_ci_narrows_with_more_samples_and_is_zero_for_a_steady_item():
+    from nasbnn_hw.profiling.timing import quantile_ci
+    rng = random.Random(1)
+    few, many = ([1 + rng.expovariate(10) for _ in range(n)] for n in (30, 300))
+    assert 0 < quantile_ci(many) < quantile_ci(few) < 1
+    assert quantile_ci([2.0] * 20) == 0.0 and quantile_ci([1.0]) == math.inf
+
+
 def test_profile_subnets_stores_arch_json(tmp_path):
     space = SearchSpace.from_dict(TINY)
     with MeasurementStore(tmp_path / "m.db") as store:
@@ -277,7 +331,7 @@ def test_killed_profiler_resumes_without_loss_or_duplicates(tmp_path):
     db = tmp_path / "m.db"
     cmd = [sys.executable, "-m", "nasbnn_hw.cli", "profile", "--device", "local", "--space", str(space_file),
            "--layers", "--subnets", "2", "--store", str(db), "--warmup", "1", "--repeat", "3", "--number", "2",
-           "--rounds", "1", "--quiet"]   # one round per item (resuming rounds: test_profile_rounds_...)
+           "--rounds", "1", "--precision", "0", "--quiet"]   # one round per item (resuming rounds: test_profile_rounds_...)
     env = dict(os.environ, TVM_NUM_THREADS="1")
     total = len(enumerate_layers(SearchSpace.from_dict(TINY))) + 2
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, int_range
+from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, float_range, int_range
 from nasbnn_hw.profiling.devices import open_device as _device, timing_for
 from nasbnn_hw.errors import NasBnnError
 
@@ -248,7 +248,11 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int_range(1, 100), help="measure each layer / subnet this many times, round by round over "
                    "the whole campaign (spreads a drifting device's noise; keeps the 20th percentile of all rounds' "
                    "samples under the reference protocol, else the median of the rounds; default: the device "
-                   "profile's, else 1)")
+                   "profile's, else 1; more where the profile sets `precision`, exactly this many with --precision 0)")
+    p.add_argument("--precision", type=float_range(0, 1, hi_open=True), metavar="FRACTION",
+                   help="with the reference protocol: after --rounds, give an item further rounds (up to the "
+                   "profile's max_rounds, default 3 x rounds) until the 95 %% confidence interval of its kept value "
+                   "is within +-FRACTION of it; 0: fixed rounds (default: the device profile's)")
     p.add_argument("--number", type=POSITIVE, help="calls per sample (default: enough for 20 ms per sample)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_profile)

@@ -18,7 +18,7 @@ def open_device(name: str, devices_dir=None, accept_new_host_key: bool = False):
 def timing_for(profile, args=None):
     """The `TimingSettings` of a device (rounds included): --warmup/--repeat/--number/--rounds where given (`args`, an
     argparse namespace, may lack them or be None), else the device profile's values (protocol keys
-    `bursts`, `reference`, `subnet_reference`, `sample_ms` included); `number` defaults to calibrated (0)."""
+    `bursts`, `reference`, `subnet_reference`, `sample_ms`, `precision`, `max_rounds` included); `number` defaults to calibrated (0)."""
     from nasbnn_hw.profiling.profiler import TimingSettings
 
     def pick(name, default):
@@ -31,4 +31,5 @@ def timing_for(profile, args=None):
     return TimingSettings(warmup=pick("warmup", 5), repeat=pick("repeat", 20),
                           number=number if number is not None else 0, min_sample_ms=float(pick("sample_ms", 20.0)),
                           bursts=pick("bursts", 1), reference=bool(pick("reference", False)), rounds=rounds,
-                          subnet_reference=bool(pick("subnet_reference", False)))
+                          subnet_reference=bool(pick("subnet_reference", False)),
+                          precision=float(pick("precision", 0.0)), max_rounds=pick("max_rounds", 0))

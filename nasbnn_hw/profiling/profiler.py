@@ -121,7 +121,10 @@ class TimingSettings:
     `rounds`: how many times a campaign visits each item (what `profile_layers`/`profile_subnets` do when
     not given `rounds`); with the reference the item keeps the protocol's pooled estimate of all rounds.
     `subnet_reference` (with `reference`): whole subnets are timed beside a fixed subnet of their own space
-    (`subnet_reference_of`) instead of the reference layer, a reference with the items' working set."""
+    (`subnet_reference_of`) instead of the reference layer, a reference with the items' working set.
+    `precision` > 0 (with `reference`): after its `rounds`, an item gets further rounds, up to `max_rounds`
+    (0: three times `rounds`), until the 95 % confidence interval of the kept percentile is within
+    +-`precision` of it (`timing.quantile_ci`): a noisy phase buys more samples, a quiet one none."""
     warmup: int = 5
     repeat: int = 20
     number: int = 0
@@ -130,6 +133,8 @@ class TimingSettings:
     reference: bool = False
     rounds: int = 1
     subnet_reference: bool = False
+    precision: float = 0.0
+    max_rounds: int = 0
 
     def __post_init__(self):
         if self.warmup < 0 or self.repeat < 1 or self.number < 0 or self.min_sample_ms <= 0 or self.bursts < 1 \
@@ -137,6 +142,19 @@ class TimingSettings:
             raise ProfileError(f"timing settings warmup={self.warmup}, repeat={self.repeat}, number={self.number}, "
                                f"bursts={self.bursts}, min_sample_ms={self.min_sample_ms}, rounds={self.rounds} "
                                f"must be >= 0, >= 1, >= 0, >= 1, > 0, >= 1")
+        if not 0 <= self.precision < 1 or self.max_rounds < 0:
+            raise ProfileError(f"timing settings precision={self.precision} must be from 0 to 1 (a fraction, e.g. "
+                               f"0.01), max_rounds={self.max_rounds} >= 0")
+        if self.precision and not self.reference:
+            raise ProfileError(f"timing settings precision={self.precision} needs the reference protocol "
+                               "(reference = true): it bounds the kept percentile of the normalised samples")
+
+    def round_limit(self, rounds: int) -> int:
+        """The most rounds an item measured with `rounds` base rounds may take: `rounds`, or with `precision`
+        `max_rounds` (0: 3 x rounds), never fewer than `rounds`."""
+        if not self.precision:
+            return rounds
+        return max(rounds, self.max_rounds or 3 * rounds)
 
     def protocol(self):
         from nasbnn_hw.profiling.timing import Protocol
@@ -261,23 +279,36 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
          rounds: int | None = None, reference: tuple[str, Callable] | None = None) -> ProfileReport:
     """Measure each item until it has `rounds` (default: `timing.rounds`) measurements in the store, round
     by round (every item's round r before any item's round r + 1, so that rounds fall at different moments of
-    a drifting device).
+    a drifting device); with `timing.precision`, items whose kept value is not yet that precise take further
+    rounds, up to `timing.round_limit(rounds)`.
     A library is built once per run and kept until its last round. Under the reference protocol `reference`
     (key, build) replaces the reference layer for new items; its key is kept in each item's config, and an
     item already stored keeps the reference of its first round (rounds against different references are
     never pooled; items stored before references were recorded used the reference layer)."""
-    from nasbnn_hw.profiling.timing import pooled_estimate
+    from nasbnn_hw.profiling.timing import LOW_QUANTILE, pooled_estimate, quantile_ci
     rounds = timing.rounds if rounds is None else rounds
     if not isinstance(rounds, int) or rounds < 1:
         raise ProfileError(f"rounds must be an integer >= 1 (got {rounds!r})")
+    cap = timing.round_limit(rounds)
     version, target_key = _tvm_version(), spec.description()
     report = ProfileReport()
     done = {key: store.rounds(device, target_key, version, kind, key) for key, _, _ in items}
-    todo = [it for it in items if done[it[0]] < rounds]
+
+    def unfinished(key) -> bool:
+        """Whether `key` takes another round: it has fewer than `rounds`, or fewer than `cap` and its kept
+        value is not yet within +-`timing.precision` (95 % confidence)."""
+        if done[key] < rounds:
+            return True
+        if done[key] >= cap:
+            return False
+        pooled = [x for r in store.round_samples(device, target_key, version, kind, key) for x in r]
+        return quantile_ci(pooled, LOW_QUANTILE) > timing.precision
+
+    todo = [it for it in items if unfinished(it[0])]
     report.skipped = len(items) - len(todo)
     if report.skipped:
         log.info("%d %s measurement(s) already stored for %s, skipped", report.skipped, kind, device)
-    total = sum(rounds - done[key] for key, _, _ in todo)
+    total = sum(max(1, rounds - done[key]) for key, _, _ in todo)
     built: dict[str, tuple] = {}
     ref_of: dict[str, str | None] = {}   # item key -> the reference key it is timed against (None: the layer)
     if timing.reference and todo:
@@ -288,6 +319,7 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
             if reference and ref_of[key] == reference[0]:
                 config["reference"] = reference[0]
     clocks: dict[str | None, _Clock] = {}
+    live = {key for key, _, _ in todo}
     with WorkDir("nasbnn-profile-", dir=workdir) as tmp, \
             _progress(total, f"{kind}s on {device}", progress) as bar:
         def clock_for(key):
@@ -299,12 +331,13 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                                        "run does not build; resume it with the same device profile and space")
                 clocks[ref] = _Clock(runner, timing, store, device, spec, version, Path(tmp), other)
             return clocks[ref]
-        for r in range(rounds):
+        for r in range(cap):
             for key, config, build in todo:
-                if done[key] != r or key in report.failed:
+                if done[key] != r or key not in live:
                     continue
                 label = key if kind == "layer" else f"#{len(set(report.measured)) + 1}"
-                bar.set_postfix_str(label if rounds == 1 else f"{label} round {r + 1}/{rounds}", refresh=False)
+                bar.set_postfix_str(label if cap == 1 else f"{label} round {r + 1}/{rounds if r < rounds else cap}",
+                                    refresh=False)
                 try:
                     if key not in built:
                         built[key] = build(Path(tmp))
@@ -315,18 +348,23 @@ def _run(items: list[tuple[str, dict, Callable]], kind: str, device: str, store:
                         raise
                     report.failed[key] = _failure(e)
                     log.warning("%s %s failed: %s", kind, key, report.failed[key])
-                    bar.update(rounds - done[key])
+                    bar.update(max(1, rounds - done[key]))
+                    live.discard(key)
                     continue
                 m = Measurement(device, target_key, version, kind, key, config, median_s=med,
                                 iqr_s=iqr, repeats=len(samples), samples=tuple(samples), created=time.time())
                 # counted and stored in one transaction: a second profiler on this store cannot overshoot
-                n = store.add_round(m, limit=rounds, pooled=pooled_estimate if timing.reference else None)
-                done[key] = rounds if n is None else n + 1
+                n = store.add_round(m, limit=cap, pooled=pooled_estimate if timing.reference else None)
+                done[key] = cap if n is None else n + 1
                 if n is not None:
                     report.measured.append(key)
-                if done[key] >= rounds:
-                    Path(built.pop(key)[0]).unlink(missing_ok=True)
                 bar.update(1)
+                if not unfinished(key):
+                    live.discard(key)
+                    Path(built.pop(key)[0]).unlink(missing_ok=True)
+                elif done[key] >= rounds:   # a further round beyond the base ones: the bar grows by one
+                    bar.total += 1
+                    bar.refresh()
     return report
 
 

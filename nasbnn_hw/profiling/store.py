@@ -346,6 +346,17 @@ class MeasurementStore:
         return meds or [row[1]]
 
     @_guard
+    def round_samples(self, device: str, target: str, tvm_version: str, kind: str, key: str) -> list[list[float]]:
+        """The samples of each round of that item, first round first ([] when not stored)."""
+        where, params = self._where(device, target, tvm_version, kind, key)
+        row = self._db.execute(f"SELECT id, samples FROM measurements WHERE {where}", params).fetchone()
+        if row is None:
+            return []
+        rounds = [json.loads(r[0]) for r in self._db.execute(
+            "SELECT samples FROM rounds WHERE measurement=? ORDER BY round", (row[0],))]
+        return rounds or [json.loads(row[1])]
+
+    @_guard
     def add_round(self, m: Measurement, limit: int | None = None, pooled=None) -> int | None:
         """Store `m` as a further round of an item already stored (or as its first measurement when it is
         not), set the item's value to the median of its round medians (or, with `pooled`, a function of the

@@ -35,8 +35,8 @@ from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.core.layers import LayerConfig
 from nasbnn_hw.profiling.runners.base import ArgSpec
 
-__all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "reference_library",
-           "ESTIMATORS"]
+__all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "quantile_ci",
+           "reference_library", "ESTIMATORS"]
 
 # A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): 3-4 us on a Zen 4
 # core with AVX-512 VPOPCNTDQ, 8-11 us in the AVX2 build on the same core. A layer
@@ -109,6 +109,22 @@ def pooled_estimate(rounds: Sequence[Sequence[float]]) -> float:
     if not xs:
         raise NasBnnError("no samples to estimate from")
     return float(np.percentile(xs, LOW_QUANTILE))
+
+
+def quantile_ci(samples: Sequence[float], q: float = LOW_QUANTILE) -> float:
+    """How far the `q`-th percentile of `samples` could still move: the half-width of its distribution-free
+    95 % confidence interval (the order statistics n*p -/+ 1.96 sqrt(n p (1 - p)), p = q/100), relative to the
+    percentile. inf with fewer than 2 samples. The profiler adds rounds to an item until this is at most the
+    device's `precision` (docs/measurements.md)."""
+    xs = sorted(samples)
+    n = len(xs)
+    if n < 2:
+        return math.inf
+    p = q / 100
+    sd = 1.96 * math.sqrt(n * p * (1 - p))
+    lo, hi = max(0, math.floor(n * p - sd)), min(n - 1, math.ceil(n * p + sd))
+    mid = float(np.percentile(xs, q))
+    return (xs[hi] - xs[lo]) / 2 / mid if mid > 0 else math.inf
 
 
 def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:

@@ -331,6 +331,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               f"TVM-compiled bit-packed binary kernels, timing protocol: "
               f"{'reference kernel interleaved' if timing.reference else 'plain medians'}, {timing.rounds} round(s) "
               f"of {timing.bursts} x {timing.repeat} samples per item"
+              f"{f' (up to {timing.round_limit(timing.rounds)} while the 95 % confidence interval of its kept value is wider than ±{100 * timing.precision:g} %)' if timing.precision else ''}"
               f"{', 20th percentile of the normalised samples kept' if timing.reference else ''}"
               f"{', whole subnets against a reference subnet of the space' if timing.reference and uses_subnet_reference(space, timing) else ''}. "
               f"Total wall time {total:.0f} s.", "",
