@@ -61,6 +61,8 @@ HASWELL = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without AVX-512: runs on e
 @pytest.mark.parametrize("c_in,c_out,k,groups,stride,res,sched", [
     (20, 32, 3, 1, 1, 5, S.NIBBLE_X86),                                 # 20 channels: a spare nibble and a half
     (96, 96, 5, 2, 2, 10, S.NIBBLE_X86),                                # 48 per group: 16-lane lookups, stride 2
+    (96, 96, 5, 2, 1, 10, S.CpuSchedule(2, 96, 32, "int16", strategy="nibble")),  # 48 per group: 32 + 16 lanes
+    (144, 144, 3, 1, 1, 5, S.CpuSchedule(2, 96, 32, "int32", strategy="nibble")),  # 48-channel tiles of 144
     (128, 128, 3, 1, 1, 5, S.NIBBLE_X86_WIDE),                          # int32 accumulators
     (64, 128, 1, 1, 2, 6, S.CpuSchedule(2, 128, 32, "int16", strategy="nibble")),  # 1x1 stride 2
     (256, 256, 3, 8, 1, 7, S.CpuSchedule(4, 32, 32, "int16", strategy="nibble")),  # 32 per group, 8 groups
@@ -99,7 +101,9 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
-    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.AVX2_X86   # 48: 16 lanes only
+    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.NIBBLE_X86_48  # 48: 32 + 16 lanes
+    assert S.NIBBLE_X86_48.tile_of(LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == (4, 48, 48)
+    assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.AVX2_X86   # 24: no 16 lanes
     assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
     rpi4 = resolve_target("rpi4")
     assert S.default_schedule(rpi4, cfg) == S.BYTE_ARM and S.default_schedule(rpi4, LayerConfig(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, words_per_group
-from nasbnn_hw.deploy.kernels.intrinsics import NIBBLE_LANES
 from nasbnn_hw.errors import NasBnnError
 
 
@@ -70,7 +69,7 @@ class CpuSchedule:
             raise ScheduleError(f"schedule vector={self.vector} must be <= channels={self.channels}")
         if self.strategy not in STRATEGIES:
             raise ScheduleError(f"schedule strategy={self.strategy!r} not supported (allowed: {', '.join(STRATEGIES)})")
-        if self.strategy == "nibble" and self.vector not in NIBBLE_LANES:
+        if self.strategy == "nibble" and self.vector not in (16, 32):   # 48: derived from 32 (`chunk_lanes`)
             raise ScheduleError(f"schedule vector={self.vector}: a nibble schedule takes 16 or 32 lanes")
         if self.strategy == "byte" and self.vector not in BYTE_LANES:
             raise ScheduleError(f"schedule vector={self.vector}: a byte schedule takes {', '.join(map(str, BYTE_LANES))} "
@@ -136,9 +135,10 @@ BYTE_LANES = (8, 16, 32, 64)
 
 def chunk_lanes(tile: int, lanes: int) -> int:
     """Lanes of each step of a nibble or byte schedule on a channel tile of `tile`: `lanes` when they
-    divide the tile, else 16 when that does, else 0 (the tile cannot be covered in whole vectors)."""
-    for v in (lanes, 16):
-        if v <= lanes and tile % v == 0:
+    divide the tile; with 32 lanes, 48 when that does (a 32- and a 16-lane step joined: groups of 48
+    channels); else 16 when that does; else 0 (the tile cannot be covered in whole vectors)."""
+    for v in (lanes, 48 if lanes == 32 else 0, 16):
+        if v and (v <= lanes or v == 48) and tile % v == 0:
             return v
     return 0
 
@@ -154,6 +154,10 @@ AVX2_X86 = CpuSchedule(7, 8, 8, "int64")
 # against AVX2_X86 in docs/measurements.md ("Nibble lookups").
 NIBBLE_X86 = CpuSchedule(7, 64, 32, "int16", strategy="nibble")
 NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
+# Groups of 48 channels (which 32-lane lookups cannot tile): 48-channel tiles, each step a 32- and a 16-lane
+# lookup. 96->96 5x5 g2 at 28x28: 1.41x the word schedule's speed (docs/measurements.md, "Nibble lookups").
+NIBBLE_X86_48 = CpuSchedule(7, 96, 32, "int16", strategy="nibble")
+NIBBLE_X86_48_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="nibble")
 # aarch64 NEON: byte popcounts (`cnt`) summed in 8-bit lanes, 2 pixels x 128 channels of 16 lanes. Chosen by
 # the llvm-mca estimate of benchmarks/arm_static.py (cortex-a72 and -a76): 2.3x the binary MACs per cycle of
 # LEGACY_ARM's inner loop on the 3x3 layers (docs/measurements.md, "ARM without a board"); not timed on a board.
@@ -170,7 +174,7 @@ X86_CANDIDATES = (
     CpuSchedule(7, 16, 16, "int32"), CpuSchedule(7, 16, 8, "int16"), CpuSchedule(2, 8, 1, "int64"),
     CpuSchedule(4, 4, 1, "int64"),
     NIBBLE_X86, *(CpuSchedule(p, c, 32, "int16", strategy="nibble")
-                  for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128))),
+                  for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128), (7, 96), (2, 96))),
 )
 ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
@@ -207,14 +211,15 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
-    whose channel tile they cover in whole 32-lane lookups, else `AVX2_X86`, whose accumulators fit 16
-    registers (with 16-lane lookups, 48 channels per group, the word schedule was faster: docs/measurements.md).
+    whose channel tile they cover in whole 32-lane lookups, `NIBBLE_X86_48` for groups of 48 channels (a 32-
+    and a 16-lane lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
+    only, the word schedule was as fast: docs/measurements.md).
     The 16-bit accumulators become 32-bit where a layer could overflow them. Without a layer (`cfg` None):
     the target's word schedule."""
     word, chunked = target_defaults(spec)
     if cfg is not None and cfg.kind == "bconv":
         for s in chunked:
-            if s.fits(cfg) and s.tile_of(cfg)[2] == s.vector:
+            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, 48):   # whole 32-lane (or 32 + 16-lane) lookups
                 return s
     return word
 
@@ -226,7 +231,8 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
     if spec is None or _has_feature(spec, "avx512f"):
         return LEGACY_X86, ()
-    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE) if _has_feature(spec, "avx2") else ())
+    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
+                      if _has_feature(spec, "avx2") else ())
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
@@ -382,11 +388,14 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
         sch.unroll(lp)
     if not nibble:
         sch.vectorize(fv8)
-    sch.vectorize(sch.split(fi, [None, lanes])[1])
+    # 48 lanes (a 32- and a 16-lane lookup): every other stage in whole 16-lane vectors (LLVM splits a
+    # 48-lane vector element by element), the widening in 256-bit ones
+    vec, wide = (16, 32) if lanes == 48 else (lanes, lanes)
+    sch.vectorize(sch.split(fi, [None, vec])[1])
     _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
     sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
-    sch.vectorize(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1])
-    widen = sch.split(sp[-1], [None, max(8, lanes // {"int16": 2, "int32": 4, "int64": 8}[tile_cfg["acc_dtype"]])])
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1], [None, vec])[1])
+    widen = sch.split(sp[-1], [None, max(8, wide // {"int16": 2, "int32": 4, "int64": 8}[tile_cfg["acc_dtype"]])])
     sch.vectorize(widen[1])
     sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
     if nibble:
