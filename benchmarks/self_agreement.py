@@ -78,7 +78,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     import tempfile
 
     from cost_models.metrics import kendall_tau, within
-    from nasbnn_hw.profiling.profiler import random_subnets
+    from nasbnn_hw.profiling.profiler import TimingSettings, random_subnets
     from nasbnn_hw.profiling.runners.local import LocalRunner
     from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, quantile_ci, reference_library
     space = _space(space_spec)
@@ -88,7 +88,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
     # rounds > 1: a campaign visits every subnet `rounds` times, each visit taking 1/rounds of its samples,
     # so each subnet's samples spread over the whole campaign instead of one contiguous block
     proto = Protocol(bursts=max(1, chunks // rounds), repeat=repeat)
-    cap = max(rounds, max_rounds or 3 * rounds) if precision else rounds
+    cap = TimingSettings(reference=True, rounds=rounds, precision=precision, max_rounds=max_rounds).round_limit(rounds)
     with tempfile.TemporaryDirectory() as d:
         refs = {}
         if "layer" in references:   # the protocol's reference: a 64->64 3x3 layer at 8x8 that lives in L1

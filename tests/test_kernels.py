@@ -103,6 +103,7 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
     assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.NIBBLE_X86_48  # 48: 32 + 16 lanes
     assert S.NIBBLE_X86_48.tile_of(LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == (4, 48, 48)
+    assert S.chunk_lanes(48, 32, "byte") == 16 and S.chunk_lanes(48, 32) == S.JOINED_LANES   # joined: nibble only
     assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.AVX2_X86   # 24: no 16 lanes
     assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
     rpi4 = resolve_target("rpi4")

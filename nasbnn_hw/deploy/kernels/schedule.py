@@ -69,7 +69,7 @@ class CpuSchedule:
             raise ScheduleError(f"schedule vector={self.vector} must be <= channels={self.channels}")
         if self.strategy not in STRATEGIES:
             raise ScheduleError(f"schedule strategy={self.strategy!r} not supported (allowed: {', '.join(STRATEGIES)})")
-        if self.strategy == "nibble" and self.vector not in (16, 32):   # 48: derived from 32 (`chunk_lanes`)
+        if self.strategy == "nibble" and self.vector not in (16, 32):   # JOINED_LANES: derived from 32 (`chunk_lanes`)
             raise ScheduleError(f"schedule vector={self.vector}: a nibble schedule takes 16 or 32 lanes")
         if self.strategy == "byte" and self.vector not in BYTE_LANES:
             raise ScheduleError(f"schedule vector={self.vector}: a byte schedule takes {', '.join(map(str, BYTE_LANES))} "
@@ -118,7 +118,7 @@ class CpuSchedule:
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
         ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
         if self.strategy in CHUNKED:
-            vec = chunk_lanes(ft, self.vector)
+            vec = chunk_lanes(ft, self.vector, self.strategy)
         return _divisor_at_most(wo, self.pixels), ft, vec
 
     def effective(self, cfg) -> tuple:
@@ -133,12 +133,18 @@ _FIELDS = ("pixels", "channels", "vector", "acc_dtype", "parallel_min", "strateg
 BYTE_LANES = (8, 16, 32, 64)
 
 
-def chunk_lanes(tile: int, lanes: int) -> int:
+# A nibble step over a group of 48 channels, which 32-lane lookups cannot tile: a 32- and a 16-lane lookup
+# joined (`intrinsics.nibble_lookup`).
+JOINED_LANES = 48
+
+
+def chunk_lanes(tile: int, lanes: int, strategy: str = "nibble") -> int:
     """Lanes of each step of a nibble or byte schedule on a channel tile of `tile`: `lanes` when they
-    divide the tile; with 32 lanes, 48 when that does (a 32- and a 16-lane step joined: groups of 48
-    channels); else 16 when that does; else 0 (the tile cannot be covered in whole vectors)."""
-    for v in (lanes, 48 if lanes == 32 else 0, 16):
-        if v and (v <= lanes or v == 48) and tile % v == 0:
+    divide the tile; for 32-lane nibble lookups, JOINED_LANES when that does; else 16 when that does; else 0
+    (the tile cannot be covered in whole vectors)."""
+    joined = JOINED_LANES if strategy == "nibble" and lanes == 32 else 0
+    for v in (lanes, joined, 16):
+        if v and (v <= lanes or v == joined) and tile % v == 0:
             return v
     return 0
 
@@ -219,7 +225,7 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     word, chunked = target_defaults(spec)
     if cfg is not None and cfg.kind == "bconv":
         for s in chunked:
-            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, 48):   # whole 32-lane (or 32 + 16-lane) lookups
+            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES):   # whole 32-lane (or joined) lookups
                 return s
     return word
 
@@ -361,7 +367,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
     ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
-    lanes = chunk_lanes(ft, tile_cfg["vector"])
+    lanes = chunk_lanes(ft, tile_cfg["vector"], tile_cfg["strategy"])
     if not lanes:
         raise ScheduleError(f"{tile_cfg['strategy']} schedule: a channel tile of {ft} (from {per_group} channels "
                             f"per group) is not a multiple of 16 lanes")
@@ -388,9 +394,9 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
         sch.unroll(lp)
     if not nibble:
         sch.vectorize(fv8)
-    # 48 lanes (a 32- and a 16-lane lookup): every other stage in whole 16-lane vectors (LLVM splits a
-    # 48-lane vector element by element), the widening in 256-bit ones
-    vec, wide = (16, 32) if lanes == 48 else (lanes, lanes)
+    # joined lookups (32 + 16 lanes): every other stage in whole 16-lane vectors (LLVM splits a 48-lane
+    # vector element by element), the widening in 256-bit ones
+    vec, wide = (16, 32) if lanes == JOINED_LANES else (lanes, lanes)
     sch.vectorize(sch.split(fi, [None, vec])[1])
     _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
     sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
