@@ -36,6 +36,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,13 +75,12 @@ def _compiled(arch, space, i: int, where, space_spec: str, target="local", tag: 
 def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
            raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
            cache_dir: str | None = None, mcpu: str | None = None, precision: float = 0.0,
-           max_rounds: int = 0) -> dict:
-    import tempfile
-
-    from cost_models.metrics import kendall_tau, within
+           max_rounds: int = 0, campaign_file: str | None = None, baselines_from: str | None = None) -> dict:
+    """Both campaigns in this process, scored; or, with `campaign_file`, one campaign written there (raw), its
+    reference baselines calibrated here or read from the campaign file `baselines_from` (an earlier process)."""
     from nasbnn_hw.profiling.profiler import TimingSettings, random_subnets
     from nasbnn_hw.profiling.runners.local import LocalRunner
-    from nasbnn_hw.profiling.timing import ESTIMATORS, Protocol, estimate, pooled_estimate, quantile_ci, reference_library
+    from nasbnn_hw.profiling.timing import Protocol, quantile_ci, reference_library
     space = _space(space_spec)
     target = {"kind": "llvm", "mcpu": mcpu} if mcpu else "local"
     archs = random_subnets(space, n, seed=11)
@@ -115,9 +115,12 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
         if burner:
             burner.start()
         try:
-            baselines = {k: proto.calibrate_reference(runner, r) for k, r in refs.items()}
+            if baselines_from:   # the store's baseline, calibrated once, is what a later process uses too
+                baselines = json.loads(Path(baselines_from).read_text())["baselines"]
+            else:
+                baselines = {k: proto.calibrate_reference(runner, r) for k, r in refs.items()}
             campaigns = {k: [] for k in refs}
-            for _ in range(2):  # campaign A with every reference, then B with every reference
+            for _ in range(1 if campaign_file else 2):  # campaign A with every reference, then B with every one
                 for k, r in refs.items():
                     # per subnet: its visits; with --precision a subnet whose kept value is not yet that precise
                     # is visited again, up to max_rounds, as the profiler does (`TimingSettings.precision`)
@@ -132,6 +135,27 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
             if burner:
                 stop.set()
                 burner.join()
+    if campaign_file:
+        from dataclasses import asdict
+        Path(campaign_file).write_text(json.dumps({"baselines": baselines, "campaigns": {
+            k: [[asdict(m) for m in v] for v in cs[0]] for k, cs in campaigns.items()}}))
+        return {}
+    return score(space_spec, competitor, threads, rounds, baselines, campaigns, raw_dir, mcpu)
+
+
+def _read_campaign(path: str) -> tuple[dict, dict]:
+    from nasbnn_hw.profiling.timing import ItemTiming
+    d = json.loads(Path(path).read_text())
+    return d["baselines"], {k: [[ItemTiming(tuple(map(tuple, m["bursts"])), tuple(map(tuple, m["reference"])),
+                                             m["number"]) for m in v] for v in c] for k, c in d["campaigns"].items()}
+
+
+def score(space_spec: str, competitor: bool, threads: int, rounds: int, baselines: dict, campaigns: dict,
+          raw_dir: str | None = None, mcpu: str | None = None) -> dict:
+    """Campaign B against campaign A, per reference and estimator."""
+    from cost_models.metrics import kendall_tau, within
+    from nasbnn_hw.profiling.timing import ESTIMATORS, estimate, pooled_estimate
+    refs = list(campaigns)
     out = {"space": space_spec, "competitor": competitor, "threads": threads, "protocols": {}}
     for k in refs:
         for name in (*ESTIMATORS, "protocol"):
@@ -187,12 +211,18 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", metavar="DIR", help="keep the compiled subnets there and reuse them in later runs "
                                                    "(compiling dominates the run time at imagenet scale)")
     ap.add_argument("--raw", metavar="DIR", help="also write every campaign's raw samples there (JSON)")
+    ap.add_argument("--processes", choices=["one", "two"], default="one",
+                    help="one: both campaigns in one process (what the device's own re-measurement can see); two: "
+                         "campaign B in a fresh process, with campaign A's reference baselines, as a later profile "
+                         "run or another user would measure")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--campaign-file", help=argparse.SUPPRESS)
+    ap.add_argument("--baselines-from", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
                                 a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu, a.precision,
-                                a.max_rounds)))
+                                a.max_rounds, a.campaign_file, a.baselines_from)))
         return 0
     results = []
     if any(r < 1 or a.chunks % r for r in a.rounds):
@@ -200,17 +230,24 @@ def main(argv=None) -> int:
     print("| space | competitor | rounds | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for sp, comp, rounds in ((sp, comp, r) for sp in a.spaces for comp in a.competitor for r in a.rounds):
-        p = subprocess.run([sys.executable, __file__, "--worker", sp, comp, str(rounds), "--subnets", str(a.subnets),
-                            "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
-                            "--reference", *a.reference]
-                           + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else [])
-                           + (["--mcpu", a.mcpu] if a.mcpu else [])
-                           + ["--precision", str(a.precision), "--max-rounds", str(a.max_rounds)],
-                           capture_output=True, text=True)
-        if p.returncode:
-            sys.stderr.write(p.stderr)
-            return p.returncode
-        r = json.loads(p.stdout.strip().splitlines()[-1])
+        cmd = [sys.executable, __file__, "--worker", sp, comp, str(rounds), "--subnets", str(a.subnets),
+               "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
+               "--reference", *a.reference] \
+            + (["--raw", a.raw] if a.raw else []) + (["--cache", a.cache] if a.cache else []) \
+            + (["--mcpu", a.mcpu] if a.mcpu else []) + ["--precision", str(a.precision), "--max-rounds", str(a.max_rounds)]
+        with tempfile.TemporaryDirectory() as d:
+            files = [str(Path(d) / f"campaign{i}.json") for i in range(2)] if a.processes == "two" else [None]
+            for i, f in enumerate(files):
+                extra = [] if f is None else ["--campaign-file", f] + (["--baselines-from", files[0]] if i else [])
+                p = subprocess.run(cmd + extra, capture_output=True, text=True)
+                if p.returncode:
+                    sys.stderr.write(p.stderr)
+                    return p.returncode
+            if a.processes == "two":
+                (base, ca), (_, cb) = _read_campaign(files[0]), _read_campaign(files[1])
+                r = score(sp, comp == "on", a.threads, rounds, base, {k: [ca[k], cb[k]] for k in ca}, a.raw, a.mcpu)
+            else:
+                r = json.loads(p.stdout.strip().splitlines()[-1])
         results.append(r)
         visits = [n for vs in r["visits"].values() for n in vs]
         shown = str(rounds) if max(visits) == rounds else f"{rounds}-{max(visits)} (mean {statistics.mean(visits):.1f})"
