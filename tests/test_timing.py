@@ -14,7 +14,7 @@ from nasbnn_hw.core.layers import LayerConfig
 from nasbnn_hw.profiling.profiler import TimingSettings, profile_layers
 from nasbnn_hw.profiling.store import MeasurementStore
 from nasbnn_hw.profiling.timing import (ESTIMATORS, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
-                                       noise_warning, pooled_estimate)
+                                       noise_warning, pooled_estimate, reference_key, reference_schedule)
 
 
 class DriftingRunner:
@@ -178,6 +178,21 @@ def test_store_keeps_the_first_baseline_and_old_stores_open(tmp_path):
         assert noise_warning(st, "local") is None
 
 
+def test_the_reference_kernel_fits_the_register_file_and_names_its_schedule():
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.deploy.kernels.schedule import AVX2_X86, LEGACY_ARM, LEGACY_X86
+    avx2 = resolve_target({"kind": "llvm", "mcpu": "haswell"})
+    avx512 = resolve_target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    arm = resolve_target("aarch64-neon")
+    # AVX2: the legacy 7 x 16 int64 tile would spill; the word default does not, and a baseline calibrated for
+    # the legacy kernel (stores written before) is not reused for it
+    assert reference_schedule(avx2) == AVX2_X86
+    assert reference_key(avx2) == f"{REFERENCE_LAYER.key()} @{AVX2_X86.fingerprint()}"
+    assert (reference_schedule(avx512), reference_key(avx512)) == (LEGACY_X86, REFERENCE_LAYER.key())
+    assert (reference_schedule(arm), reference_key(arm)) == (LEGACY_ARM, REFERENCE_LAYER.key())
+    assert reference_schedule(resolve_target("cuda-sm80")) is None
+
+
 def test_profiling_under_the_reference_protocol_stores_reference_units(tmp_path):
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.profiling.profiler import _tvm_version
@@ -187,7 +202,7 @@ def test_profiling_under_the_reference_protocol_stores_reference_units(tmp_path)
     with MeasurementStore(tmp_path / "m.db") as st, LocalRunner(threads=1) as runner:
         rep = profile_layers("small16", "local", st, runner, "local", timing=timing, layers=cfgs, progress=False)
         assert len(rep.measured) == 2 and not rep.failed
-        key = ("local", resolve_target("local").description(), _tvm_version(), REFERENCE_LAYER.key())
+        key = ("local", resolve_target("local").description(), _tvm_version(), reference_key(resolve_target("local")))
         base = st.reference_baseline(*key)
         assert base is not None and 1e-7 < base < 1e-2
         rows = st.query(kind="layer")

@@ -209,10 +209,10 @@ class _Clock:
                  tmp: Path, reference: tuple[str, Callable] | None = None):
         """`reference`: (its key in the store, build(tmp) -> (library, args)) of a reference other than the
         reference layer (`timing.REFERENCE_LAYER`)."""
-        from nasbnn_hw.profiling.timing import REFERENCE_LAYER, reference_library
+        from nasbnn_hw.profiling.timing import reference_key, reference_library
         self.runner, self.protocol, self.baseline, self.reference = runner, timing.protocol(), None, None
         if timing.reference:
-            name, build = reference or (REFERENCE_LAYER.key(), lambda t: reference_library(t, spec))
+            name, build = reference or (reference_key(spec), lambda t: reference_library(t, spec))
             self.reference = build(tmp)
             key = (device, spec.description(), version, name)
             self.baseline = store.reference_baseline(*key)
@@ -487,14 +487,14 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
     same units as the first measurement), else it is calibrated afresh. The subnets are built with
     `schedules` (default: the device's tuned schedules in `baseline_from`)."""
     from nasbnn_hw.deploy.kernels import resolve_target
-    from nasbnn_hw.profiling.timing import REFERENCE_LAYER
+    from nasbnn_hw.profiling.timing import reference_key
     from nasbnn_hw.profiling.tuning import ScheduleBook
     space = get_space(space)
     book = schedules if schedules is not None else ScheduleBook.load(baseline_from, device, target)
     with WorkDir("nasbnn-again-") as d, MeasurementStore(Path(d) / "again.db") as st:
         if timing.reference and baseline_from is not None and Path(baseline_from).exists():
             spec = resolve_target(target)
-            names = [REFERENCE_LAYER.key()] + ([subnet_reference_of(space, spec, book)[0]]
+            names = [reference_key(spec)] + ([subnet_reference_of(space, spec, book)[0]]
                                                if uses_subnet_reference(space, timing) else [])
             with MeasurementStore(baseline_from, readonly=True) as src:
                 for name in names:

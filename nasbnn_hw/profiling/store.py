@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS reference (
     device TEXT NOT NULL,
     target TEXT NOT NULL,
     tvm_version TEXT NOT NULL,
-    layer TEXT NOT NULL,           -- the reference kernel (nasbnn_hw.profiling.timing.REFERENCE_LAYER key)
+    layer TEXT NOT NULL,           -- the reference kernel (nasbnn_hw.profiling.timing.reference_key)
     baseline_s REAL NOT NULL,      -- its time on the device when first calibrated
     created REAL NOT NULL,
     UNIQUE (device, target, tvm_version, layer)

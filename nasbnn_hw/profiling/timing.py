@@ -36,7 +36,7 @@ from nasbnn_hw.core.layers import LayerConfig
 from nasbnn_hw.profiling.runners.base import ArgSpec
 
 __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_estimate", "quantile_ci",
-           "reference_library", "ESTIMATORS"]
+           "reference_library", "reference_key", "reference_schedule", "ESTIMATORS"]
 
 # A mid-sized binary layer (popcount-bound, fits in L1/L2 like the small spaces' layers): 3-4 us on a Zen 4
 # core with AVX-512 VPOPCNTDQ, 8-11 us in the AVX2 build on the same core. A layer
@@ -127,13 +127,31 @@ def quantile_ci(samples: Sequence[float], q: float = LOW_QUANTILE) -> float:
     return (xs[hi] - xs[lo]) / 2 / mid if mid > 0 else math.inf
 
 
-def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:
-    """Compile the reference kernel for `target` into `workdir`: (library path, its arguments). Always with
-    the legacy schedule: the stored baseline of a device must keep meaning the same kernel."""
-    from nasbnn_hw.deploy.kernels import build_layer, resolve_target
+def reference_schedule(spec):
+    """The reference kernel's schedule on target `spec` (a `TargetSpec`; None on a GPU): the target's word
+    schedule (`schedule.target_defaults`), which fits the register file. That is the legacy tile except on
+    x86 without AVX-512, where the legacy 7 x 16 int64 tile spills its accumulators: there its time moved by
+    up to 25 % from one process to the next while non-spilling tiles and whole subnets moved by 1 %, and every
+    measurement normalised by it moved with it (docs/measurements.md)."""
+    from nasbnn_hw.deploy.kernels.schedule import target_defaults
+    return None if spec.is_gpu else target_defaults(spec)[0]
+
+
+def reference_key(spec) -> str:
+    """The reference kernel's name in the store's `reference` table: `REFERENCE_LAYER`'s key, with its
+    schedule where that is not the legacy tile, so a baseline calibrated for one kernel never serves another."""
     from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+    sched = reference_schedule(spec)
+    return REFERENCE_LAYER.key() if sched in (None, legacy_schedule(spec)) else \
+        f"{REFERENCE_LAYER.key()} @{sched.fingerprint()}"
+
+
+def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:
+    """Compile the reference kernel for `target` into `workdir` (`reference_schedule`): (library path, its
+    arguments)."""
+    from nasbnn_hw.deploy.kernels import build_layer, resolve_target
     spec = resolve_target(target)
-    lay = build_layer(REFERENCE_LAYER, spec, batch=1, schedule=None if spec.is_gpu else legacy_schedule(spec))
+    lay = build_layer(REFERENCE_LAYER, spec, batch=1, schedule=reference_schedule(spec))
     return lay.export(Path(workdir) / f"reference-{REFERENCE_LAYER.key()}.so"), lay.args
 
 
