@@ -172,6 +172,8 @@ class Protocol:
     min_sample_ms: float = 1.0
     _numbers: dict = field(default_factory=dict, repr=False)
     _probe_s: dict = field(default_factory=dict, repr=False)
+    _visits: dict = field(default_factory=dict, repr=False)
+    _ref_depth: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.bursts < 1 or self.repeat < 1 or self.warmup < 0 or self.number < 0 or self.min_sample_ms <= 0:
@@ -191,10 +193,30 @@ class Protocol:
     def _samples(self, runner, lib: Path, args, number: int) -> tuple[float, ...]:
         return runner.time_library(lib, args, warmup=1, repeat=self.repeat, number=number).samples
 
+    def _reference_depth(self, runner, lib: Path, args, number: int) -> int | None:
+        """The call depth the reference is timed at in this process, on a runner that can spread samples over
+        depths (`stack_depths`): of the depths, the one where its time is the median, so that a depth where
+        the stack's offset in this process makes the reference slow (or fast) never scales the items."""
+        spread = getattr(runner, "stack_depths", 0) if hasattr(runner, "time_interleaved") else 0
+        if spread < 2:
+            return None
+        key = str(lib)
+        if key not in self._ref_depth:
+            times = runner.time_interleaved([(lib, args, number)] * spread, warmup=self.warmup, repeat=5,
+                                            depths=list(range(spread)))
+            med = [statistics.median(t) for t in times]
+            self._ref_depth[key] = sorted(range(spread), key=med.__getitem__)[spread // 2]
+        return self._ref_depth[key]
+
     def calibrate_reference(self, runner, reference: tuple[Path, Sequence[ArgSpec]], bursts: int = 20) -> float:
-        """The reference kernel's time on this device: the median of `bursts` burst medians (seconds)."""
+        """The reference kernel's time on this device: the median of `bursts` burst medians (seconds), at the
+        reference's call depth where the runner has depths."""
         lib, args = reference[0], _plain(reference[1])
         n = self._number(runner, lib, args)
+        depth = self._reference_depth(runner, lib, args, n)
+        if depth is not None:
+            return statistics.median(statistics.median(runner.time_interleaved(
+                [(lib, args, n)], warmup=1, repeat=self.repeat, depths=[depth])[0]) for _ in range(bursts))
         return statistics.median(statistics.median(self._samples(runner, lib, args, n)) for _ in range(bursts))
 
     def measure(self, runner, lib: Path, args: Sequence[ArgSpec],
@@ -213,8 +235,14 @@ class Protocol:
             if item_s and ref_s and n * item_s > rn * ref_s:
                 rn = min(100_000, math.ceil(n * item_s / ref_s))
             count = self.bursts * self.repeat
+            depth = self._reference_depth(runner, rlib, rargs, rn)
+            kw = {}
+            if depth is not None:   # each visit of an item at the next call depth; the reference at its own
+                visit = self._visits.get(str(lib), 0)
+                self._visits[str(lib)] = visit + 1
+                kw["depths"] = [depth, visit % runner.stack_depths]
             ref_s, item_s = runner.time_interleaved([(rlib, rargs, rn), (lib, args, n)], warmup=self.warmup,
-                                                    repeat=count + 1)
+                                                    repeat=count + 1, **kw)
             return ItemTiming(tuple((x,) for x in item_s[:count]), tuple((x,) for x in ref_s), n)
         bursts, refs = [], []
         if reference is not None:

@@ -13,13 +13,31 @@ from nasbnn_hw.profiling.runners.errors import KernelError
 from nasbnn_hw.profiling.runners.inputs import DEFAULT_SEED, input_arrays
 
 
-class LocalRunner(ClosingRunner):
-    """Times kernels on this machine's CPU. `threads` > 0 sizes TVM's thread pool (process-wide)."""
+# How many call depths `time_interleaved` can spread an item's samples over (`stack_depths`). A kernel keeps
+# its small buffers and spilled registers on the stack, whose offset within a page the OS randomises per
+# process; at some offsets against the heap data a kernel ran 15-50 % slower (about 1 in 8 of them; AVX2 builds,
+# docs/measurements.md), so one process's latency of an item was not another's.
+STACK_DEPTHS = 8
 
-    def __init__(self, device: str = "local", *, threads: int = 0, seed: int = DEFAULT_SEED):
+
+def at_stack_depth(depth: int, fn):
+    """`fn()` called `depth` levels deeper on the C stack (each level is a builtin calling back into Python,
+    a few hundred bytes of C frames), so that the kernel it runs keeps its stack data at another offset."""
+    if depth <= 0:
+        return fn()
+    return next(map(lambda _: at_stack_depth(depth - 1, fn), (0,)))
+
+
+class LocalRunner(ClosingRunner):
+    """Times kernels on this machine's CPU. `threads` > 0 sizes TVM's thread pool (process-wide).
+    `stack_depths`: the call depths `time_interleaved` may be asked to time at (`at_stack_depth`)."""
+
+    def __init__(self, device: str = "local", *, threads: int = 0, seed: int = DEFAULT_SEED,
+                 stack_depths: int = STACK_DEPTHS):
         self.device = device
         self.threads = threads
         self.seed = seed
+        self.stack_depths = stack_depths
         self._threads_set = False
         self._copies: WorkDir | None = None
         self._modules: dict[str, object] = {}
@@ -81,12 +99,16 @@ class LocalRunner(ClosingRunner):
         return Timing(samples, outputs)
 
     def time_interleaved(self, items: Sequence[tuple[Path, Sequence[ArgSpec], int]], *, warmup: int,
-                         repeat: int) -> list[tuple[float, ...]]:
+                         repeat: int, depths: Sequence[int] | None = None) -> list[tuple[float, ...]]:
         """Time several libraries sample by sample: `repeat` rounds, each one sample (the mean of its
         `number` calls) of every item in turn, so that adjacent samples of different items see the same
         state of a machine whose speed changes from one millisecond to the next. `items`: (library,
-        arguments, number). Returns each item's samples (seconds per call)."""
+        arguments, number); `depths`: each item's call depth (`at_stack_depth`, below `stack_depths`; default
+        0). Returns each item's samples (seconds per call)."""
         import tvm
+        depths = list(depths) if depths is not None else [0] * len(items)
+        if len(depths) != len(items) or not all(0 <= d < max(1, self.stack_depths) for d in depths):
+            raise ValueError(f"depths {depths}: one per item, each in 0..{max(1, self.stack_depths) - 1}")
         evals = []
         for lib_path, args, number in items:
             lib, tensors = self._prepared(tvm, lib_path, args, warmup)
@@ -94,8 +116,8 @@ class LocalRunner(ClosingRunner):
         out: list[list[float]] = [[] for _ in items]
         try:
             for _ in range(repeat):
-                for (ev, tensors), samples in zip(evals, out):
-                    samples.append(float(ev(*tensors).results[0]))
+                for (ev, tensors), samples, d in zip(evals, out, depths):
+                    samples.append(float(at_stack_depth(d, lambda: ev(*tensors)).results[0]))
         except Exception as e:  # noqa: BLE001
             raise KernelError(f"kernel failed while timing: {e}") from e
         return [tuple(s) for s in out]
