@@ -133,6 +133,68 @@ def test_rounds_and_a_low_quantile_survive_busy_phases_that_a_contiguous_median_
         assert spread[0][k] == pytest.approx(true[k], rel=0.05)
 
 
+class StackOffsetRunner:
+    """A simulated device whose kernels run 1.4x slower at one call depth of every 8; which depth depends on
+    the kernel (`offset`) and on the process (`shift`: the stack's page offset, randomised per process)."""
+
+    def __init__(self, true_s: dict, offset: dict, shift: int, stack_depths: int):
+        self.true_s, self.offset, self.shift, self.stack_depths = true_s, offset, shift, stack_depths
+
+    def _t(self, lib: str, depth: int) -> float:
+        return self.true_s[lib] * (1.4 if (self.offset[lib] + depth + self.shift) % 8 == 0 else 1.0)
+
+    def time_library(self, lib, args, *, warmup, repeat, number=1, return_outputs=False):
+        from nasbnn_hw.profiling.runners.base import Timing
+        return Timing(tuple(self._t(str(lib), 0) for _ in range(repeat)))
+
+    def time_interleaved(self, items, *, warmup, repeat, depths=None):
+        depths = depths if depths is not None else [0] * len(items)
+        return [tuple(self._t(str(lib), d) for _ in range(repeat)) for (lib, _a, _n), d in zip(items, depths)]
+
+
+@pytest.mark.parametrize("stack_depths", [8, 0])
+def test_visits_spread_over_call_depths_agree_across_processes(stack_depths):
+    """Two processes (different stack offsets), the second with the first's stored baseline: at one depth
+    the reference is slow in one process and an item in the other, and both move; spread over depths, with the
+    reference at its median depth, every item keeps its true time in both."""
+    true = {"ref": 10e-6, **{k: (20 + 3 * i) * 1e-6 for i, k in enumerate("abcdef")}}
+    offset = {"ref": 5, "a": 0, "b": 1, "c": 2, "d": 3, "e": 6, "f": 7}
+
+    def campaign(shift: int, baseline: float | None = None):
+        runner, proto, ref = StackOffsetRunner(true, offset, shift, stack_depths), Protocol(1, 3, number=1), ("ref", [])
+        base = baseline or proto.calibrate_reference(runner, ref)
+        visits = {k: [] for k in "abcdef"}
+        for _ in range(20):    # rounds: every item once per round
+            for k in visits:
+                visits[k].append(proto.measure(runner, k, [], ref))
+        return base, {k: pooled_estimate([m.normalised_samples(base) for m in v]) for k, v in visits.items()}
+
+    base, a = campaign(0)
+    _, b = campaign(3, base)
+    worst = max(abs(b[k] / a[k] - 1) for k in a)
+    if stack_depths:
+        assert worst < 0.01 and all(abs(v / true[k] - 1) < 0.01 for r in (a, b) for k, v in r.items())
+    else:
+        assert worst > 0.2     # the reference is slow at depth 0 in the second process: every item moves
+
+
+def test_at_stack_depth_calls_deeper_and_the_local_runner_times_at_depths(tmp_path):
+    import inspect
+
+    from nasbnn_hw.deploy.kernels import build_layer
+    from nasbnn_hw.profiling.runners.local import LocalRunner, at_stack_depth
+    frames = [at_stack_depth(d, lambda: len(inspect.stack(0))) for d in (0, 1, 2, 5)]
+    assert [f - frames[0] for f in frames[1:]] == [2, 4, 10]
+    assert at_stack_depth(3, lambda: "value") == "value"
+    lay = build_layer(LayerConfig("bconv", 16, 16, 3, 1, 1, 8), "local")
+    with LocalRunner(threads=1, stack_depths=4) as runner:
+        lib = lay.export(tmp_path / "l.so")
+        got = runner.time_interleaved([(lib, lay.args, 2)] * 2, warmup=1, repeat=3, depths=[0, 3])
+        assert [len(s) for s in got] == [3, 3] and all(x > 0 for s in got for x in s)
+        with pytest.raises(ValueError, match="depths"):
+            runner.time_interleaved([(lib, lay.args, 2)], warmup=1, repeat=1, depths=[4])
+
+
 def test_store_keeps_the_pooled_estimate_of_all_rounds(tmp_path):
     from nasbnn_hw.profiling.store import Measurement
     k = ("local", "t", "v", "layer", "L0")

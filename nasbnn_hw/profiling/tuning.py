@@ -275,13 +275,18 @@ def _time_rounds(runner, clock, items, rounds: int) -> dict[str, list[float]]:
         for s, lib, args in items:  # calls per sample: about a millisecond each
             t = min(runner.time_library(lib, args, warmup=1, repeat=3, number=1).samples)
             numbers.append(max(1, min(1000, round(1e-3 / max(t, 1e-9)))))
+    spread = getattr(runner, "stack_depths", 0)
     for r in range(rounds):
         order = items if r % 2 == 0 else items[::-1]  # no candidate always runs first
         if interleave is not None:
             nums = numbers if r % 2 == 0 else numbers[::-1]
+            # each round at another call depth (the stack's page offset moves a kernel's time; see
+            # `runners.local.at_stack_depth`), so the median over rounds does not keep one offset's verdict
+            kw = {"depths": [r % spread] * len(order)} if spread > 1 else {}
             # at least 30 samples per candidate and round, whatever the profile's per-visit sample count
             samples = interleave([(lib, args, n) for (_, lib, args), n in zip(order, nums)],
-                                 warmup=clock.protocol.warmup, repeat=max(30, clock.protocol.repeat * clock.protocol.bursts))
+                                 warmup=clock.protocol.warmup, repeat=max(30, clock.protocol.repeat * clock.protocol.bursts),
+                                 **kw)
             for (s, _, _), v in zip(order, samples):
                 out[s.fingerprint()].append(float(np.median(v)))
         else:
