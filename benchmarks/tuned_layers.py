@@ -69,6 +69,7 @@ def worker_tvm(store: str, repeat: int, mcpu=None) -> dict:
     from nasbnn_hw.deploy.kernels.layer import build_layer
     from nasbnn_hw.deploy.kernels.schedule import default_schedule, legacy_schedule
     from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     from nasbnn_hw.profiling.tuning import ScheduleBook
     target = _target(mcpu)
     book = ScheduleBook.load(store, "local", target)
@@ -87,9 +88,9 @@ def worker_tvm(store: str, repeat: int, mcpu=None) -> dict:
             lay.executable["main"](*t)
             fns.append((lay.executable.mod.time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=10), t))
         samples = [[] for _ in fns]
-        for _ in range(repeat):  # interleaved: all schedules see the same state of the machine
-            for i, (f, t) in enumerate(fns):
-                samples[i].append(f(*t).results[0])
+        for j in range(repeat):  # interleaved: all schedules see the same state of the machine; the samples
+            for i, (f, t) in enumerate(fns):   # spread over call depths, as the profiler's (stack page offsets)
+                samples[i].append(at_stack_depth(j % STACK_DEPTHS, lambda: f(*t)).results[0])
         out[name] = {**{k: float(np.median(v)) for k, v in zip(kinds, samples)},
                      "schedule": book(cfg).fingerprint(), "default_schedule": default_schedule(spec, cfg).fingerprint()}
     return out
