@@ -290,6 +290,23 @@ def test_subnets_are_timed_beside_a_reference_subnet_of_their_space(tmp_path, an
     assert all(0.5 < b / a < 2.0 for a, b in zip(first, again)), (first, again)
 
 
+def test_measure_again_in_a_fresh_process_lands_near_the_first_measurement(tmp_path):
+    """The self-agreement check's second measurement in a new process (its own stack and heap placement),
+    with the store's reference baseline: the same units as the first."""
+    from nasbnn_hw.profiling.profiler import measure_again
+    from nasbnn_hw.profiling.runners.local import LocalRunner
+    space = SearchSpace.from_dict(TINY)
+    timing = TimingSettings(warmup=1, repeat=3, min_sample_ms=0.2, reference=True, rounds=2)
+    archs = random_subnets(space, 2)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        profile_subnets(space, 0, "cpu-test", store, archs=archs, timing=timing, progress=False)
+        first = [r.median_s for r in store.query(kind="subnet")]     # in the order measured: archs
+    with LocalRunner("cpu-test", threads=1) as runner:
+        again = measure_again(space, archs, "cpu-test", runner, timing=timing, baseline_from=tmp_path / "m.db",
+                              fresh_process=True)
+    assert len(again) == 2 and all(0.5 < b / a < 2.0 for a, b in zip(first, again)), (first, again)
+
+
 def test_a_stored_subnet_keeps_the_reference_of_its_first_round(tmp_path, any_space_takes_a_reference_subnet):
     """Rounds against different references are never pooled: a subnet first measured against the reference
     layer (as every store before `subnet_reference` was) gets its later rounds against the layer too, while a
@@ -323,7 +340,7 @@ def test_killed_profiler_resumes_without_loss_or_duplicates(tmp_path):
     """SIGKILL a real `nasbnn-hw profile` run mid-way, run it again: every item stored exactly once and
     the rows written before the kill unchanged."""
     space_file = tmp_path / "tiny.toml"
-    lines = [f'name = "tiny"', "resolution = 8", "in_channels = 1", "num_classes = 4"]
+    lines = ['name = "tiny"', "resolution = 8", "in_channels = 1", "num_classes = 4"]
     for st in TINY["stage"]:
         lines.append("[[stage]]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in st.items()]

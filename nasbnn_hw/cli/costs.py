@@ -72,7 +72,7 @@ def _remeasurer(args):
     device, runner, target, profile = _device(args.device)
     timing = timing_for(profile)
     return (lambda space, archs: measure_again(space, archs, device, runner, target, timing=timing,
-                                               baseline_from=args.store)), runner
+                                               baseline_from=args.store, fresh_process=True)), runner
 
 
 def cmd_compare(args) -> int:

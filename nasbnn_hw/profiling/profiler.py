@@ -480,12 +480,23 @@ def subnet_reference_of(space, spec, book) -> tuple[str, Callable]:
 
 def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target="local", *,
                   timing: TimingSettings = TimingSettings(), progress: bool = False,
-                  baseline_from: str | Path | None = None, schedules=None) -> list[float]:
+                  baseline_from: str | Path | None = None, schedules=None, fresh_process: bool = False) -> list[float]:
     """Compile and time `archs` once more on `device`, independently of any stored measurement (into a
     throw-away store): seconds, one per arch. For how well a device agrees with itself. Under the reference
     protocol the device's reference baseline comes from the store `baseline_from` when it has one (the
     same units as the first measurement), else it is calibrated afresh. The subnets are built with
-    `schedules` (default: the device's tuned schedules in `baseline_from`)."""
+    `schedules` (default: the device's tuned schedules in `baseline_from`). `fresh_process`: on this
+    machine's CPU (no runner, or a `LocalRunner`), compile and time in a new Python process, which gets its
+    own stack and heap placement as a later profile run or a deployed program does: a second measurement in
+    the same process cannot see what depends on the process (docs/measurements.md)."""
+    from nasbnn_hw.profiling.runners.local import LocalRunner
+    if fresh_process and (runner is None or isinstance(runner, LocalRunner)):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+            return ex.submit(_measure_again_fresh, get_space(space), list(archs), device,
+                             runner.threads if runner is not None else 0, target, timing, progress, baseline_from,
+                             schedules).result()
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.profiling.timing import reference_key
     from nasbnn_hw.profiling.tuning import ScheduleBook
@@ -511,6 +522,15 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
         raise ProfileError(f"measuring {len(missing)} subnet(s) again on {device} failed: "
                            f"{next(iter(rep.failed.values()), 'no result')}")
     return [got[k] for k in keys]
+
+
+def _measure_again_fresh(space, archs, device: str, threads: int, target, timing, progress, baseline_from,
+                         schedules) -> list[float]:
+    """`measure_again` in a child process, with a local runner of its own."""
+    from nasbnn_hw.profiling.runners.local import LocalRunner
+    with LocalRunner(device, threads=threads) as runner:
+        return measure_again(space, archs, device, runner, target, timing=timing, progress=progress,
+                             baseline_from=baseline_from, schedules=schedules)
 
 
 def check_layers_cover(space: SearchSpace, archs: Iterable[Arch]) -> set[LayerConfig]:
