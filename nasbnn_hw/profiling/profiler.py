@@ -489,14 +489,15 @@ def measure_again(space, archs: Sequence[Arch], device: str, runner=None, target
     machine's CPU (no runner, or a `LocalRunner`), compile and time in a new Python process, which gets its
     own stack and heap placement as a later profile run or a deployed program does: a second measurement in
     the same process cannot see what depends on the process (docs/measurements.md)."""
-    from nasbnn_hw.profiling.runners.local import LocalRunner
-    if fresh_process and (runner is None or isinstance(runner, LocalRunner)):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-            return ex.submit(_measure_again_fresh, get_space(space), list(archs), device,
-                             runner.threads if runner is not None else 0, target, timing, progress, baseline_from,
-                             schedules).result()
+    if fresh_process:
+        from nasbnn_hw.profiling.runners.local import LocalRunner
+        if runner is None or isinstance(runner, LocalRunner):
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+                return ex.submit(_measure_again_fresh, get_space(space), list(archs), device,
+                                 runner.threads if runner is not None else 0, target, timing, progress, baseline_from,
+                                 schedules).result()
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.profiling.timing import reference_key
     from nasbnn_hw.profiling.tuning import ScheduleBook

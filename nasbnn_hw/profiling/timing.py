@@ -15,6 +15,10 @@ subnet measured a minute apart moved by 20-40 %. Two things take that out:
    block. A competing process or a neighbour on the host slows the machine for 0.5-2 s at a time, and
    cache-heavy subnets slow down more than the L1-resident reference; spread, every item sees the same mix
    of quiet and busy phases.
+3. *Call depths* (local runner): a kernel's time depends on where its stack data falls within a page, which
+   the OS randomises per process; at some offsets a kernel ran 15-50 % slower. Each visit of an item runs at
+   the next of `LocalRunner.stack_depths` C-stack depths, the reference at one depth chosen per process (where
+   its time is the median), so the kept value is the item's, not one process's offset.
 
 The value kept is the 20th percentile of all the item's normalised samples, pooled over its rounds
 (`pooled_estimate`): disturbances only ever add time, so a low quantile keeps the undisturbed machine.
@@ -224,7 +228,8 @@ class Protocol:
         """Time `lib`; with a reference, each burst times the reference right before the item (and once
         more after the last). A runner that can interleave (`time_interleaved`) alternates single samples
         of the reference and the item instead: every burst is then one sample, bracketed by two reference
-        samples taken just before and after it."""
+        samples taken just before and after it; on a runner with call depths (`LocalRunner.stack_depths`) each
+        call of `measure` for an item takes the next depth, the reference always its own (`_reference_depth`)."""
         args = _plain(args)
         n = self._number(runner, lib, args)
         if reference is not None and hasattr(runner, "time_interleaved"):
