@@ -304,6 +304,9 @@ def test_measure_again_in_a_fresh_process_lands_near_the_first_measurement(tmp_p
     with LocalRunner("cpu-test", threads=1) as runner:
         again = measure_again(space, archs, "cpu-test", runner, timing=timing, baseline_from=tmp_path / "m.db",
                               fresh_process=True)
+        assert not runner._modules            # timed by the child's own runner: nothing was loaded here
+        measure_again(space, archs[:1], "cpu-test", runner, timing=timing, baseline_from=tmp_path / "m.db")
+        assert runner._modules                # ... while the same call in this process loads the libraries here
     assert len(again) == 2 and all(0.5 < b / a < 2.0 for a, b in zip(first, again)), (first, again)
 
 

@@ -218,10 +218,13 @@ class Protocol:
         lib, args = reference[0], _plain(reference[1])
         n = self._number(runner, lib, args)
         depth = self._reference_depth(runner, lib, args, n)
-        if depth is not None:
-            return statistics.median(statistics.median(runner.time_interleaved(
-                [(lib, args, n)], warmup=1, repeat=self.repeat, depths=[depth])[0]) for _ in range(bursts))
-        return statistics.median(statistics.median(self._samples(runner, lib, args, n)) for _ in range(bursts))
+        if depth is None:
+            def burst():
+                return self._samples(runner, lib, args, n)
+        else:
+            def burst():
+                return runner.time_interleaved([(lib, args, n)], warmup=1, repeat=self.repeat, depths=[depth])[0]
+        return statistics.median(statistics.median(burst()) for _ in range(bursts))
 
     def measure(self, runner, lib: Path, args: Sequence[ArgSpec],
                 reference: tuple[Path, Sequence[ArgSpec]] | None) -> ItemTiming:

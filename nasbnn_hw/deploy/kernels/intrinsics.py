@@ -52,25 +52,18 @@ def _register(VL: int, name: str) -> None:  # noqa: N803 - the TVMScript bodies 
                                                          T.reinterpret(W.vload([h, lo], u8), dtype=i8)), dtype=u8)
         return one(0) + one(1)
 
-    if VL != 48:
-        @T.prim_func(s_tir=True)
-        def impl(C: T.Buffer((VL,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
-                 W: T.Buffer((2, VL), "uint8", offset_factor=1), X: T.Buffer((2, 16), "uint8", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:VL], W[0:2, 0:VL], X[0:2, 0:16])
-                T.writes(C[0:VL])
-                # one expression: Python names bound inside the body became buffers (workspace allocations inside
-                # a parallel loop), where LLVM could no longer keep the tables in registers
+    @T.prim_func(s_tir=True)
+    def impl(C: T.Buffer((VL,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+             W: T.Buffer((2, VL), "uint8", offset_factor=1), X: T.Buffer((2, 16), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:VL], W[0:2, 0:VL], X[0:2, 0:16])
+            T.writes(C[0:VL])
+            # one expression per register: Python names bound inside the body became buffers (workspace
+            # allocations inside a parallel loop), where LLVM could no longer keep the tables in registers
+            if VL == 48:   # decided when the script is parsed: the 32 and the 16 lanes in separate registers
+                C[T.ramp(T.int32(0), 1, 32)] = C.vload([0], "uint8x32") + lookup(X, W, 0, 32)     # (LLVM splits
+                C[T.ramp(T.int32(32), 1, 16)] = C.vload([32], "uint8x16") + lookup(X, W, 32, 16)  # <48 x i8>)
+            else:
                 C[T.ramp(T.int32(0), 1, VL)] = C.vload([0], f"uint8x{VL}") + lookup(X, W, 0, VL)
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(C: T.Buffer((48,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
-                 W: T.Buffer((2, 48), "uint8", offset_factor=1), X: T.Buffer((2, 16), "uint8", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:48], W[0:2, 0:48], X[0:2, 0:16])
-                T.writes(C[0:48])
-                # the 32 and the 16 lanes in separate registers (LLVM splits one <48 x i8> element by element)
-                C[T.ramp(T.int32(0), 1, 32)] = C.vload([0], "uint8x32") + lookup(X, W, 0, 32)
-                C[T.ramp(T.int32(32), 1, 16)] = C.vload([32], "uint8x16") + lookup(X, W, 32, 16)
 
     TensorIntrin.register(name, desc, impl, override=True)

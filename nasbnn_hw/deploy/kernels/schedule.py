@@ -142,11 +142,8 @@ def chunk_lanes(tile: int, lanes: int, strategy: str = "nibble") -> int:
     """Lanes of each step of a nibble or byte schedule on a channel tile of `tile`: `lanes` when they
     divide the tile; for 32-lane nibble lookups, JOINED_LANES when that does; else 16 when that does; else 0
     (the tile cannot be covered in whole vectors)."""
-    joined = JOINED_LANES if strategy == "nibble" and lanes == 32 else 0
-    for v in (lanes, joined, 16):
-        if v and (v <= lanes or v == joined) and tile % v == 0:
-            return v
-    return 0
+    options = [lanes] + ([JOINED_LANES] if strategy == "nibble" and lanes == 32 else []) + ([16] if lanes > 16 else [])
+    return next((v for v in options if tile % v == 0), 0)
 
 
 LEGACY_X86 = CpuSchedule(7, 16, 8, "int64")
