@@ -20,6 +20,7 @@ CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
     ("128->128 28x28 3x3", 128, 128, 3, 1, 28),
     ("512->512 7x7 1x1", 512, 512, 1, 1, 7),
     ("384->384 14x14 5x5 g4", 384, 384, 5, 4, 14),
+    ("192->384 14x14 1x1", 192, 384, 1, 1, 14),   # beside tuned_layers.py's whole layer: the epilogue's share
 ]
 
 
