@@ -435,10 +435,16 @@ def test_predictor_parameters_validated():
 def test_lut_reads_rows_by_config_not_row_key(tmp_path):
     from nasbnn_hw.profiling.store import Measurement
     st = MeasurementStore(tmp_path / "m.db")
+    from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.tuning import ScheduleBook
     layers = space_layer_configs(SMALL)
-    # an AVX-512 target: rows without a schedule were taken with its default (legacy) schedule
+    # an AVX-512 target: rows without a schedule were taken with the legacy schedule, its default where dense
+    # rows save nothing; the other layers' rows name their (dense) schedule
+    book = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "icelake-server"}))
+    configs = [c.to_dict() if book.layer_key(c) == c.key() else book.layer_config(c) for c in layers]
+    assert 0 < sum("schedule" in d for d in configs) < len(configs)
     st.add_many(Measurement("d", "llvm -mcpu=icelake-server", "0.27", "layer", f"row{n}",
-                            {**c.to_dict(), "dtype": "int32"},
+                            {**configs[n], "dtype": "int32"},
                             median_s=1e-5 * (n + 1), iqr_s=0.0, repeats=3, samples=(1e-5,))
                 for n, c in enumerate(layers))
     lut = get_cost_model("lut@d", SMALL, store=st)

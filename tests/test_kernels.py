@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from _bnn_reference import StaticBlock, StaticStem, shortcut
 from nasbnn_hw.deploy.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
 from nasbnn_hw.deploy.kernels import schedule as S
-from nasbnn_hw.deploy.kernels.binary import border_classes, byte_weights, nibble_weights, pack_weights, \
-    padding_correction, weights_for
+from nasbnn_hw.deploy.kernels.binary import border_classes, byte_weights, dense_saves, dense_weights, \
+    nibble_weights, pack_weights, padding_correction, weights_for
 from nasbnn_hw.deploy.kernels.layer import build_binary_conv
 from nasbnn_hw.deploy.kernels.params import binary_half_params, head_params, stem_params
 from nasbnn_hw.core.layers import LayerConfig
@@ -100,11 +100,13 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
-    assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.AVX2_X86   # 40: no 16 lanes
+    # 40: no 16 lanes; 3 x 40 bits of a kernel row fit 2 words dense, 3 per tap
+    assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.DENSE_AVX2
+    assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 1, 1, 1, 8)) == S.AVX2_X86  # 1x1: nothing to save
     assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.NIBBLE_X86_48  # 48: 32 + 16 lanes
     assert S.NIBBLE_X86_48.tile_of(LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == (4, 48, 48)
     assert S.chunk_lanes(48, 32, "byte") == 16 and S.chunk_lanes(48, 32) == S.JOINED_LANES   # joined: nibble only
-    assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.AVX2_X86   # 24: no 16 lanes
+    assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.DENSE_AVX2  # 24: no 16 lanes
     assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
     rpi4 = resolve_target("rpi4")
     assert S.default_schedule(rpi4, cfg) == S.BYTE_ARM and S.default_schedule(rpi4, LayerConfig(
@@ -121,6 +123,56 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     legacy = S.LEGACY_X86.to_dict()
     del legacy["strategy"]                        # schedules stored before strategies existed
     assert S.CpuSchedule.from_dict(legacy) == S.LEGACY_X86
+
+
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,res,sched", [
+    (96, 96, 5, 2, 1, 10, S.DENSE_X86),           # 48 per group: a 5x5 row in 4 words, not 5
+    (96, 96, 5, 2, 2, 10, S.DENSE_AVX2),          # stride 2
+    (768, 768, 3, 8, 1, 5, S.DENSE_X86),          # 96 per group: a 3x3 row in 5 words, not 6
+    (64, 64, 3, 2, 2, 6, S.CpuSchedule(4, 16, 8, "int64", strategy="dense")),  # 32 per group, stride 2
+    (40, 40, 5, 1, 1, 3, S.DENSE_X86),            # 40 channels (not whole bytes), image smaller than the reach
+    (160, 160, 5, 2, 1, 4, S.CpuSchedule(2, 8, 1, "int64", strategy="dense")),  # 80 per group, scalar popcount
+    (48, 96, 3, 2, 1, 5, S.DENSE_ARM),            # C_out > C_in, 24 per group, int32 accumulators
+])
+@pytest.mark.parametrize("target", ["local", "haswell"])
+def test_dense_rows_are_exact(c_in, c_out, k, groups, stride, res, sched, target):
+    """The dense-row strategy (each kernel row's taps back to back in words) against PyTorch, on this CPU's
+    target and the AVX2 one."""
+    assert sched.fits(LayerConfig("bconv", c_in, c_out, k, groups, stride, res))
+    lay = build_binary_conv(c_in, c_out, k, groups, stride, res, target=HASWELL if target == "haswell" else "local",
+                            tile=sched.tile())
+    g = torch.Generator().manual_seed(c_in + k + stride)
+    x = torch.randn(1, c_in, res, res, generator=g)
+    move = torch.randn(c_in, generator=g) * 0.3
+    w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
+    params = {"x": nhwc(x), "move_in": move.numpy(),
+              "weight": weights_for(pack_weights(w.numpy(), groups), c_in // groups, "dense"),
+              "corr": padding_correction(w.numpy(), groups, (res, res), stride, k // 2)[0]}
+    ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
+    np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
+
+
+def test_dense_weights_and_where_dense_schedules_apply():
+    w = np.ones((2, 48, 3, 3), np.float32)
+    w[0, 5, 1, 0] = -1                            # row 1, tap 0, channel 5: dense bit 5 of word 0
+    w[1, 20, 1, 2] = -1                           # row 1, tap 2, channel 20: dense bit 2 * 48 + 20 = 116, word 1
+    d = dense_weights(pack_weights(w, 1), 48)
+    assert d.shape == (3, 3, 2) and d.dtype == np.uint64      # 3 taps x 48 bits = 144: 3 words per row
+    full = (1 << 64) - 1
+    assert int(d[1, 0, 0]) == full ^ (1 << 5) and int(d[1, 1, 1]) == full ^ (1 << (116 - 64))
+    assert int(d[0, 2, 0]) == (1 << 16) - 1       # the row's last 16 bits; the rest of the word is 0
+    assert not dense_saves(48, 3) and dense_saves(48, 5) and not dense_saves(64, 5) and not dense_saves(40, 1)
+    assert dense_saves(96, 3) and dense_saves(40, 3)
+    avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
+    assert not S.DENSE_X86.fits(LayerConfig("bconv", 192, 192, 3, 4, 1, 8))   # 48 x 3: saves nothing
+    assert S.default_schedule(avx512, LayerConfig("bconv", 96, 96, 5, 2, 1, 28)) == S.DENSE_X86
+    assert S.default_schedule(avx512, LayerConfig("bconv", 192, 192, 3, 4, 1, 8)) == S.LEGACY_X86
+    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 28)) == S.NIBBLE_X86_48  # lookups first
+    assert S.DENSE_X86.fingerprint() == "dense-p7c16v8-int64-pm131072"
+    assert S.CpuSchedule.from_dict(S.DENSE_X86.to_dict()) == S.DENSE_X86
+    cands = S.candidate_schedules(avx512, LayerConfig("bconv", 96, 96, 5, 2, 1, 28))
+    assert cands[0] == S.DENSE_X86 and S.LEGACY_X86 in cands          # tune weighs it against the word tile
+    assert "dense" not in {c.strategy for c in S.candidate_schedules(avx512, LayerConfig("bconv", 64, 64, 3, 1, 1, 8))}
 
 
 def test_spare_bits_never_count():

@@ -104,7 +104,8 @@ def test_profile_layers_then_skip(tmp_path):
         for r in rows:
             assert KEY(layer_from_config(r.config)) == r.key
             if r.config["kind"] == "bconv":  # the schedule it was built with travels with it
-                assert r.config["schedule"] == default_schedule(resolve_target("local")).fingerprint()
+                cfg = layer_from_config(r.config)
+                assert r.config["schedule"] == default_schedule(resolve_target("local"), cfg).fingerprint()
             assert len(r.samples) == 3 and r.median_s > 0 and r.iqr_s >= 0 and r.repeats == 3
         rep2 = profile_layers(space, "cpu-test", store, _TimeEvaluatorRunner(), layers=layers, timing=FAST,
                               progress=False)
@@ -210,16 +211,17 @@ def test_imprecise_items_take_further_rounds_up_to_max_rounds_and_resume(tmp_pat
     space = SearchSpace.from_dict(TINY)
     layers = enumerate_layers(space)[:2]
     noisy = KEY(layers[1])
+    noisy_lib = layers[1].key()     # the library's file name (the store key may add the schedule)
     timing = TimingSettings(warmup=1, repeat=3, number=1, reference=True, rounds=2, precision=0.01, max_rounds=6)
     with MeasurementStore(tmp_path / "m.db") as store:
-        rep = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy), layers=layers, timing=timing,
+        rep = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy_lib), layers=layers, timing=timing,
                              progress=False)
         n = {r.key: store.rounds(r.device, r.target, r.tvm_version, "layer", r.key) for r in store.query()}
         assert n == {KEY(layers[0]): 2, noisy: 6} and len(rep.measured) == 8
         row = next(r for r in store.query() if r.key == noisy)
         pooled = [x for r in store.round_samples(row.device, row.target, row.tvm_version, "layer", noisy) for x in r]
         assert len(pooled) == 18 and quantile_ci(pooled) > 0.01
-        more = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy), layers=layers,
+        more = profile_layers(space, "cpu-test", store, _NoisyRunner(noisy_lib), layers=layers,
                               timing=dataclasses.replace(timing, max_rounds=8), progress=False)
         assert more.measured == [noisy, noisy] and more.skipped == 1
     with pytest.raises(ProfileError, match="precision=0.01 needs the reference protocol"):

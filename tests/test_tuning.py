@@ -132,7 +132,8 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
         # the winner of a tune (planted: which schedule wins depends on the machine)
         st.add_tuned_schedule("local", LOCAL.description(), _version(), cfg.key(), other.to_dict(), 1e-6, 2e-6, [])
         book = ScheduleBook.load(st, "local", "local")
-        assert book(cfg) == other and book(LayerConfig("bconv", 24, 24, 3, 1, 1, 8)) == S.default_schedule(LOCAL)
+        untuned = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)
+        assert book(cfg) == other and book(untuned) == S.default_schedule(LOCAL, untuned)
         rep = profile_layers(space, "local", st, timing=FAST, layers=[cfg], progress=False)
         assert rep.measured == [f"{cfg.key()} @{other.fingerprint()}"]  # measured again, under its own key
         with_layer = [a for a in random_subnets(space, 40, seed=5)
@@ -159,21 +160,27 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
 
 
 def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
-    """Stores written before schedules existed hold bare keys: a target whose default is the legacy schedule
-    (AVX-512; NEON on layers the byte strategy does not cover) keeps them; AVX2's and NEON's own defaults
-    name themselves, so legacy rows are not mixed with them."""
+    """Stores written before schedules existed hold bare keys: a layer whose default is the legacy schedule
+    (AVX-512 where dense rows save nothing; NEON on layers the byte strategy does not cover) keeps them;
+    AVX2's, NEON's and the dense defaults name themselves, so legacy rows are not mixed with them."""
     space = get_space("small16")
     cfg, arch = LayerConfig("bconv", 16, 16, 3, 1, 1, 8), random_subnets(space, 1, seed=1)[0]
     book = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "icelake-server"}))
-    assert book.all_legacy and book.layer_key(cfg) == cfg.key() and book.subnet_key(arch, space) == arch.to_json()
+    wide = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
+    assert not book.all_legacy and book.layer_key(wide) == wide.key()      # 64 channels: nothing to save
+    assert book.layer_key(cfg) == f"{cfg.key()} @{S.DENSE_X86.fingerprint()}"   # a 3 x 16-bit row in one word
+    assert book.subnet_key(arch, space).startswith(arch.to_json() + " @")
+    gpu = ScheduleBook(resolve_target("cuda-sm80"))
+    assert gpu.all_legacy and gpu.subnet_key(arch, space) == arch.to_json()
     arm = ScheduleBook(resolve_target("rpi4"))
     assert not arm.all_legacy and arm.layer_key(cfg) == f"{cfg.key()} @byte-p2c128v16-int16-pm131072"
     narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)
     assert arm.layer_key(narrow) == narrow.key() and arm.subnet_key(arch, space).startswith(arch.to_json() + " @")
     avx2 = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "haswell"}))
-    wide = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)   # whole 32-lane lookups
     assert avx2(wide) == S.NIBBLE_X86 and avx2.layer_key(wide) == f"{wide.key()} @nib-p7c64v32-int16-pm131072"
-    assert avx2(cfg) == avx2(narrow) == S.AVX2_X86 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.AVX2_X86.fingerprint()}"
+    assert avx2(cfg) == avx2(narrow) == S.DENSE_AVX2 and avx2.layer_key(narrow) == f"{narrow.key()} @{S.DENSE_AVX2.fingerprint()}"
+    one = LayerConfig("bconv", 24, 24, 1, 1, 1, 8)
+    assert avx2(one) == S.AVX2_X86 and avx2.layer_key(one) == f"{one.key()} @{S.AVX2_X86.fingerprint()}"
     assert avx2.subnet_key(arch, space).startswith(arch.to_json() + " @")
     assert avx2.layer_key(LayerConfig("stem", 1, 16, 3, 1, 1, 16)) == "stem_i1_o16_k3_g1_s1_r16"
 

@@ -99,9 +99,9 @@ class ScheduleBook:
         from nasbnn_hw.deploy.kernels.schedule import legacy_schedule, target_defaults
         if self.spec.is_gpu:
             return True
-        word, chunked = target_defaults(self.spec)
+        word, others = target_defaults(self.spec)
         return all(s == legacy_schedule(self.spec) for s in self.tuned.values()) and \
-            word == legacy_schedule(self.spec) and not chunked
+            word == legacy_schedule(self.spec) and not others
 
     # --- keys and configs of measurements
     def layer_key(self, cfg: LayerConfig) -> str:

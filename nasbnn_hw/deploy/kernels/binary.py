@@ -125,7 +125,33 @@ def weights_for(words: np.ndarray, channels_per_group: int, strategy: str) -> np
     """The weight argument of a binary conv built with `strategy` from its packed 64-bit words."""
     if strategy == "word":
         return words
+    if strategy == "dense":
+        return dense_weights(words, channels_per_group)
     return (nibble_weights if strategy == "nibble" else byte_weights)(words, channels_per_group)
+
+
+def dense_words(channels_per_group: int, kernel: int) -> int:
+    """Words of one kernel row in the dense layout: its `kernel` taps x `channels_per_group` bits back to back."""
+    return math.ceil(kernel * channels_per_group / WORD_BITS)
+
+
+def dense_saves(channels_per_group: int, kernel: int) -> bool:
+    """Whether a kernel row takes fewer words dense than one word (or more) per tap: channel counts that
+    leave spare bits in their last word (48 channels: a 5x5 row is 4 words dense, 5 per tap)."""
+    return dense_words(channels_per_group, kernel) < kernel * words_per_group(channels_per_group)
+
+
+def dense_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> dense rows (k, dense_words, F) uint64: row ky holds tap
+    (ky, kx), channel c at bit kx * Cg + c; the bits past the row are 0."""
+    k, _, nw, f = words.shape
+    cg = channels_per_group
+    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 3, 1, 2), "<u8").view(np.uint8).reshape(
+        k, f, k, nw * 8), axis=-1, bitorder="little")[..., :cg].reshape(k, f, k * cg)
+    row = np.zeros((k, f, dense_words(cg, k) * WORD_BITS), np.uint8)
+    row[..., :k * cg] = bits
+    dense = np.packbits(row, axis=-1, bitorder="little").view("<u8")  # k, f, dense words
+    return np.ascontiguousarray(dense.transpose(0, 2, 1)).astype(np.uint64)
 
 
 def clear_spare_bits(words: np.ndarray, channels_per_group: int) -> np.ndarray:
@@ -180,6 +206,57 @@ def xnor_popcount_conv(xp, wp, kernel: int, stride: int, out_hw: tuple[int, int]
         lambda n, y, x, o: te.sum(
             tvm.tirx.popcount(xp[n, y * stride + ky, x * stride + kx, o // fg, rc] ^ wp[ky, kx, rc, o]
                               ).astype(acc_dtype), axis=[ky, kx, rc]),
+        name=f"{name}_acc")
+
+
+def dense_windows(packed, kernel: int, stride: int, out_w: int, channels_per_group: int, name: str):
+    """Packed words (N, Hp, Wp, groups, words) -> each output column's kernel-row window in the dense layout,
+    (N, Hp, groups, Wo, dense_words) uint64: word j of window x holds bits 64j.. of the taps x * stride + kx,
+    tap kx's channel c at bit kx * Cg + c, the bits past the window 0. Every word is an OR of the pixel
+    words it overlaps, shifted by constants (the j loop is unrolled)."""
+    import tvm
+    from tvm import te
+    n_, hp, _, groups, nw = (int(v) for v in packed.shape)
+    cg = channels_per_group
+    nd = dense_words(cg, kernel)
+    zero = tvm.tirx.const(0, WORD_DTYPE)
+
+    def _word(n, y, g, x, j):
+        per_j = []
+        for jj in range(nd):
+            v = zero
+            for kx in range(kernel):
+                for w in range(nw):
+                    # bits [lo, lo + bits) of this pixel word sit at dense bits kx * cg + 64 w + ...
+                    at, bits = kx * cg + w * WORD_BITS - jj * WORD_BITS, min(WORD_BITS, cg - w * WORD_BITS)
+                    if at >= WORD_BITS or at + bits <= 0:
+                        continue
+                    src = packed[n, y, x * stride + kx, g, w]
+                    v = v | (src << tvm.tirx.const(at, WORD_DTYPE) if at >= 0 else src >> tvm.tirx.const(-at, WORD_DTYPE))
+            per_j.append(v)
+        out = per_j[-1]
+        for jj in range(nd - 2, -1, -1):
+            out = tvm.tirx.Select(j == jj, per_j[jj], out)
+        return out
+
+    return te.compute((n_, hp, groups, out_w, nd), _word, name=f"{name}_windows")
+
+
+def dense_popcount_conv(windows, wd, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
+                        acc_dtype: str = "int64"):
+    """popcount(window word XOR dense weight word) summed over kernel rows and `dense_words`: the same sums
+    as `xnor_popcount_conv` with fewer words where a group's channels leave spare bits (`dense_saves`)."""
+    import tvm
+    from tvm import te
+    n_, _, groups, _, nd = (int(v) for v in windows.shape)
+    f = int(wd.shape[-1])
+    fg = f // groups
+    ky = te.reduce_axis((0, kernel), name=f"{name}_ky")
+    rj = te.reduce_axis((0, nd), name=f"{name}_rj")
+    return te.compute(
+        (n_, *out_hw, f),
+        lambda n, y, x, o: te.sum(tvm.tirx.popcount(windows[n, y * stride + ky, o // fg, x, rj] ^ wd[ky, rj, o]
+                                                    ).astype(acc_dtype), axis=[ky, rj]),
         name=f"{name}_acc")
 
 
@@ -291,6 +368,11 @@ def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int,
         weight = te.placeholder((k, k, nb, out_channels), "uint8", name=f"{name}_weight")
         xb = input_bytes(packed, nb, name)
         return weight, byte_popcount_conv(xb, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+    if strategy == "dense":
+        weight = te.placeholder((k, dense_words(cg, k), out_channels), WORD_DTYPE, name=f"{name}_weight")
+        out_hw = _out_hw(x, k, stride)
+        windows = dense_windows(packed, k, stride, out_hw[1], cg, name)
+        return weight, dense_popcount_conv(windows, weight, k, stride, out_hw, name, acc_dtype)
     weight = te.placeholder((k, k, words_per_group(cg), out_channels), WORD_DTYPE, name=f"{name}_weight")
     return weight, xnor_popcount_conv(packed, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
 

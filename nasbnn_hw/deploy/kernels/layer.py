@@ -87,9 +87,10 @@ def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     layout its kernel's `placeholders` take (nibble and byte strategies: `binary.weights_for`)."""
     from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
-    if cfg.kind == "bconv" and w is not None and str(w.dtype) == "uint8" and "weight" in given \
-            and np.asarray(given["weight"]).dtype == np.uint64:
-        strategy = "nibble" if len(w.shape) == 5 else "byte"
+    if cfg.kind == "bconv" and w is not None and (str(w.dtype) == "uint8" or len(w.shape) == 3) \
+            and "weight" in given and np.asarray(given["weight"]).dtype == np.uint64 \
+            and np.asarray(given["weight"]).ndim == 4:
+        strategy = {5: "nibble", 4: "byte", 3: "dense"}[len(w.shape)]
         return {**given, "weight": weights_for(np.asarray(given["weight"]), cfg.in_channels // cfg.groups, strategy)}
     return given
 

@@ -3,9 +3,9 @@ in registers over an unrolled word loop, the epilogue fused into the tile, rows 
 thread per output element (source generation; no tuning here)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.binary import WORD_BITS, words_per_group
+from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
 
@@ -27,8 +27,10 @@ PARALLEL_MIN = 1 << 17
 ACC_DTYPES = ("int64", "int32", "int16")
 # "word": 64-bit words XOR + popcount, output channels in vector lanes (`CpuSchedule`); "nibble": 4-bit
 # table lookups with `vpshufb` and 8-bit accumulators (`binary.nibble_popcount_conv`), x86 with AVX2;
-# "byte": byte popcounts (NEON `cnt`) with 8-bit accumulators (`binary.byte_popcount_conv`).
-STRATEGIES = ("word", "nibble", "byte")
+# "byte": byte popcounts (NEON `cnt`) with 8-bit accumulators (`binary.byte_popcount_conv`); "dense": the
+# word strategy over each kernel row's taps packed back to back (`binary.dense_windows`), for groups whose
+# channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`).
+STRATEGIES = ("word", "nibble", "byte", "dense")
 CHUNKED = ("nibble", "byte")  # the strategies that accumulate bytes in 8-bit lanes
 
 
@@ -50,7 +52,9 @@ class CpuSchedule:
     `strategy="nibble"` replaces the popcount by table lookups (see `binary.nibble_popcount_conv`), and
     `strategy="byte"` counts bytes (`binary.byte_popcount_conv`): `vector` is then the 8-bit lanes of one
     step (nibble: 32 on AVX2, or 16 where the channel tile is not a multiple of 32), `acc_dtype` the
-    accumulator the 8-bit chunk sums are widened into."""
+    accumulator the 8-bit chunk sums are widened into. `strategy="dense"` is the word strategy over dense
+    kernel rows (`binary.dense_windows`): the same tile and lanes, fewer words where a group's channels leave
+    spare bits in their last word; it builds only such layers (`fits`)."""
     pixels: int
     channels: int
     vector: int
@@ -83,7 +87,7 @@ class CpuSchedule:
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        tag = {"nibble": "nib-", "byte": "byte-"}.get(self.strategy, "")
+        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -104,12 +108,15 @@ class CpuSchedule:
 
     def fits(self, cfg) -> bool:
         """Whether this schedule can build layer `cfg`: the accumulator holds every popcount sum (taps x
-        input channels per group), and a nibble or byte schedule's channel tile is whole vectors."""
+        input channels per group), a nibble or byte schedule's channel tile is whole vectors, and a dense
+        schedule saves words on it (`binary.dense_saves`)."""
         if cfg.kind != "bconv":
             return True
         bound = cfg.kernel * cfg.kernel * words_per_group(cfg.in_channels // cfg.groups) * WORD_BITS
         if bound >= {"int64": 2 ** 63, "int32": 2 ** 31, "int16": 2 ** 15}[self.acc_dtype]:
             return False
+        if self.strategy == "dense":
+            return dense_saves(cfg.in_channels // cfg.groups, cfg.kernel)
         return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
     def tile_of(self, cfg) -> tuple[int, int, int]:
@@ -166,6 +173,13 @@ NIBBLE_X86_48_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="nibble")
 # LEGACY_ARM's inner loop on the 3x3 layers (docs/measurements.md, "ARM without a board"); not timed on a board.
 BYTE_ARM = CpuSchedule(2, 128, 16, "int16", strategy="byte")
 BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
+# Dense kernel rows (`binary.dense_windows`) with the word schedules' tiles, where a layer's groups leave
+# spare bits in their last word. Binary conv alone, this CPU's word tile against its dense variant (AMD EPYC
+# Zen 4, docs/measurements.md, "Dense kernel rows"): AVX-512 1.14-1.20x on 5x5 g2 (48 channels per group),
+# 5x5 g4 and 3x3 g8 (96), 3x3 g2 (32); AVX2 code 1.17-1.33x.
+DENSE_X86 = replace(LEGACY_X86, strategy="dense")
+DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
+DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
 CPU_TILE = LEGACY_X86.tile()
 
 # The schedules `tune` tries per layer (deduplicated by what they compile to for the layer). Chosen to
@@ -178,12 +192,14 @@ X86_CANDIDATES = (
     CpuSchedule(4, 4, 1, "int64"),
     NIBBLE_X86, *(CpuSchedule(p, c, 32, "int16", strategy="nibble")
                   for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128), (7, 96), (2, 96))),
+    DENSE_X86, DENSE_AVX2, CpuSchedule(4, 16, 8, "int64", strategy="dense"), CpuSchedule(14, 8, 8, "int64", strategy="dense"),
 )
 ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
     CpuSchedule(2, 16, 4, "int32"), CpuSchedule(4, 4, 4, "int32"), CpuSchedule(4, 8, 8, "int16"),
     CpuSchedule(4, 8, 2, "int64"), CpuSchedule(2, 4, 1, "int64"),
     BYTE_ARM, *(CpuSchedule(p, c, 16, "int16", strategy="byte") for p, c in ((4, 64), (8, 32), (4, 32), (7, 32))),
+    DENSE_ARM, CpuSchedule(4, 16, 4, "int32", strategy="dense"),
 )
 
 
@@ -217,25 +233,26 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     whose channel tile they cover in whole 32-lane lookups, `NIBBLE_X86_48` for groups of 48 channels (a 32-
     and a 16-lane lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
     only, the word schedule was as fast: docs/measurements.md).
-    The 16-bit accumulators become 32-bit where a layer could overflow them. Without a layer (`cfg` None):
-    the target's word schedule."""
-    word, chunked = target_defaults(spec)
+    The 16-bit accumulators become 32-bit where a layer could overflow them. On x86, a layer left to the
+    word schedule takes its dense-row variant (`DENSE_X86`, `DENSE_AVX2`) where that saves words (`fits`).
+    Without a layer (`cfg` None): the target's word schedule."""
+    word, others = target_defaults(spec)
     if cfg is not None and cfg.kind == "bconv":
-        for s in chunked:
-            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES):   # whole 32-lane (or joined) lookups
+        for s in others:
+            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES):   # whole vectors (or joined lookups)
                 return s
     return word
 
 
 def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
-    """(word schedule, nibble/byte schedules in order of preference) of a target's untuned layers."""
+    """(word schedule, the other schedules of untuned layers in order of preference: nibble, byte, dense)."""
     fam = target_family(spec)
     if fam == "aarch64":
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
     if spec is None or _has_feature(spec, "avx512f"):
-        return LEGACY_X86, ()
+        return LEGACY_X86, (DENSE_X86,)
     return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
-                      if _has_feature(spec, "avx2") else ())
+                      if _has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
@@ -336,6 +353,11 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     cpu_pack(sch, name, tile_cfg)
+    if (tile_cfg or {}).get("strategy") == "dense":
+        win = sch.get_sblock(f"{name}_windows")
+        loops = sch.get_loops(win)
+        sch.unroll(loops[-1])
+        _maybe_parallel(sch, _iterations(sch, win) * 64, loops[:2], tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
     if (tile_cfg or {}).get("strategy") in CHUNKED:
