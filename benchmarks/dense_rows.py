@@ -1,13 +1,14 @@
 """Dense kernel rows against one word per tap: the binary conv alone (sign + pack + XOR/popcount, int32 out),
 word schedule and its dense-row variant, per layer shape.
 
-    python benchmarks/dense_rows.py [--mcpu haswell] [--threads 1] [--rounds 5] [--calls 0]
+    python benchmarks/dense_rows.py [--mcpu haswell] [--threads 1] [--samples 24]
 
 Layers whose groups leave spare bits in their last word (48 or 96 channels per group, 16 or 32) read fewer
 words per kernel row when the row's taps are packed back to back (`binary.dense_windows`). For each shape both
 kernels are built with the target's word tile (`strategy` word and dense), checked to give the same output,
-then timed in alternation in this process (`rounds` rounds, each a burst of calls of one kernel, then the
-other); printed: medians in us, word / dense (> 1: dense faster), and the words per output the two read.
+then timed sample by sample in alternation in this process, each sample (at least 5 ms of calls) at the next
+of the runner's call depths; printed: medians in us, word / dense (> 1: dense faster), and the words per
+output the two read.
 `--mcpu haswell` builds the AVX2 code (runs on an AVX-512 CPU too). Then a JSON line.
 """
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 CASES = [  # (c_in, c_out, kernel, groups, stride, resolution)
     (96, 96, 5, 2, 1, 28),      # 48 per group (benchmarks/tuned_layers.py)
@@ -35,21 +35,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mcpu", help="compile for this LLVM CPU (e.g. haswell: the AVX2 kernels)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=0, help="calls per burst (0: about 20 ms of the word kernel)")
+    ap.add_argument("--samples", type=int, default=24, help="samples per kernel (each >= 5 ms of calls)")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
     import numpy as np
     import tvm
+    tvm.get_global_func("runtime.config_threadpool")(1, a.threads)   # as LocalRunner sizes the pool
 
     from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.deploy.kernels.binary import dense_words, words_per_group
     from nasbnn_hw.deploy.kernels.layer import build_binary_conv
     from nasbnn_hw.deploy.kernels.schedule import target_defaults
+    from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     target = {"kind": "llvm", "mcpu": a.mcpu} if a.mcpu else "local"
     word = target_defaults(resolve_target(target))[0]
     print(f"target {a.mcpu or 'this CPU'}, word tile {word.fingerprint()}, {a.threads} thread(s), medians of "
-          f"{a.rounds} alternated rounds")
+          f"{a.samples} interleaved samples")
     print(f"{'layer':<26}{'words':>8}{'word us':>10}{'dense us':>10}{'word/dense':>12}")
     rows = []
     dev = tvm.cpu(0)
@@ -60,29 +61,16 @@ def main(argv=None) -> int:
             lay = build_binary_conv(ci, co, k, g, st, res, target=target, tile={**word.tile(), "strategy": strategy})
             ts = [tvm.runtime.empty(x.shape, x.dtype, dev) if x.is_output else tvm.runtime.tensor(x.data, dev)
                   for x in lay.args]
-            fn = lay.executable["main"]
-            fn(*ts)
+            lay.executable["main"](*ts)
             outs[strategy] = ts[-1].numpy()
-            fns[strategy] = (fn, ts)
+            fns[strategy] = (lay.executable.mod.time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=5), ts)
         if not np.array_equal(outs["word"], outs["dense"]):
             print(f"{name}: the dense kernel's output differs from the word kernel's", file=sys.stderr)
             return 1
-        calls = a.calls
-        if not calls:
-            fn, ts = fns["word"]
-            t = time.perf_counter()
-            for _ in range(10):
-                fn(*ts)
-            calls = max(10, int(0.02 / ((time.perf_counter() - t) / 10)))
         times = {s: [] for s in fns}
-        for _ in range(a.rounds):
-            for s, (fn, ts) in fns.items():
-                for _ in range(max(1, calls // 10)):   # warm the caches for this kernel
-                    fn(*ts)
-                t = time.perf_counter()
-                for _ in range(calls):
-                    fn(*ts)
-                times[s].append((time.perf_counter() - t) / calls * 1e6)
+        for j in range(a.samples):  # interleaved, each sample at the next call depth (stack page offsets, as
+            for s, (ev, ts) in fns.items():   # the profiler and benchmarks/tuned_layers.py spread them)
+                times[s].append(at_stack_depth(j % STACK_DEPTHS, lambda: ev(*ts)).results[0] * 1e6)
         med = {s: statistics.median(v) for s, v in times.items()}
         cg = ci // g
         words = f"{k * k * words_per_group(cg)}/{k * dense_words(cg, k)}"
