@@ -20,6 +20,12 @@ the weight nibble as index: one `vpshufb` looks up 32 output channels at once an
 accumulate in 8-bit lanes for up to 31 bytes before they are widened (`CHUNK_MAX`). Spare bits are 0
 on both sides as in the word layout, so they never count; padding is all-zero words as above.
 
+Dense strategy (`dense_windows`, `dense_popcount_conv`, any CPU). A group whose channel count `Cg` leaves
+spare bits in its last word wastes them once per tap. Dense rows pack a kernel row's `k` taps back to back,
+tap `kx` channel `c` at bit `kx * Cg + c`, in `ceil(k Cg / 64)` words instead of `k * ceil(Cg / 64)`:
+weights `(k, dense_words, F)`, and per call each output column's row windows built from the packed words.
+Same sums as the word strategy; padding and its correction unchanged.
+
 Byte strategy (`byte_popcount_conv`, aarch64 NEON): the same chunked 8-bit accumulation on whole bytes,
 weights `(k, k, bytes, F)`: `cnt` counts 16 lanes of bytes in one instruction with no widening per word.
 """
@@ -227,7 +233,7 @@ def dense_windows(packed, kernel: int, stride: int, out_w: int, channels_per_gro
             v = zero
             for kx in range(kernel):
                 for w in range(nw):
-                    # bits [lo, lo + bits) of this pixel word sit at dense bits kx * cg + 64 w + ...
+                    # word w of tap kx (its `bits` channels) starts at bit `at` of window word jj
                     at, bits = kx * cg + w * WORD_BITS - jj * WORD_BITS, min(WORD_BITS, cg - w * WORD_BITS)
                     if at >= WORD_BITS or at + bits <= 0:
                         continue

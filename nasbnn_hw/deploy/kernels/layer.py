@@ -84,7 +84,7 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
 
 def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     """`given` parameters of layer `cfg` (`params.binary_half_params`: packed 64-bit weight words) in the
-    layout its kernel's `placeholders` take (nibble and byte strategies: `binary.weights_for`)."""
+    layout its kernel's `placeholders` take (nibble, byte and dense strategies: `binary.weights_for`)."""
     from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
     if cfg.kind == "bconv" and w is not None and (str(w.dtype) == "uint8" or len(w.shape) == 3) \

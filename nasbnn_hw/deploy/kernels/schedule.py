@@ -174,9 +174,10 @@ NIBBLE_X86_48_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="nibble")
 BYTE_ARM = CpuSchedule(2, 128, 16, "int16", strategy="byte")
 BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 # Dense kernel rows (`binary.dense_windows`) with the word schedules' tiles, where a layer's groups leave
-# spare bits in their last word. Binary conv alone, this CPU's word tile against its dense variant (AMD EPYC
-# Zen 4, docs/measurements.md, "Dense kernel rows"): AVX-512 1.14-1.20x on 5x5 g2 (48 channels per group),
-# 5x5 g4 and 3x3 g8 (96), 3x3 g2 (32); AVX2 code 1.17-1.33x.
+# spare bits in their last word. Binary conv alone, the word tile against its dense variant (AMD EPYC Zen 4,
+# benchmarks/dense_rows.py, docs/measurements.md "Dense kernel rows"): AVX-512 1.13-1.20x on 5x5 g2 (48
+# channels per group), 3x3 g8 and 5x5 g4 (96), 3x3 g2 (32), 1.69x on a 16-channel 3x3 layer; AVX2 code
+# 1.18-1.36x, 2.30x on the 16-channel layer.
 DENSE_X86 = replace(LEGACY_X86, strategy="dense")
 DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
 DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
@@ -356,8 +357,10 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     if (tile_cfg or {}).get("strategy") == "dense":
         win = sch.get_sblock(f"{name}_windows")
         loops = sch.get_loops(win)
+        # the window words, each its own constant shifts (`binary.dense_windows`); built by one thread: in
+        # parallel (rows split like the pack's) the layers ran up to 1.3x slower at 2 threads (AVX-512 VM,
+        # benchmarks/dense_rows.py --threads 2), the stage being a few microseconds of work
         sch.unroll(loops[-1])
-        _maybe_parallel(sch, _iterations(sch, win) * 64, loops[:2], tile_cfg)
     acc = sch.get_sblock(f"{name}_acc")
     f_ext = int(sch.get(sch.get_loops(acc)[3]).extent)
     if (tile_cfg or {}).get("strategy") in CHUNKED:
