@@ -1,12 +1,15 @@
 """ARM without a board: the static throughput of the compiled binary-conv inner loops, by llvm-mca.
 
 For each layer shape, each ARM candidate schedule (`schedule.ARM_CANDIDATES`; the target's default first:
-the 64-bit word tiles and the byte strategy, whose `cnt` sums stay in 8-bit lanes) is compiled for aarch64
-NEON; the hottest innermost loop of the assembly (the one with the most `cnt` vector popcounts) goes through
-`llvm-mca -mcpu=cortex-a72` and `cortex-a76`. Each `cnt v.16b` counts 128 bits, i.e. 128 binary MACs, so
+the 64-bit word tiles, their dense-row variants, and the byte strategy, whose `cnt` sums stay in 8-bit lanes)
+is compiled for aarch64 NEON; the hottest innermost loop of the assembly (the one with the most `cnt` vector
+popcounts) goes through `llvm-mca -mcpu=cortex-a72` and `cortex-a76`. Each `cnt v.16b` counts 128 bits, so
 
-    estimated binary MACs per cycle = 128 * (cnt.16b per iteration) / (cycles per iteration, "Block RThroughput")
+    estimated binary MACs per cycle = 128 * (cnt.16b per iteration) * useful / (cycles per iteration, "Block RThroughput")
 
+where `useful` is the share of the counted bits that are binary MACs (`useful_fraction`: a group of 48
+channels fills 75 % of a 64-bit word, so the word tiles count 25 % spare bits there; dense kernel rows only
+at the end of each row; bytes for the byte strategy)
 and per core G binary MAC/s = that x the clock (Raspberry Pi 4, A72: 1.5 GHz; Pi 5, A76: 2.4 GHz). It is a
 ceiling: the loop alone, data in L1, no packing or epilogue (nor, for the byte strategy, the widening of the
 8-bit sums once per chunk of up to 31 bytes, outside the loop). As a check of the method, the same estimate is
@@ -68,6 +71,18 @@ def popcount_bits(body: list[str], arch: str) -> int:
     return bits
 
 
+def useful_fraction(strategy: str, c_in: int, groups: int, kernel: int) -> float:
+    """Share of the popcounted bits that are binary MACs: the rest are spare bits of a group's last word (or
+    byte), which XOR to 0. Dense rows leave spare bits only at the end of a kernel row."""
+    from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_words, words_per_group
+    cg = c_in // groups
+    if strategy == "dense":
+        return kernel * cg / (WORD_BITS * dense_words(cg, kernel))
+    if strategy in ("byte", "nibble"):
+        return cg / (8 * -(-cg // 8))
+    return cg / (WORD_BITS * words_per_group(cg))
+
+
 def mca_cycles(body: list[str], triple: str, cpu: str) -> float:
     """llvm-mca's Block RThroughput (cycles per iteration) of the loop body."""
     att = [] if triple.startswith("aarch64") else [".att_syntax"]
@@ -113,7 +128,7 @@ def main() -> int:
         print("llvm-mca not found: apt install llvm", file=sys.stderr)
         return 1
     from nasbnn_hw.core.layers import LayerConfig
-    from nasbnn_hw.deploy.kernels.schedule import LEGACY_ARM, candidate_schedules
+    from nasbnn_hw.deploy.kernels.schedule import LEGACY_ARM, candidate_schedules, default_schedule
     from nasbnn_hw.deploy.kernels.targets import resolve_target
     shapes = dict(list(SHAPES.items())[:2]) if args.shapes == "quick" else SHAPES
     cpu, model, ghz = host_cpu()
@@ -133,7 +148,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - a schedule that does not build or vectorise is skipped
                 print(f"{name:22s} {sch.fingerprint():>28s} skipped: {str(e).splitlines()[-1][:80]}")
                 continue
-            bits = popcount_bits(body, "aarch64")
+            bits = popcount_bits(body, "aarch64") * useful_fraction(sch.strategy, c_in, g, k)
             per = {c: bits / mca_cycles(body, "aarch64", c) for c in ARM_CPUS}
             rows.append((sch, per))
             tag = "default" if sch == cands[0] else ""
@@ -150,10 +165,13 @@ def main() -> int:
               f"A76 {top[1]['cortex-a76'] / ref[1]['cortex-a76']:.2f}x")
     print(f"\n# check of the method on this machine: {model}, llvm cpu {cpu}, {ghz:.2f} GHz")
     host = {"kind": "llvm", "mcpu": cpu}  # the CPU llvm-mca models (Debian's LLVM may name an older one)
+    host_spec = resolve_target(host)
     for name, shape in shapes.items():
-        lay = build(shape, host)
+        c_in, c_out, res, k, g = shape
+        lay = build(shape, host, default_schedule(host_spec, LayerConfig("bconv", c_in, c_out, k, g, 1, res)))
         body = hot_loop(lay.executable, "x86_64")
-        est = popcount_bits(body, "x86_64") / mca_cycles(body, "x86_64", cpu)
+        strategy = default_schedule(host_spec, LayerConfig("bconv", c_in, c_out, k, g, 1, res)).strategy
+        est = popcount_bits(body, "x86_64") * useful_fraction(strategy, c_in, g, k) / mca_cycles(body, "x86_64", cpu)
         line = f"{name:22s} estimated {est:6.1f} MAC/cycle = {est * ghz:6.1f} G/s (loop ceiling)"
         if args.measure:
             from nasbnn_hw.profiling.runners.local import LocalRunner
