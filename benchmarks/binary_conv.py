@@ -32,11 +32,16 @@ def worker_tvm(repeat: int) -> dict:
     import numpy as np
     import tvm
 
+    from nasbnn_hw.core.layers import LayerConfig
+    from nasbnn_hw.deploy.kernels import resolve_target
     from nasbnn_hw.deploy.kernels.layer import build_binary_conv
+    from nasbnn_hw.deploy.kernels.schedule import default_schedule
     out = {}
     dev = tvm.cpu(0)
-    for name, ci, co, k, g, r in CASES:
-        lay = build_binary_conv(ci, co, k, g, 1, r)
+    spec = resolve_target("local")
+    for name, ci, co, k, g, r in CASES:   # each layer with its default schedule, as a build of it would take
+        sched = default_schedule(spec, LayerConfig("bconv", ci, co, k, g, 1, r))
+        lay = build_binary_conv(ci, co, k, g, 1, r, tile=sched.tile())
         tensors = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
                    for a in lay.args]
         f = lay.executable.mod.time_evaluator("main", dev, number=50, repeat=repeat, min_repeat_ms=30)
