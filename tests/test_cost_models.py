@@ -433,10 +433,10 @@ def test_predictor_parameters_validated():
 
 
 def test_lut_reads_rows_by_config_not_row_key(tmp_path):
-    from nasbnn_hw.profiling.store import Measurement
-    st = MeasurementStore(tmp_path / "m.db")
     from nasbnn_hw.deploy.kernels import resolve_target
+    from nasbnn_hw.profiling.store import Measurement
     from nasbnn_hw.profiling.tuning import ScheduleBook
+    st = MeasurementStore(tmp_path / "m.db")
     layers = space_layer_configs(SMALL)
     # an AVX-512 target: rows without a schedule were taken with the legacy schedule, its default where dense
     # rows save nothing; the other layers' rows name their (dense) schedule

@@ -130,7 +130,7 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     (96, 96, 5, 2, 2, 10, S.DENSE_AVX2),          # stride 2
     (768, 768, 3, 8, 1, 5, S.DENSE_X86),          # 96 per group: a 3x3 row in 5 words, not 6
     (64, 64, 3, 2, 2, 6, S.CpuSchedule(4, 16, 8, "int64", strategy="dense")),  # 32 per group, stride 2
-    (40, 40, 5, 1, 1, 3, S.DENSE_X86),            # 40 channels (not whole bytes), image smaller than the reach
+    (40, 40, 5, 1, 1, 3, S.DENSE_X86),            # 40 channels: taps at 40-bit offsets; image smaller than the reach
     (160, 160, 5, 2, 1, 4, S.CpuSchedule(2, 8, 1, "int64", strategy="dense")),  # 80 per group, scalar popcount
     (48, 96, 3, 2, 1, 5, S.DENSE_ARM),            # C_out > C_in, 24 per group, int32 accumulators
 ])
