@@ -152,6 +152,20 @@ def test_dense_rows_are_exact(c_in, c_out, k, groups, stride, res, sched, target
     np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
 
 
+def test_dense_rows_match_the_word_kernel_on_every_imagenet_layer_they_apply_to():
+    """Every distinct binary layer of the imagenet space (at 32x32) where dense rows save words: the same
+    integer output as the word kernel from the same random arguments (about 20 s)."""
+    from cost_models._layers import space_layer_configs
+    from nasbnn_hw.core.space import get_space
+    cfgs = {(c.in_channels, c.out_channels, c.kernel, c.groups, c.stride, c.resolution)
+            for c in space_layer_configs(get_space("imagenet").with_resolution(32))
+            if c.kind == "bconv" and dense_saves(c.in_channels // c.groups, c.kernel)}
+    assert len(cfgs) >= 40                                    # 5x5 rows of 48 or 96 per group, 3x3 of 96...
+    for key in sorted(cfgs):
+        word, dense = (build_binary_conv(*key, tile={"strategy": s}).run() for s in ("word", "dense"))
+        assert np.array_equal(word, dense), key
+
+
 def test_dense_weights_and_where_dense_schedules_apply():
     w = np.ones((2, 48, 3, 3), np.float32)
     w[0, 5, 1, 0] = -1                            # row 1, tap 0, channel 5: dense bit 5 of word 0
