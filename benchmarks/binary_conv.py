@@ -24,6 +24,27 @@ CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
 ]
 
 
+# Holds PyTorch's CPU kernels to AVX2: ATen's own, oneDNN's, and MKL's. 1x1 convolutions run as MKL GEMMs,
+# which ONEDNN_MAX_CPU_ISA does not reach (on an AVX-512 Xeon they ran 1.5x faster than the AVX2 build).
+TORCH_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+TORCH_ISAS = ("auto", "native", "avx2")
+
+
+def torch_env(mcpu: str | None, isa: str = "auto") -> dict:
+    """Extra environment for a process that times PyTorch: `avx2` holds it to AVX2 (`TORCH_AVX2_ENV`),
+    `native` leaves it to this CPU, `auto` holds it to AVX2 when the TVM kernels are compiled for an `mcpu`
+    without AVX-512 (the same instruction set on both sides of a ratio)."""
+    if isa == "auto":
+        if not mcpu:
+            return {}
+        from nasbnn_hw.deploy.kernels import resolve_target
+        from nasbnn_hw.deploy.kernels.schedule import has_feature
+        isa = "native" if has_feature(resolve_target({"kind": "llvm", "mcpu": mcpu}), "avx512f") else "avx2"
+    if isa not in ("native", "avx2"):
+        raise ValueError(f"torch ISA {isa!r}: expected one of {', '.join(TORCH_ISAS)}")
+    return dict(TORCH_AVX2_ENV) if isa == "avx2" else {}
+
+
 def _macs(c_in, c_out, k, g, r):
     return r * r * c_out * (c_in // g) * k * k
 

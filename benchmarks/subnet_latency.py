@@ -10,8 +10,9 @@ CPU had before schedules were chosen per target); `--store` adds `tuned` (the st
 device `local`; `--tune` first tunes every binary layer of the subnets into it, `nasbnn-hw tune`'s code);
 `--word` adds `word` (the target's 64-bit XOR + popcount schedule on every layer: the default before the
 nibble and byte strategies). `--mcpu NAME` compiles the TVM engines for that LLVM CPU (`haswell`: the AVX2
-kernels on any x86-64 CPU with AVX2); onnxruntime and PyTorch still pick their kernels from this CPU (hold
-PyTorch to AVX2 with `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`).
+kernels on any x86-64 CPU with AVX2); PyTorch is then held to AVX2 too (`--torch-isa`, default auto:
+ATen, oneDNN and MKL, `binary_conv.TORCH_AVX2_ENV`), while onnxruntime still picks its kernels from this CPU
+(MLAS reads CPUID; no setting holds it to AVX2).
 The TVM column also reports the largest relative difference of its logits to PyTorch's, and below the table,
 for a difference above 1e-4, whether binary activations at values within rounding of zero explain it.
 """
@@ -24,6 +25,10 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from binary_conv import TORCH_ISAS, torch_env  # noqa: E402 - the same AVX2 environment for PyTorch
 
 
 def _archs(space, n_random: int):
@@ -150,6 +155,8 @@ def main() -> int:
     ap.add_argument("--legacy", action="store_true", help="add the `legacy` engine (the pre-per-target tile)")
     ap.add_argument("--word", action="store_true", help="add the `word` engine (64-bit XOR + popcount everywhere)")
     ap.add_argument("--mcpu", help="compile the TVM engines for this LLVM CPU (e.g. haswell: the AVX2 kernels)")
+    ap.add_argument("--torch-isa", choices=TORCH_ISAS, default="auto",
+                    help="PyTorch's instruction set: auto (AVX2 where --mcpu has no AVX-512), native or avx2")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "SPACE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -162,6 +169,7 @@ def main() -> int:
     tvms = ["tvm"] + (["legacy"] if args.legacy else []) + (["word"] if args.word else []) + (
         ["tuned"] if args.store else [])
     extra = (["--store", args.store] if args.store else []) + (["--mcpu", args.mcpu] if args.mcpu else [])
+    torch_extra = torch_env(args.mcpu, args.torch_isa)
     if args.tune and args.store:
         for sp in args.spaces:
             subprocess.run([sys.executable, __file__, "--worker", "tune", sp, "--random", str(args.random), *extra],
@@ -172,7 +180,8 @@ def main() -> int:
             res = {}
             for engine in (*tvms, "ort", "torch"):
                 r = subprocess.run([sys.executable, __file__, "--worker", engine, sp, "--random", str(args.random),
-                                    "--threads", str(t), "--repeat", str(args.repeat), *extra], env=env,
+                                    "--threads", str(t), "--repeat", str(args.repeat), *extra],
+                                   env=dict(env, **torch_extra) if engine == "torch" else env,
                                    capture_output=True, text=True)
                 if r.returncode:
                     print(r.stderr[-3000:], file=sys.stderr)

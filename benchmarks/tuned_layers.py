@@ -10,7 +10,8 @@
    (interleaved samples, the same arguments), one process times torch `F.conv2d` alone.
 
 `--mcpu NAME` compiles for that LLVM CPU instead of this one's: `--mcpu haswell` shows the AVX2 kernels
-(no AVX-512) on any x86-64 CPU that has AVX2.
+(no AVX-512) on any x86-64 CPU that has AVX2; torch is then held to AVX2 too (`--torch-isa`, default auto:
+ATen, oneDNN and MKL, `binary_conv.TORCH_AVX2_ENV`).
 
 The binary layer is the whole half-block the deployed network runs (sign + bit-pack + XOR/popcount conv +
 BN + shortcut + RPReLU, `build_layer`); torch is the fp32 convolution alone. Printed per layer: median ms
@@ -29,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from binary_conv import _macs, worker_torch  # noqa: E402 - the same torch baseline and MAC count
+from binary_conv import TORCH_ISAS, _macs, torch_env, worker_torch  # noqa: E402 - the same torch baseline
 
 CASES = [  # (name, c_in, c_out, kernel, groups, resolution)
     ("256->256 14x14 3x3", 256, 256, 3, 1, 14),
@@ -103,6 +104,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--store", help="measurement store for the tuned schedules (default: a temporary one)")
     ap.add_argument("--mcpu", help="compile for this LLVM CPU (e.g. haswell: the AVX2 kernels) instead of this one's")
+    ap.add_argument("--torch-isa", choices=TORCH_ISAS, default="auto",
+                    help="PyTorch's instruction set: auto (AVX2 where --mcpu has no AVX-512), native or avx2")
     ap.add_argument("--worker", choices=("tune", "tvm", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "tune":
@@ -118,11 +121,12 @@ def main() -> int:
     env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
 
     mcpu = ["--mcpu", args.mcpu] if args.mcpu else []
+    torch_extra = torch_env(args.mcpu, args.torch_isa)
 
     def run(worker):
         r = subprocess.run([sys.executable, __file__, "--worker", worker, "--threads", str(args.threads),
-                            "--repeat", str(args.repeat), "--store", store, *mcpu], env=env, capture_output=True,
-                           text=True)
+                            "--repeat", str(args.repeat), "--store", store, *mcpu],
+                           env=dict(env, **torch_extra) if worker == "torch" else env, capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{worker} worker failed: {(r.stderr.strip() or str(r.returncode)).splitlines()[-1]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -133,7 +137,7 @@ def main() -> int:
         for w in (("tvm", "torch") if rnd % 2 == 0 else ("torch", "tvm")):
             (tvm_runs if w == "tvm" else torch_runs).append(run(w))
     print(f"\n{args.threads} thread(s), {args.rounds} rounds (medians), schedules tuned at 1 thread, target "
-          f"{args.mcpu or 'this CPU'}")
+          f"{args.mcpu or 'this CPU'}; torch {'held to AVX2' if torch_extra else 'on this CPU'}")
     print("x torch: torch fp32 conv time / whole binary layer time; G bMAC/s: the tuned layer, per core; "
           "word: the target's 64-bit XOR + popcount schedule")
     print(f"{'layer':22s} {'torch ms':>9s} {'legacy ms':>10s} {'word ms':>8s} {'default ms':>11s} {'tuned ms':>9s} "

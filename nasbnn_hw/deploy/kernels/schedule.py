@@ -218,7 +218,8 @@ def legacy_schedule(spec) -> CpuSchedule:
     return LEGACY_ARM if target_family(spec) == "aarch64" else LEGACY_X86
 
 
-def _has_feature(spec, feature: str) -> bool:
+def has_feature(spec, feature: str) -> bool:
+    """Whether LLVM's description of the target's CPU has `feature` (e.g. "avx512f"); False where unknown."""
     try:
         from tvm.target import codegen
         return bool(codegen.llvm_cpu_has_features([feature], spec.tvm_target()))
@@ -250,10 +251,10 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
     fam = target_family(spec)
     if fam == "aarch64":
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
-    if spec is None or _has_feature(spec, "avx512f"):
+    if spec is None or has_feature(spec, "avx512f"):
         return LEGACY_X86, (DENSE_X86,)
     return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
-                      if _has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
+                      if has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
@@ -264,7 +265,7 @@ def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
     if fam == "gpu" or cfg.kind != "bconv":
         return []
     base = default_schedule(spec, cfg)
-    nibble_ok = fam == "x86" and _has_feature(spec, "avx2")
+    nibble_ok = fam == "x86" and has_feature(spec, "avx2")
     seen, out = set(), []
     for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
         e = s.effective(cfg)
