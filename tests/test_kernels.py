@@ -13,7 +13,7 @@ from _bnn_reference import StaticBlock, StaticStem, shortcut
 from nasbnn_hw.deploy.kernels import KernelBuildError, TargetError, build_layer, resolve_target, supports
 from nasbnn_hw.deploy.kernels import schedule as S
 from nasbnn_hw.deploy.kernels.binary import border_classes, byte_weights, dense_saves, dense_weights, \
-    nibble_weights, pack_weights, padding_correction, weights_for
+    nibble_weights, pack_weights, padding_correction, pair_source, pairs_fit, weights_for
 from nasbnn_hw.deploy.kernels.layer import build_binary_conv
 from nasbnn_hw.deploy.kernels.params import binary_half_params, head_params, stem_params
 from nasbnn_hw.core.layers import LayerConfig
@@ -70,6 +70,10 @@ HASWELL = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 without AVX-512: runs on e
     (20, 32, 3, 1, 1, 5, S.BYTE_ARM),                                   # the byte strategy (here on x86)
     (96, 96, 5, 2, 2, 10, S.CpuSchedule(4, 64, 16, "int32", strategy="byte")),
     (512, 512, 1, 1, 1, 3, S.BYTE_ARM),
+    (96, 96, 5, 2, 1, 10, S.PAIRS_X86),                                 # pairs: 48 per group, 2 groups
+    (192, 192, 3, 4, 2, 10, S.CpuSchedule(2, 96, 32, "int32", strategy="pairs")),  # 2 pairs, stride 2, int32
+    (64, 64, 5, 4, 1, 6, S.PAIRS_X86),                                  # 16 per group: one 32-lane step per pair
+    (48, 96, 1, 2, 1, 5, S.PAIRS_X86),                                  # 1x1, 24 inputs per group (3 bytes)
 ])
 def test_nibble_and_byte_strategies_are_exact(c_in, c_out, k, groups, stride, res, sched):
     """The nibble (tables + vpshufb) and byte (vector popcount of bytes) strategies, 8-bit chunks, against
@@ -81,11 +85,49 @@ def test_nibble_and_byte_strategies_are_exact(c_in, c_out, k, groups, stride, re
     move = torch.randn(c_in, generator=g) * 0.3
     w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
     words = pack_weights(w.numpy(), groups)
-    params = {"x": nhwc(x), "move_in": move.numpy(), "weight": weights_for(words, c_in // groups, sched.strategy)}
+    params = {"x": nhwc(x), "move_in": move.numpy(),
+              "weight": weights_for(words, c_in // groups, sched.strategy, groups)}
     if k > 1:
         params["corr"] = padding_correction(w.numpy(), groups, (res, res), stride, k // 2)[0]
     ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
     np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
+
+
+def test_pairs_order_and_where_pairs_schedules_apply():
+    src = pair_source(48, 192)             # 4 groups of 48: pairs (0, 1) and (2, 3)
+    assert sorted(src.tolist()) == list(range(192))
+    assert src[:48].tolist() == [*range(0, 16), *range(48, 64), *range(16, 32)]   # step 0: group 0 | group 1
+    assert src[96:112].tolist() == list(range(96, 112))                          # the second pair's first lanes
+    w = np.where(np.random.default_rng(0).standard_normal((96, 8, 1, 1)) >= 0, 1.0, -1.0).astype(np.float32)
+    words = pack_weights(w, 2)
+    assert np.array_equal(weights_for(words, 8, "pairs", 2), nibble_weights(words, 8)[..., pair_source(48, 96)])
+    assert pairs_fit(48, 2) and pairs_fit(16, 4) and not pairs_fit(48, 3) and not pairs_fit(32, 2)
+    assert not pairs_fit(24, 2)
+    avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
+    g2 = LayerConfig("bconv", 96, 96, 5, 2, 1, 28)
+    assert S.default_schedule(avx2, g2) == S.PAIRS_X86 and S.PAIRS_X86.tile_of(g2) == (7, 96, 32)
+    assert S.default_schedule(avx2, LayerConfig("bconv", 144, 144, 3, 3, 1, 8)) == S.NIBBLE_X86_48  # odd groups
+    assert S.default_schedule(avx512, g2) == S.DENSE_X86                 # no lookups without a reason on AVX-512
+    assert "pairs" in {c.strategy for c in S.candidate_schedules(avx2, g2)}
+    assert {"nibble", "pairs"} <= {c.strategy for c in S.candidate_schedules(avx512, g2)}   # tune weighs them
+    assert "pairs" not in {c.strategy for c in S.candidate_schedules(resolve_target("rpi4"), g2)}
+    assert S.PAIRS_X86.fingerprint() == "nibp-p7c96v32-int16-pm131072"
+    with pytest.raises(S.ScheduleError, match="a pairs schedule takes 32 lanes"):
+        S.CpuSchedule(7, 96, 16, "int16", strategy="pairs")
+
+
+def test_pairs_match_the_word_kernel_on_every_imagenet_layer_they_apply_to():
+    """Every distinct binary layer of the imagenet space (at 32x32) the pairs strategy applies to, whole
+    layers (epilogue, shortcut, padding correction, its channel order undone): the word kernel's output from
+    the same random arguments, on the AVX2 target."""
+    from cost_models._layers import space_layer_configs
+    from nasbnn_hw.core.space import get_space
+    cfgs = {c for c in space_layer_configs(get_space("imagenet").with_resolution(32))
+            if c.kind == "bconv" and S.PAIRS_X86.fits(c)}
+    assert len(cfgs) >= 20                                    # 48 per group: 96 g2, 192 g4, 384 g8, 768 g16
+    for cfg in sorted(cfgs, key=lambda c: c.key()):
+        word, pairs = (build_layer(cfg, target=HASWELL, schedule=s).run() for s in (S.AVX2_X86, S.PAIRS_X86))
+        assert np.array_equal(word, pairs), cfg.key()
 
 
 def test_nibble_weights_and_where_nibble_schedules_apply():
@@ -103,7 +145,7 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     # 40: no 16 lanes; 3 x 40 bits of a kernel row fit 2 words dense, 3 per tap
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.DENSE_AVX2
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 1, 1, 1, 8)) == S.AVX2_X86  # 1x1: nothing to save
-    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == S.NIBBLE_X86_48  # 48: 32 + 16 lanes
+    assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 5, 1, 1, 8)) == S.NIBBLE_X86_48  # 32 + 16 lanes
     assert S.NIBBLE_X86_48.tile_of(LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == (4, 48, 48)
     assert S.chunk_lanes(48, 32, "byte") == 16 and S.chunk_lanes(48, 32) == S.JOINED_LANES   # joined: nibble only
     assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.DENSE_AVX2  # 24: no 16 lanes
@@ -181,7 +223,7 @@ def test_dense_weights_and_where_dense_schedules_apply():
     assert not S.DENSE_X86.fits(LayerConfig("bconv", 192, 192, 3, 4, 1, 8))   # 48 x 3: saves nothing
     assert S.default_schedule(avx512, LayerConfig("bconv", 96, 96, 5, 2, 1, 28)) == S.DENSE_X86
     assert S.default_schedule(avx512, LayerConfig("bconv", 192, 192, 3, 4, 1, 8)) == S.LEGACY_X86
-    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 28)) == S.NIBBLE_X86_48  # lookups first
+    assert S.default_schedule(avx2, LayerConfig("bconv", 96, 96, 5, 2, 1, 28)) == S.PAIRS_X86  # lookups first
     assert S.DENSE_X86.fingerprint() == "dense-p7c16v8-int64-pm131072"
     assert S.CpuSchedule.from_dict(S.DENSE_X86.to_dict()) == S.DENSE_X86
     cands = S.candidate_schedules(avx512, LayerConfig("bconv", 96, 96, 5, 2, 1, 28))

@@ -127,12 +127,40 @@ def nibble_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([b & 15, b >> 4], axis=3))
 
 
-def weights_for(words: np.ndarray, channels_per_group: int, strategy: str) -> np.ndarray:
-    """The weight argument of a binary conv built with `strategy` from its packed 64-bit words."""
+def pairs_fit(out_per_group: int, groups: int) -> bool:
+    """Whether the pairs strategy applies: an even number of groups whose output channels leave a half
+    (16-lane) lookup over in 32-lane steps (16, 48, 80... per group)."""
+    return groups % 2 == 0 and out_per_group % 32 == 16
+
+
+def pair_source(out_per_group: int, out_channels: int) -> np.ndarray:
+    """The pairs strategy's channel order: entry `q` is the output channel computed in lane position `q`.
+    Groups 2j and 2j+1 form a block of 2 x `out_per_group` positions; its 32-lane step `v` holds channels
+    16v..16v+15 of group 2j in lanes 0-15 and those of group 2j+1 in lanes 16-31."""
+    q = np.arange(out_channels)
+    pair, rem = q // (2 * out_per_group), q % (2 * out_per_group)
+    return pair * 2 * out_per_group + (rem % 32) // 16 * out_per_group + rem // 32 * 16 + rem % 16
+
+
+def _pair_position(o, out_per_group: int):
+    """The lane position (`pair_source`'s index) of output channel `o`, as a TE expression: a function of
+    the 16-channel block `o // 16` plus `o % 16`, so a 16-lane vector of the epilogue reads 16 consecutive
+    positions (written with `o % fg` instead, LLVM gathered them lane by lane)."""
+    m = out_per_group // 16          # 16-channel blocks per group (odd)
+    blk = o // 16
+    return (blk // (2 * m) * (2 * m) + blk % m * 2 + blk % (2 * m) // m) * 16 + o % 16
+
+
+def weights_for(words: np.ndarray, channels_per_group: int, strategy: str, groups: int = 1) -> np.ndarray:
+    """The weight argument of a binary conv built with `strategy` from its packed 64-bit words (`groups`:
+    the layer's, for the pairs strategy's channel order)."""
     if strategy == "word":
         return words
     if strategy == "dense":
         return dense_weights(words, channels_per_group)
+    if strategy == "pairs":
+        f = words.shape[-1]
+        return np.ascontiguousarray(nibble_weights(words, channels_per_group)[..., pair_source(f // groups, f)])
     return (nibble_weights if strategy == "nibble" else byte_weights)(words, channels_per_group)
 
 
@@ -299,6 +327,22 @@ def nibble_tables(packed, nbytes: int, name: str):
     return te.compute((n_, h, w, groups, nbytes, 2, 16), _table, name=f"{name}_table")
 
 
+def pair_tables(packed, nbytes: int, name: str):
+    """`nibble_tables` with the two groups of each pair side by side: (N, H, W, groups / 2, nbytes, 2, 2,
+    16) uint8, `t[..., j, b, h, s, i]` the table of nibble h of byte b of group 2j + s, so one 32-byte load
+    holds the tables of both halves of a pairs step."""
+    import tvm
+    from tvm import te
+    n_, h, w, groups, _ = (int(v) for v in packed.shape)
+
+    def _table(n, y, xx, j, b, half, s, i):
+        nib = ((_byte_of(packed, n, y, xx, j * 2 + s, b) >> (half * 4).astype(WORD_DTYPE))
+               & tvm.tirx.const(15, WORD_DTYPE))
+        return tvm.tirx.popcount(nib.astype("uint8") ^ i.astype("uint8")).astype("uint8")
+
+    return te.compute((n_, h, w, groups // 2, nbytes, 2, 2, 16), _table, name=f"{name}_table")
+
+
 def byte_chunk(kernel: int, nbytes: int) -> int:
     """Bytes per 8-bit accumulation chunk: the largest divisor of `nbytes` whose taps x bytes <= 31."""
     return max([d for d in range(1, nbytes + 1) if nbytes % d == 0 and kernel * kernel * d <= CHUNK_MAX], default=1)
@@ -344,6 +388,29 @@ def nibble_popcount_conv(tables, wn, kernel: int, stride: int, out_hw: tuple[int
     return _chunked_conv(step, kernel, nb, (int(tables.shape[0]), *out_hw, f), name, acc_dtype, inner=(ri,))
 
 
+def pairs_popcount_conv(tables, wn, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
+                        acc_dtype: str = "int16"):
+    """The pairs strategy's popcount(x XOR w) sums, in `pair_source` order (`_chunked_conv`): the nibble
+    lookups of two groups of 16 x odd output channels share 32-lane steps, lanes 0-15 looking up the
+    first group's table and lanes 16-31 the second's (`pair_tables`), where the nibble strategy spends a
+    16-lane step per group (`intrinsics.pair_lookup`)."""
+    import tvm
+    from tvm import te
+    _, _, nb, _, f = (int(v) for v in wn.shape)
+    fg2 = f // int(tables.shape[3])
+    ri = te.reduce_axis((0, 16), name=f"{name}_ri")
+    zero = tvm.tirx.const(0, "uint8")
+
+    def step(n, y, x, o, ky, kx, b):
+        at = (n, y * stride + ky, x * stride + kx, o // fg2, b)
+        s = o % 32 // 16
+        i = ri.astype("uint8")
+        return (tvm.tirx.Select(wn[ky, kx, b, 0, o] == i, tables[(*at, 0, s, ri)], zero)
+                + tvm.tirx.Select(wn[ky, kx, b, 1, o] == i, tables[(*at, 1, s, ri)], zero))
+
+    return _chunked_conv(step, kernel, nb, (int(tables.shape[0]), *out_hw, f), name, acc_dtype, inner=(ri,))
+
+
 def byte_popcount_conv(xb, wb, kernel: int, stride: int, out_hw: tuple[int, int], name: str,
                        acc_dtype: str = "int16"):
     """The byte strategy's popcount(x XOR w) sums (`_chunked_conv`): a vector popcount of bytes (NEON
@@ -370,6 +437,10 @@ def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int,
         weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight")
         tables = nibble_tables(packed, nb, name)
         return weight, nibble_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+    if strategy == "pairs":   # the weights in `pair_source` order; the name tells `layer.kernel_params`
+        weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight_pairs")
+        tables = pair_tables(packed, nb, name)
+        return weight, pairs_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
     if strategy == "byte":
         weight = te.placeholder((k, k, nb, out_channels), "uint8", name=f"{name}_weight")
         xb = input_bytes(packed, nb, name)
@@ -384,10 +455,11 @@ def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int,
 
 
 def binary_dot(acc, taps_times_cg: int, corr=None, rows: BorderClasses | None = None,
-               cols: BorderClasses | None = None):
-    """The exact +-1 conv value at (n, y, x, f) as an int32 expression builder."""
+               cols: BorderClasses | None = None, pair_group: int = 0):
+    """The exact +-1 conv value at (n, y, x, f) as an int32 expression builder (`pair_group`: the output
+    channels per group of a pairs-strategy `acc`, which holds its channels in `pair_source` order)."""
     def dot(n, y, x, o):
-        v = taps_times_cg - 2 * acc[n, y, x, o].astype("int32")
+        v = taps_times_cg - 2 * acc[n, y, x, _pair_position(o, pair_group) if pair_group else o].astype("int32")
         if corr is not None:
             v = v + corr[rows.expr(y), cols.expr(x), o]
         return v
@@ -452,7 +524,8 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
     if pad:
         rows, cols = border_classes(h, ho, k, stride, pad), border_classes(w, wo, k, stride, pad)
         p["corr"] = te.placeholder((rows.count, cols.count, out_channels), "int32", name=f"{name}_corr")
-    return p, binary_dot(acc, k * k * (c_in // groups), p.get("corr"), rows, cols)
+    return p, binary_dot(acc, k * k * (c_in // groups), p.get("corr"), rows, cols,
+                         out_channels // groups if strategy == "pairs" else 0)
 
 
 def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64",

@@ -8,6 +8,10 @@ description is the masked sum the tensor expression computes; the implementation
 128-bit halves, and two byte adds. Per 32 x 8 binary MACs: two shuffles, two adds, no widening. 48 lanes (a
 group of 48 output channels, which 32-lane steps cannot tile): a 32-lane and a 16-lane lookup per nibble,
 four shuffles where three 16-lane steps take six.
+
+`pair_lookup()`: one step of the pairs strategy (`binary.pairs_popcount_conv`) for 32 output channels, 16 of
+each group of a pair: the same two `vpshufb` and two adds, with the two groups' tables in the two 128-bit
+halves (one 32-byte load of `binary.pair_tables`) instead of one table broadcast.
 """
 from __future__ import annotations
 
@@ -24,6 +28,52 @@ def nibble_lookup(lanes: int) -> str:
         _register(lanes, name)
         _REGISTERED.add(name)
     return name
+
+
+def pair_lookup() -> str:
+    """The registered name of the pairs strategy's 32-lane lookup intrinsic."""
+    name = "nasbnn_pair_lookup_32"
+    if name not in _REGISTERED:
+        _register_pairs(name)
+        _REGISTERED.add(name)
+    return name
+
+
+def _register_pairs(name: str) -> None:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(C: T.Buffer((32,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+             W: T.Buffer((2, 32), "uint8", offset_factor=1), X: T.Buffer((2, 2, 16), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:32], W[0:2, 0:32], X[0:2, 0:2, 0:16])
+            T.writes(C[0:32])
+            for i, k in T.grid(32, 16):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + (T.Select(W[0, vi] == T.Cast("uint8", vk), X[0, vi // 16, vk], T.uint8(0))
+                                     + T.Select(W[1, vi] == T.Cast("uint8", vk), X[1, vi // 16, vk], T.uint8(0)))
+
+    op = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b")
+
+    @T.prim_func(s_tir=True)
+    def impl(C: T.Buffer((32,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+             W: T.Buffer((2, 32), "uint8", offset_factor=1), X: T.Buffer((2, 2, 16), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:32], W[0:2, 0:32], X[0:2, 0:2, 0:16])
+            T.writes(C[0:32])
+            C[T.ramp(T.int32(0), 1, 32)] = C.vload([0], "uint8x32") + (
+                T.reinterpret(T.call_llvm_pure_intrin("int8x32", op, T.reinterpret(X.vload([0, 0, 0], "uint8x32"),
+                                                                                  dtype="int8x32"),
+                                                      T.reinterpret(W.vload([0, 0], "uint8x32"), dtype="int8x32")),
+                              dtype="uint8x32")
+                + T.reinterpret(T.call_llvm_pure_intrin("int8x32", op, T.reinterpret(X.vload([1, 0, 0], "uint8x32"),
+                                                                                    dtype="int8x32"),
+                                                        T.reinterpret(W.vload([1, 0], "uint8x32"), dtype="int8x32")),
+                                dtype="uint8x32"))
+
+    TensorIntrin.register(name, desc, impl, override=True)
 
 
 def _register(VL: int, name: str) -> None:  # noqa: N803 - the TVMScript bodies below read it as a constant

@@ -84,14 +84,15 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
 
 def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     """`given` parameters of layer `cfg` (`params.binary_half_params`: packed 64-bit weight words) in the
-    layout its kernel's `placeholders` take (nibble, byte and dense strategies: `binary.weights_for`)."""
+    layout its kernel's `placeholders` take (nibble, byte, dense and pairs strategies: `binary.weights_for`)."""
     from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
     if cfg.kind == "bconv" and w is not None and (str(w.dtype) == "uint8" or len(w.shape) == 3) \
             and "weight" in given and np.asarray(given["weight"]).dtype == np.uint64 \
             and np.asarray(given["weight"]).ndim == 4:
-        strategy = {5: "nibble", 4: "byte", 3: "dense"}[len(w.shape)]
-        return {**given, "weight": weights_for(np.asarray(given["weight"]), cfg.in_channels // cfg.groups, strategy)}
+        strategy = "pairs" if w.name.endswith("_pairs") else {5: "nibble", 4: "byte", 3: "dense"}[len(w.shape)]
+        return {**given, "weight": weights_for(np.asarray(given["weight"]), cfg.in_channels // cfg.groups, strategy,
+                                               cfg.groups)}
     return given
 
 

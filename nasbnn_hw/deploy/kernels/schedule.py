@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, words_per_group
+from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
 
@@ -29,9 +29,12 @@ ACC_DTYPES = ("int64", "int32", "int16")
 # table lookups with `vpshufb` and 8-bit accumulators (`binary.nibble_popcount_conv`), x86 with AVX2;
 # "byte": byte popcounts (NEON `cnt`) with 8-bit accumulators (`binary.byte_popcount_conv`); "dense": the
 # word strategy over each kernel row's taps packed back to back (`binary.dense_windows`), for groups whose
-# channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`).
-STRATEGIES = ("word", "nibble", "byte", "dense")
-CHUNKED = ("nibble", "byte")  # the strategies that accumulate bytes in 8-bit lanes
+# channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`); "pairs": the
+# nibble lookups of two groups of 16 x odd output channels (48 per group...) sharing 32-lane steps
+# (`binary.pairs_popcount_conv`), x86 with AVX2.
+STRATEGIES = ("word", "nibble", "byte", "dense", "pairs")
+CHUNKED = ("nibble", "byte", "pairs")  # the strategies that accumulate bytes in 8-bit lanes
+LOOKUPS = ("nibble", "pairs")   # the strategies of table lookups (vpshufb: x86 with AVX2)
 
 
 class ScheduleError(NasBnnError):
@@ -75,6 +78,8 @@ class CpuSchedule:
             raise ScheduleError(f"schedule strategy={self.strategy!r} not supported (allowed: {', '.join(STRATEGIES)})")
         if self.strategy == "nibble" and self.vector not in (16, 32):   # JOINED_LANES: derived from 32 (`chunk_lanes`)
             raise ScheduleError(f"schedule vector={self.vector}: a nibble schedule takes 16 or 32 lanes")
+        if self.strategy == "pairs" and self.vector != 32:
+            raise ScheduleError(f"schedule vector={self.vector}: a pairs schedule takes 32 lanes")
         if self.strategy == "byte" and self.vector not in BYTE_LANES:
             raise ScheduleError(f"schedule vector={self.vector}: a byte schedule takes {', '.join(map(str, BYTE_LANES))} "
                                 f"lanes")
@@ -87,7 +92,7 @@ class CpuSchedule:
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-"}.get(self.strategy, "")
+        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -117,6 +122,8 @@ class CpuSchedule:
             return False
         if self.strategy == "dense":
             return dense_saves(cfg.in_channels // cfg.groups, cfg.kernel)
+        if self.strategy == "pairs":
+            return pairs_fit(cfg.out_channels // cfg.groups, cfg.groups)
         return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
     def tile_of(self, cfg) -> tuple[int, int, int]:
@@ -124,6 +131,9 @@ class CpuSchedule:
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
         ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
+        if self.strategy == "pairs":   # one tile per pair of groups (`pairs_tile`)
+            ft = pairs_tile(cfg.out_channels // cfg.groups, cfg.out_channels, cfg.groups)
+            return _divisor_at_most(wo, self.pixels), ft, 32 if ft else 0
         if self.strategy in CHUNKED:
             vec = chunk_lanes(ft, self.vector, self.strategy)
         return _divisor_at_most(wo, self.pixels), ft, vec
@@ -153,6 +163,12 @@ def chunk_lanes(tile: int, lanes: int, strategy: str = "nibble") -> int:
     return next((v for v in options if tile % v == 0), 0)
 
 
+def pairs_tile(out_per_group: int, out_channels: int, groups: int) -> int:
+    """The channel tile of the pairs strategy: both groups of a pair (each tile's accumulators hold the
+    channels of whole pairs, in `binary.pair_source` order); 0 where the strategy does not apply."""
+    return 2 * out_per_group if pairs_fit(out_per_group, groups) else 0
+
+
 LEGACY_X86 = CpuSchedule(7, 16, 8, "int64")
 LEGACY_ARM = CpuSchedule(4, 8, 4, "int32")
 # x86 without AVX-512 has 16 vector registers of 256 bits: the legacy tile's 7 x 16 int64 accumulators
@@ -168,6 +184,11 @@ NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
 # lookup. 96->96 5x5 g2 at 28x28: 1.41x the word schedule's speed (docs/measurements.md, "Nibble lookups").
 NIBBLE_X86_48 = CpuSchedule(7, 96, 32, "int16", strategy="nibble")
 NIBBLE_X86_48_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="nibble")
+# Groups of 16 x odd channels (48 per group...), paired: both groups' tables in one 32-byte vector, so
+# every step is a whole 32-lane lookup (three per 96 channels where joined 48-lane steps take four). The
+# channel tile is the pair (`pairs_tile`; `channels` is not used).
+PAIRS_X86 = CpuSchedule(7, 96, 32, "int16", strategy="pairs")
+PAIRS_X86_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="pairs")
 # aarch64 NEON: byte popcounts (`cnt`) summed in 8-bit lanes, 2 pixels x 128 channels of 16 lanes. Chosen by
 # the llvm-mca estimate of benchmarks/arm_static.py (cortex-a72 and -a76): 2.3x the binary MACs per cycle of
 # LEGACY_ARM's inner loop on the 3x3 layers (docs/measurements.md, "ARM without a board"); not timed on a board.
@@ -193,6 +214,7 @@ X86_CANDIDATES = (
     CpuSchedule(4, 4, 1, "int64"),
     NIBBLE_X86, *(CpuSchedule(p, c, 32, "int16", strategy="nibble")
                   for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128), (7, 96), (2, 96))),
+    PAIRS_X86, CpuSchedule(4, 96, 32, "int16", strategy="pairs"), CpuSchedule(2, 96, 32, "int16", strategy="pairs"),
     DENSE_X86, DENSE_AVX2, CpuSchedule(4, 16, 8, "int64", strategy="dense"), CpuSchedule(14, 8, 8, "int64", strategy="dense"),
 )
 ARM_CANDIDATES = (
@@ -253,7 +275,7 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
     if spec is None or has_feature(spec, "avx512f"):
         return LEGACY_X86, (DENSE_X86,)
-    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
+    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, PAIRS_X86, PAIRS_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
                       if has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
 
 
@@ -269,7 +291,7 @@ def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
     seen, out = set(), []
     for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
         e = s.effective(cfg)
-        if s.fits(cfg) and e not in seen and (s.strategy != "nibble" or nibble_ok):
+        if s.fits(cfg) and e not in seen and (s.strategy not in LOOKUPS or nibble_ok):
             seen.add(e)
             out.append(s)
     return out
@@ -375,8 +397,9 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     parallel when large; the (n, y, x, f) epilogue tiled as in `_tile_conv`; per tile, 16-bit (or wider)
     accumulators and, per chunk of bytes, the 8-bit ones. Every (tap, byte, pixel, lanes) step is one
     `intrinsics.nibble_lookup` (nibble) or one vector popcount of bytes (byte)."""
-    from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup
-    nibble = tile_cfg["strategy"] == "nibble"
+    from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup, pair_lookup
+    pairs = tile_cfg["strategy"] == "pairs"
+    nibble = tile_cfg["strategy"] in LOOKUPS
     acc, acc8 = sch.get_sblock(f"{name}_acc"), sch.get_sblock(f"{name}_acc8")
     work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     inp = sch.get_sblock(f"{name}_table" if nibble else f"{name}_bytes")
@@ -389,8 +412,12 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     out = sch.get_sblock(f"{name}_out")
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
-    ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
-    lanes = chunk_lanes(ft, tile_cfg["vector"], tile_cfg["strategy"])
+    if pairs:
+        ft = pairs_tile(per_group, int(sch.get(f).extent), 2)   # the caller's groups are even (`fits`)
+        lanes = 32 if ft else 0
+    else:
+        ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
+        lanes = chunk_lanes(ft, tile_cfg["vector"], tile_cfg["strategy"])
     if not lanes:
         raise ScheduleError(f"{tile_cfg['strategy']} schedule: a channel tile of {ft} (from {per_group} channels "
                             f"per group) is not a multiple of 16 lanes")
@@ -419,7 +446,8 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
         sch.vectorize(fv8)
     # joined lookups (32 + 16 lanes): every other stage in whole 16-lane vectors (LLVM splits a 48-lane
     # vector element by element), the widening in 256-bit ones
-    vec, wide = (16, 32) if lanes == JOINED_LANES else (lanes, lanes)
+    # pairs: the epilogue in 16-lane vectors too (each reads 16 consecutive accumulators, `binary.pair_source`)
+    vec, wide = (16, 32) if lanes == JOINED_LANES or pairs else (lanes, lanes)
     sch.vectorize(sch.split(fi, [None, vec])[1])
     _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
     sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
@@ -428,7 +456,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     sch.vectorize(widen[1])
     sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
     if nibble:
-        sch.tensorize(fv8, nibble_lookup(lanes))
+        sch.tensorize(fv8, pair_lookup() if pairs else nibble_lookup(lanes))
 
 
 def _reduction_loops(sch, block) -> int:
