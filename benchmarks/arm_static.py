@@ -78,7 +78,7 @@ def useful_fraction(strategy: str, c_in: int, groups: int, kernel: int) -> float
     cg = c_in // groups
     if strategy == "dense":
         return kernel * cg / (WORD_BITS * dense_words(cg, kernel))
-    if strategy in ("byte", "nibble"):
+    if strategy in ("byte", "nibble", "pairs"):
         return cg / (8 * -(-cg // 8))
     return cg / (WORD_BITS * words_per_group(cg))
 
