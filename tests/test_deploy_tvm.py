@@ -98,6 +98,27 @@ def test_avx2_build_with_nibble_lookups_matches_pytorch_and_reloads(tmp_path):
     np.testing.assert_allclose(TvmSubnet.load(tmp_path / "word.so")(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+def test_avx2_build_with_paired_groups_matches_pytorch_and_reloads(tmp_path):
+    """A small16 subnet with grouped layers of 16 channels per group, which the AVX2 default builds with
+    paired-group lookups (channels in their own order inside the kernel): logits as PyTorch's, and the
+    exported file (weights in that order) loads and computes the same."""
+    import random
+
+    from nasbnn_hw.core.layers import arch_layers
+    from nasbnn_hw.core.sampling import sample_uniform
+    from nasbnn_hw.deploy.kernels import schedule as S
+    space, rng = get_space("small16"), random.Random(0)
+    arch = next(a for a in (sample_uniform(space, rng) for _ in range(200))
+                if sum(c.kind == "bconv" and S.PAIRS_X86.fits(c) for c in arch_layers(a, space)) >= 2)
+    model = StaticSubnet(arch, space, seed=5)
+    net = compile_subnet(model, target={"kind": "llvm", "mcpu": "haswell"}, batch=1, resolution=space.resolution)
+    assert "pairs" in [d and d["strategy"] for d in net.schedules]
+    _check(model, net, space, batch=1, seed=6)
+    again = TvmSubnet.load(net.export(tmp_path / "pairs.so"))
+    x = np.random.default_rng(1).standard_normal(net.input_shape).astype(np.float32)
+    np.testing.assert_array_equal(again(x), net(x))
+
+
 def test_random_subnet_args_for_runners():
     space = get_space("small16")
     net = compile_random_subnet(largest(space), space)

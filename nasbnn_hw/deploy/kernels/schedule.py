@@ -57,7 +57,9 @@ class CpuSchedule:
     step (nibble: 32 on AVX2, or 16 where the channel tile is not a multiple of 32), `acc_dtype` the
     accumulator the 8-bit chunk sums are widened into. `strategy="dense"` is the word strategy over dense
     kernel rows (`binary.dense_windows`): the same tile and lanes, fewer words where a group's channels leave
-    spare bits in their last word; it builds only such layers (`fits`)."""
+    spare bits in their last word; it builds only such layers (`fits`). `strategy="pairs"` is the nibble
+    lookups of two groups of 16 x odd channels per 32-lane step (`binary.pairs_popcount_conv`): 32 lanes, the
+    channel tile is the pair (`channels` unused); it builds only such layers."""
     pixels: int
     channels: int
     vector: int
@@ -254,8 +256,9 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
-    whose channel tile they cover in whole 32-lane lookups, `NIBBLE_X86_48` for groups of 48 channels (a 32-
-    and a 16-lane lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
+    whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
+    of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
+    lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
     only, the word schedule was as fast: docs/measurements.md).
     The 16-bit accumulators become 32-bit where a layer could overflow them. On x86, a layer left to the
     word schedule takes its dense-row variant (`DENSE_X86`, `DENSE_AVX2`) where that saves words (`fits`).
@@ -396,7 +399,8 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     """The nibble and byte strategies (`binary._chunked_conv`): the input stage (tables or bytes) rows in
     parallel when large; the (n, y, x, f) epilogue tiled as in `_tile_conv`; per tile, 16-bit (or wider)
     accumulators and, per chunk of bytes, the 8-bit ones. Every (tap, byte, pixel, lanes) step is one
-    `intrinsics.nibble_lookup` (nibble) or one vector popcount of bytes (byte)."""
+    `intrinsics.nibble_lookup` (nibble), `intrinsics.pair_lookup` (pairs: the channel tile is a pair of
+    groups) or one vector popcount of bytes (byte)."""
     from nasbnn_hw.deploy.kernels.intrinsics import nibble_lookup, pair_lookup
     pairs = tile_cfg["strategy"] == "pairs"
     nibble = tile_cfg["strategy"] in LOOKUPS
