@@ -23,18 +23,18 @@ def nibble_lookup(lanes: int) -> str:
     """The registered name of the nibble-lookup intrinsic for `lanes` (16, 32 or 48) channels."""
     if lanes not in NIBBLE_LANES:
         raise ValueError(f"nibble lookup lanes={lanes} not supported (allowed: 16, 32, 48)")
-    name = f"nasbnn_nibble_lookup_{lanes}"
-    if name not in _REGISTERED:
-        _register(lanes, name)
-        _REGISTERED.add(name)
-    return name
+    return _registered(f"nasbnn_nibble_lookup_{lanes}", lambda name: _register(lanes, name))
 
 
 def pair_lookup() -> str:
     """The registered name of the pairs strategy's 32-lane lookup intrinsic."""
-    name = "nasbnn_pair_lookup_32"
+    return _registered("nasbnn_pair_lookup_32", _register_pairs)
+
+
+def _registered(name: str, register) -> str:
+    """`name`, registering its intrinsic with `register(name)` the first time."""
     if name not in _REGISTERED:
-        _register_pairs(name)
+        register(name)
         _REGISTERED.add(name)
     return name
 
@@ -57,21 +57,19 @@ def _register_pairs(name: str) -> None:
 
     op = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pshuf.b")
 
+    def one(X, W, h: int):  # noqa: N803 - nibble h: both groups' tables (32 bytes) looked up by the weights
+        return T.reinterpret(T.call_llvm_pure_intrin("int8x32", op, T.reinterpret(X.vload([h, 0, 0], "uint8x32"),
+                                                                                  dtype="int8x32"),
+                                                     T.reinterpret(W.vload([h, 0], "uint8x32"), dtype="int8x32")),
+                             dtype="uint8x32")
+
     @T.prim_func(s_tir=True)
     def impl(C: T.Buffer((32,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
              W: T.Buffer((2, 32), "uint8", offset_factor=1), X: T.Buffer((2, 2, 16), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:32], W[0:2, 0:32], X[0:2, 0:2, 0:16])
             T.writes(C[0:32])
-            C[T.ramp(T.int32(0), 1, 32)] = C.vload([0], "uint8x32") + (
-                T.reinterpret(T.call_llvm_pure_intrin("int8x32", op, T.reinterpret(X.vload([0, 0, 0], "uint8x32"),
-                                                                                  dtype="int8x32"),
-                                                      T.reinterpret(W.vload([0, 0], "uint8x32"), dtype="int8x32")),
-                              dtype="uint8x32")
-                + T.reinterpret(T.call_llvm_pure_intrin("int8x32", op, T.reinterpret(X.vload([1, 0, 0], "uint8x32"),
-                                                                                    dtype="int8x32"),
-                                                        T.reinterpret(W.vload([1, 0], "uint8x32"), dtype="int8x32")),
-                                dtype="uint8x32"))
+            C[T.ramp(T.int32(0), 1, 32)] = C.vload([0], "uint8x32") + (one(X, W, 0) + one(X, W, 1))
 
     TensorIntrin.register(name, desc, impl, override=True)
 

@@ -132,10 +132,11 @@ class CpuSchedule:
         """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble/byte schedule cannot tile it."""
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
-        ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
-        if self.strategy == "pairs":   # one tile per pair of groups (`pairs_tile`)
-            ft = pairs_tile(cfg.out_channels // cfg.groups, cfg.out_channels, cfg.groups)
+        if self.strategy == "pairs":   # the tile is a pair of groups, in `binary.pair_source` order
+            fg = cfg.out_channels // cfg.groups
+            ft = 2 * fg if pairs_fit(fg, cfg.groups) else 0
             return _divisor_at_most(wo, self.pixels), ft, 32 if ft else 0
+        ft, vec = _channel_tile(cfg.out_channels // cfg.groups, cfg.out_channels, self.tile())
         if self.strategy in CHUNKED:
             vec = chunk_lanes(ft, self.vector, self.strategy)
         return _divisor_at_most(wo, self.pixels), ft, vec
@@ -165,12 +166,6 @@ def chunk_lanes(tile: int, lanes: int, strategy: str = "nibble") -> int:
     return next((v for v in options if tile % v == 0), 0)
 
 
-def pairs_tile(out_per_group: int, out_channels: int, groups: int) -> int:
-    """The channel tile of the pairs strategy: both groups of a pair (each tile's accumulators hold the
-    channels of whole pairs, in `binary.pair_source` order); 0 where the strategy does not apply."""
-    return 2 * out_per_group if pairs_fit(out_per_group, groups) else 0
-
-
 LEGACY_X86 = CpuSchedule(7, 16, 8, "int64")
 LEGACY_ARM = CpuSchedule(4, 8, 4, "int32")
 # x86 without AVX-512 has 16 vector registers of 256 bits: the legacy tile's 7 x 16 int64 accumulators
@@ -188,7 +183,7 @@ NIBBLE_X86_48 = CpuSchedule(7, 96, 32, "int16", strategy="nibble")
 NIBBLE_X86_48_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="nibble")
 # Groups of 16 x odd channels (48 per group...), paired: both groups' tables in one 32-byte vector, so
 # every step is a whole 32-lane lookup (three per 96 channels where joined 48-lane steps take four). The
-# channel tile is the pair (`pairs_tile`; `channels` is not used).
+# channel tile is the pair (`CpuSchedule.tile_of`; `channels` is not used).
 PAIRS_X86 = CpuSchedule(7, 96, 32, "int16", strategy="pairs")
 PAIRS_X86_WIDE = CpuSchedule(7, 96, 32, "int32", strategy="pairs")
 # aarch64 NEON: byte popcounts (`cnt`) summed in 8-bit lanes, 2 pixels x 128 channels of 16 lanes. Chosen by
@@ -416,9 +411,8 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     out = sch.get_sblock(f"{name}_out")
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
-    if pairs:
-        ft = pairs_tile(per_group, int(sch.get(f).extent), 2)   # the caller's groups are even (`fits`)
-        lanes = 32 if ft else 0
+    if pairs:   # built only where it applies (`CpuSchedule.fits`): the tile is the pair, 32-lane steps
+        ft, lanes = 2 * per_group, 32
     else:
         ft, _ = _channel_tile(per_group, int(sch.get(f).extent), tile_cfg)
         lanes = chunk_lanes(ft, tile_cfg["vector"], tile_cfg["strategy"])
