@@ -3,6 +3,7 @@ results within 1e-5 of the output's scale."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,3 +366,42 @@ def test_every_shipped_device_profile_builds(tmp_path):
         assert ("aarch64" in elf) == (prof.arch == "aarch64"), (name, elf)
         if spec.is_gpu:
             assert "__popc" in lay.executable.mod.imports[0].inspect_source()
+
+
+SAPPHIRE = {"kind": "llvm", "mcpu": "sapphirerapids"}   # AMX-INT8: the amx strategy
+
+
+def _host_has_amx() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_int8" in flags and " amx_tile" in flags
+
+
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,res", [
+    (64, 64, 3, 1, 1, 7),        # wide pixel tiles (stride 1): 16 pixels across row ends
+    (128, 128, 3, 1, 1, 10),     # two K chunks of 64 channels
+    (96, 96, 5, 2, 1, 9),        # 48 per group: K chunks of 48, 48 outputs = three 16-channel B tiles
+    (48, 96, 1, 2, 1, 5),        # 1x1, 24 inputs per group
+    (64, 128, 3, 1, 2, 14),      # stride 2: tiles of one output row (7 pixels), rows 2 x C bytes apart
+    (96, 96, 3, 2, 2, 10),       # stride 2, groups
+    (16, 16, 3, 1, 1, 5),        # 16 channels: one B tile, K chunk 16
+    (512, 512, 1, 1, 1, 3),      # 1x1: 8 K chunks
+])
+def test_amx_strategy_is_exact(c_in, c_out, k, groups, stride, res):
+    """The amx strategy (+-1 int8 tile products, zero padding exact without a correction) against
+    PyTorch. Compiled on every machine; run where the CPU has AMX-INT8."""
+    cfg = LayerConfig("bconv", c_in, c_out, k, groups, stride, res)
+    assert S.AMX_X86.fits(cfg)
+    lay = build_binary_conv(c_in, c_out, k, groups, stride, res, target=SAPPHIRE, batch=2, tile=S.AMX_X86.tile())
+    if not _host_has_amx():
+        pytest.skip("this CPU has no AMX-INT8 (compiled only)")
+    g = torch.Generator().manual_seed(c_in + k)
+    x = torch.randn(2, c_in, res, res, generator=g)     # a batch of 2: tiles per image
+    move = torch.randn(c_in, generator=g) * 0.3
+    w = torch.where(torch.randn(c_out, c_in // groups, k, k, generator=g) >= 0, 1.0, -1.0)
+    params = {"x": nhwc(x), "move_in": move.numpy(),
+              "weight": weights_for(pack_weights(w.numpy(), groups), c_in // groups, "amx", groups)}
+    ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
+    np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))

@@ -158,6 +158,9 @@ def weights_for(words: np.ndarray, channels_per_group: int, strategy: str, group
         return words
     if strategy == "dense":
         return dense_weights(words, channels_per_group)
+    if strategy == "amx":
+        from nasbnn_hw.deploy.kernels.amx import amx_weights
+        return amx_weights(words, channels_per_group)
     if strategy == "pairs":
         f = words.shape[-1]
         return np.ascontiguousarray(nibble_weights(words, channels_per_group)[..., pair_source(f // groups, f)])
@@ -519,6 +522,10 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
     pad = k // 2
     ho, wo = _out_hw(x, k, stride)
     p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in")}
+    if strategy == "amx":   # +-1 int8 products: zero padding is exact, no correction
+        from nasbnn_hw.deploy.kernels.amx import amx_conv, amx_dot
+        p["weight"], acc, geo = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name)
+        return p, amx_dot(acc, geo)
     p["weight"], acc = _popcount_conv(x, p["move_in"], k, stride, groups, out_channels, name, acc_dtype, strategy)
     rows = cols = None
     if pad:

@@ -87,10 +87,13 @@ def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     layout its kernel's `placeholders` take (nibble, byte, dense and pairs strategies: `binary.weights_for`)."""
     from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
-    if cfg.kind == "bconv" and w is not None and (str(w.dtype) == "uint8" or len(w.shape) == 3) \
+    if cfg.kind == "bconv" and w is not None and "corr" in given and "corr" not in placeholders:
+        given = {k: v for k, v in given.items() if k != "corr"}   # amx: zero padding is exact
+    if cfg.kind == "bconv" and w is not None and (str(w.dtype) in ("uint8", "int8") or len(w.shape) == 3) \
             and "weight" in given and np.asarray(given["weight"]).dtype == np.uint64 \
             and np.asarray(given["weight"]).ndim == 4:
-        strategy = "pairs" if w.name.endswith("_pairs") else {5: "nibble", 4: "byte", 3: "dense"}[len(w.shape)]
+        strategy = ("pairs" if w.name.endswith("_pairs") else "amx" if w.name.endswith("_amx")
+                    else {5: "nibble", 4: "byte", 3: "dense"}[len(w.shape)])
         return {**given, "weight": weights_for(np.asarray(given["weight"]), cfg.in_channels // cfg.groups, strategy,
                                                cfg.groups)}
     return given

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from nasbnn_hw.deploy.kernels.amx import amx_fits
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -32,7 +33,7 @@ ACC_DTYPES = ("int64", "int32", "int16")
 # channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`); "pairs": the
 # nibble lookups of two groups of 16 x odd output channels (48 per group...) sharing 32-lane steps
 # (`binary.pairs_popcount_conv`), x86 with AVX2.
-STRATEGIES = ("word", "nibble", "byte", "dense", "pairs")
+STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", "amx")
 CHUNKED = ("nibble", "byte", "pairs")  # the strategies that accumulate bytes in 8-bit lanes
 LOOKUPS = ("nibble", "pairs")   # the strategies of table lookups (vpshufb: x86 with AVX2)
 
@@ -94,7 +95,7 @@ class CpuSchedule:
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-"}.get(self.strategy, "")
+        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-", "amx": "amx-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -126,12 +127,16 @@ class CpuSchedule:
             return dense_saves(cfg.in_channels // cfg.groups, cfg.kernel)
         if self.strategy == "pairs":
             return pairs_fit(cfg.out_channels // cfg.groups, cfg.groups)
+        if self.strategy == "amx":
+            return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups)
         return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
     def tile_of(self, cfg) -> tuple[int, int, int]:
         """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble/byte schedule cannot tile it."""
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
+        if self.strategy == "amx":     # the tile loop is fixed (`amx`): 16 pixels x 16 or 32 channels
+            return 16, 32 if cfg.out_channels // cfg.groups % 32 == 0 else 16, 16
         if self.strategy == "pairs":   # the tile is a pair of groups, in `binary.pair_source` order
             fg = cfg.out_channels // cfg.groups
             ft = 2 * fg if pairs_fit(fg, cfg.groups) else 0
@@ -196,6 +201,9 @@ BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 # benchmarks/dense_rows.py, docs/measurements.md "Dense kernel rows"): AVX-512 1.13-1.20x on 5x5 g2 (48
 # channels per group), 3x3 g8 and 5x5 g4 (96), 3x3 g2 (32), 1.69x on a 16-channel 3x3 layer; AVX2 code
 # 1.18-1.36x, 2.30x on the 16-channel layer.
+# x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
+# loop is fixed (pixels, channels and vector are not used).
+AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
 DENSE_X86 = replace(LEGACY_X86, strategy="dense")
 DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
 DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
@@ -374,6 +382,10 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
 
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
+    if (tile_cfg or {}).get("strategy") == "amx":
+        from nasbnn_hw.deploy.kernels.amx import schedule_amx
+        schedule_amx(sch, name)
+        return
     cpu_pack(sch, name, tile_cfg)
     if (tile_cfg or {}).get("strategy") == "dense":
         win = sch.get_sblock(f"{name}_windows")

@@ -1,0 +1,236 @@
+"""The AMX strategy: the binary conv as a +-1 int8 matrix product on Intel AMX tiles (`tdpbssd`).
+
+Sapphire Rapids class x86 cores (LLVM features `amx-tile`, `amx-int8`) multiply 16 x 64 int8 tiles by
+64 x 16 ones at 1024 multiply-adds per cycle, three times the XOR + popcount port bound of the same core
+with AVX-512 (341 binary MACs per cycle: docs/measurements.md). A +-1 value is one int8 here, not one bit:
+the sign stage writes `x + move >= 0` as +1, else -1, and the zero padding PyTorch applies to the sign
+output as 0, so the product is the exact binary conv with no padding correction.
+
+Layout. The input is one int8 row of `C` channels per padded pixel, (N, rows, C). One A tile is 16 rows
+(pixels) x `kc` input channels of one tap; one B tile is `kc / 4` rows x 64 bytes: 16 output channels x 4
+input channels (the VNNI pairing `tdpbssd` reads), so weights are (k * k * Cg / 4, F * 4) int8, row
+`tap * Cg / 4 + c // 4`, column `f * 4 + c % 4`. Each step of the inner loop loads two A tiles (two pixel
+tiles) and one or two B tiles and issues up to four `tdpbssd` into the four accumulator tiles.
+
+Pixel tiles. Stride 1: the output is computed over whole padded rows ("wide" pixels `y * Wp + x`, the
+last `k - 1` columns of each row discarded), so the input address of a tile is linear in its index and
+tiles are 16 pixels regardless of the image width. Stride 2: one tile is `Mt` pixels of one output row
+(the largest divisor of the output width up to 16), rows of the A tile `stride * C` bytes apart.
+
+Each call asks the kernel for permission to use the AMX tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
+one system call, granted once per process; Linux 5.16 or later), so a deployed library needs no setup
+by its caller; every parallel task loads its own tile configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TILE_ROWS = 16        # rows of an A tile (pixels) and of an accumulator tile
+TILE_BYTES = 64       # bytes per tile row
+SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def amx_chunk(channels_per_group: int) -> int:
+    """Input channels per A tile: the largest multiple of 4 up to 64 dividing the group's channels; 0 where
+    none does."""
+    return max([d for d in range(4, TILE_BYTES + 1, 4) if channels_per_group % d == 0], default=0)
+
+
+def amx_fits(in_per_group: int, out_per_group: int) -> bool:
+    """Whether the AMX strategy builds a layer: input channels per group a multiple of 4, output channels
+    per group a multiple of 16 (whole B tiles)."""
+    return amx_chunk(in_per_group) > 0 and out_per_group % 16 == 0
+
+
+def amx_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> +-1 int8 (k * k * Cg / 4, F * 4) in the VNNI order of
+    the B tiles (row `tap * Cg / 4 + c // 4`, column `f * 4 + c % 4`)."""
+    k, _, nw, f = words.shape
+    cg = channels_per_group
+    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 1, 3, 2), "<u8").view(np.uint8).reshape(
+        k, k, f, nw * 8), axis=-1, bitorder="little")[..., :cg]                # k, k, F, Cg
+    pm = bits.astype(np.int8) * 2 - 1
+    v = pm.reshape(k * k, f, cg // 4, 4).transpose(0, 2, 1, 3)                  # tap, c4, F, 4
+    return np.ascontiguousarray(v.reshape(k * k * cg // 4, f * 4))
+
+
+@dataclass(frozen=True)
+class AmxGeometry:
+    """Where the pixel tiles of one image lie: `tiles` tiles of `rows` pixels, tile `t` starting at padded
+    pixel `base(t)` with its rows `step` pixels apart; `in_rows` padded pixels of input (with the slack
+    the last tiles read), `acc_rows` accumulator rows; output pixel (y, x) is accumulator row `y * pitch + x`."""
+    rows: int
+    tiles: int
+    step: int
+    wp: int
+    per_row: int       # tiles per output row (stride > 1); 0: wide tiles (stride 1)
+    stride: int
+    pitch: int
+    in_rows: int
+    acc_rows: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.tiles + 1) // 2
+
+    def base(self, t):
+        if not self.per_row:
+            return t * self.rows
+        return (t // self.per_row) * self.stride * self.wp + (t % self.per_row) * self.rows * self.stride
+
+
+def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
+    pad = k // 2
+    hp, wp = h + 2 * pad, w + 2 * pad
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    if stride == 1:
+        rows, per_row, pitch, tiles = TILE_ROWS, 0, wp, -(-ho * wp // TILE_ROWS)
+    else:
+        rows = max(d for d in range(1, TILE_ROWS + 1) if wo % d == 0)
+        per_row, pitch = wo // rows, wo
+        tiles = ho * per_row
+    g = AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, 0, 0)
+    last = max(g.base(t) for t in range(2 * g.blocks)) + (k - 1) * wp + (k - 1) + (rows - 1) * stride + 1
+    return AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
+
+
+def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str):
+    """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,
+    geometry) of the +-1 conv of sign(x + move) (`x` NHWC float)."""
+    import tvm
+    from tvm import te
+    n_, h, w, c = (int(v) for v in x.shape)
+    pad = k // 2
+    geo = amx_geometry(h, w, k, stride)
+    cg, og = c // groups, out_channels // groups
+    wt = te.placeholder((k * k * cg // 4, out_channels * 4), "int8", name=f"{name}_weight_amx")
+    one, minus, zero = (tvm.tirx.const(v, "int8") for v in (1, -1, 0))
+
+    def _sign(n, r, ch):
+        yy, xx = r // geo.wp, r % geo.wp
+        v = tvm.tirx.Select(x[n, yy - pad, xx - pad, ch] + move[ch] >= 0, one, minus)
+        if not pad and geo.in_rows == h * w:
+            return v
+        inside = tvm.tirx.all(r < (h + 2 * pad) * geo.wp, yy >= pad, yy < h + pad, xx >= pad, xx < w + pad)
+        return tvm.tirx.if_then_else(inside, v, zero)
+
+    xs = te.compute((n_, geo.in_rows, c), _sign, name=f"{name}_xs")
+    body = _conv_body(n_, c, cg, groups, og, out_channels, k, geo)
+
+    def fcompute(ins, outs):
+        return body.specialize({body.params[0]: ins[0].data, body.params[1]: ins[1].data,
+                                body.params[2]: outs[0].data}).body
+
+    acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
+    return wt, acc, geo
+
+
+def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry):  # noqa: N803
+    """The tile loop as a PrimFunc over three pointers (input rows, weights, accumulators); `amx_conv`
+    puts its body into the extern stage. The Python constants are read when the script is parsed."""
+    from tvm.script import tirx as T
+    KC = amx_chunk(CG)
+    NB = 2 if OG % 32 == 0 else 1            # B tiles per step: 16 output channels each
+    NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
+    XR, AR = geo.in_rows, geo.acc_rows
+    RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
+
+    def ptr(dtype, h, off, mask):
+        return T.tvm_access_ptr(T.type_annotation(dtype), h, off, 1, mask)
+
+    def intrin(op, *args):
+        return T.call_llvm_intrin("void", f"llvm.x86.{op}", *args)
+
+    def load_a(px, nm, gi, tap, q, h: int):     # pixel tile h of the block: tile register 4 + h
+        return intrin("tileloadd64", T.int8(4 + h), ptr(
+            "int8", px, (nm // MB * XR + geo.base(nm % MB * 2 + h) + tap // K * geo.wp + tap % K) * C
+            + gi * CG + q * KC, 1), T.int64(RS))
+
+    def load_b(pw, gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
+        return intrin("tileloadd64", T.int8(6 + b), ptr(
+            "int8", pw, (tap * CG // 4 + q * KC // 4) * F * 4 + (gi * OG + nt * 16 * NB + b * 16) * 4, 1),
+            T.int64(F * 4))
+
+    def store(pa, nm, gi, nt, h: int, b: int):  # accumulator tile 2h + b
+        return intrin("tilestored64", T.int8(h * 2 + b), ptr(
+            "int32", pa, (nm // MB * AR + (nm % MB * 2 + h) * R) * F + gi * OG + nt * 16 * NB + b * 16, 2),
+            T.int64(F * 4))
+
+    def dp(h: int, b: int):
+        return intrin("tdpbssd", T.int8(h * 2 + b), T.int8(4 + h), T.int8(6 + b))
+
+    @T.prim_func(s_tir=True)
+    def body(px: T.handle("int8"), pw: T.handle("int8"), pa: T.handle("int32")) -> None:
+        T.evaluate(T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
+                                 T.int64(XFEATURE_XTILEDATA)))
+        for nm in T.parallel(N * MB):
+            cfg = T.alloc_buffer((64,), "uint8", scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for t in range(8):   # tiles 0-3 accumulators, 4-5 pixels (A), 6-7 weights (B)
+                cfg[16 + 2 * t] = T.Cast("uint8", T.if_then_else(t < 4 or t >= 6, 64, KC))
+                cfg[48 + t] = T.Cast("uint8", T.if_then_else(t < 6, R, KC // 4))
+            T.evaluate(intrin("ldtilecfg", cfg.access_ptr("r")))
+            for gi, nt in T.grid(G, NT):
+                T.evaluate(intrin("tilezero", T.int8(0)))
+                T.evaluate(intrin("tilezero", T.int8(2)))
+                if NB == 2:
+                    T.evaluate(intrin("tilezero", T.int8(1)))
+                    T.evaluate(intrin("tilezero", T.int8(3)))
+                for tap, q in T.grid(K * K, KQ):
+                    T.evaluate(load_a(px, nm, gi, tap, q, 0))
+                    T.evaluate(load_a(px, nm, gi, tap, q, 1))
+                    T.evaluate(load_b(pw, gi, nt, tap, q, 0))
+                    if NB == 2:
+                        T.evaluate(load_b(pw, gi, nt, tap, q, 1))
+                    T.evaluate(dp(0, 0))
+                    T.evaluate(dp(1, 0))
+                    if NB == 2:
+                        T.evaluate(dp(0, 1))
+                        T.evaluate(dp(1, 1))
+                T.evaluate(store(pa, nm, gi, nt, 0, 0))
+                T.evaluate(store(pa, nm, gi, nt, 1, 0))
+                if NB == 2:
+                    T.evaluate(store(pa, nm, gi, nt, 0, 1))
+                    T.evaluate(store(pa, nm, gi, nt, 1, 1))
+            T.evaluate(intrin("tilerelease"))
+
+    return body
+
+
+def amx_dot(acc, geo: AmxGeometry):
+    """The exact +-1 conv value at (n, y, x, f) from `amx_conv`'s accumulators."""
+    def dot(n, y, x, o):
+        return acc[n, y * geo.pitch + x, o]
+    return dot
+
+
+def schedule_amx(sch, name: str) -> None:
+    """The sign stage vectorised over channels and rows in parallel; the tile loop (an extern stage, whose
+    reads and writes the schedule is told here: TE leaves them empty for raw pointers); the epilogue
+    vectorised over 16 output channels, rows in parallel."""
+    import tvm
+    from tvm import s_tir
+    blk = sch.get_sblock(f"{name}_amx")
+    old = sch.get(blk)
+    xs = sch.get(sch.get_sblock(f"{name}_xs")).writes[0].source
+    func = sch.mod["main"]
+    wt = next(b for b in func.params if b.name == f"{name}_weight_amx")   # params are the buffers
+    out = sch.get(sch.get_sblock(f"{name}_out"))
+    acc = next(r.source for r in out.reads if r.source.name == f"{name}_amx")
+
+    def full(b):
+        return tvm.tirx.BufferRegion(b, [tvm.ir.Range(0, e) for e in b.shape])
+    new = s_tir.SBlock(old.iter_vars, [full(xs), full(wt)], [full(acc)], old.name_hint, old.body)
+    sch.state.replace(sch.get_sref(blk), new, {old: new})
+    for stage, lanes in ((f"{name}_xs", 64), (f"{name}_out", 16)):
+        b = sch.get_sblock(stage)
+        loops = sch.get_loops(b)
+        ext = int(sch.get(loops[-1]).extent)
+        v = max([d for d in (lanes, 32, 16, 8, 4) if ext % d == 0 and d <= lanes], default=1)
+        if v > 1:
+            sch.vectorize(sch.split(loops[-1], [None, v])[1])
+        sch.parallel(sch.fuse(*loops[:2]))
