@@ -121,9 +121,12 @@ class DeviceProfile:
 
 def _resolve_native(t: dict) -> dict:
     t = dict(t)
-    if t.get("mcpu") == "native":
-        import tvm
-        t["mcpu"] = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")()
+    if t.get("mcpu") == "native":   # as the named target "local": the CPU name and features it misses
+        from nasbnn_hw.deploy.kernels.targets import host_config
+        host = host_config()
+        t["mcpu"] = host["mcpu"]
+        if "mattr" in host and "mattr" not in t:
+            t["mattr"] = host["mattr"]
     return t
 
 

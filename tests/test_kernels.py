@@ -386,6 +386,7 @@ def _host_has_amx() -> bool:
     (48, 96, 1, 2, 1, 5),        # 1x1, 24 inputs per group
     (64, 128, 3, 1, 2, 14),      # stride 2: tiles of one output row (7 pixels), rows 2 x C bytes apart
     (96, 96, 3, 2, 2, 10),       # stride 2, groups
+    (64, 64, 3, 2, 2, 8),        # stride 2, 32 per group, 4-pixel row tiles
     (16, 16, 3, 1, 1, 5),        # 16 channels: one B tile, K chunk 16
     (512, 512, 1, 1, 1, 3),      # 1x1: 8 K chunks
 ])

@@ -47,11 +47,10 @@ def amx_fits(in_per_group: int, out_per_group: int) -> bool:
 def amx_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
     """Packed words (k, k, words_per_group, F) -> +-1 int8 (k * k * Cg / 4, F * 4) in the VNNI order of
     the B tiles (row `tap * Cg / 4 + c // 4`, column `f * 4 + c % 4`)."""
-    k, _, nw, f = words.shape
+    from nasbnn_hw.deploy.kernels.binary import sign_weights
+    k, _, _, f = words.shape
     cg = channels_per_group
-    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 1, 3, 2), "<u8").view(np.uint8).reshape(
-        k, k, f, nw * 8), axis=-1, bitorder="little")[..., :cg]                # k, k, F, Cg
-    pm = bits.astype(np.int8) * 2 - 1
+    pm = sign_weights(words, cg).transpose(2, 3, 0, 1)                           # k, k, F, Cg
     v = pm.reshape(k * k, f, cg // 4, 4).transpose(0, 2, 1, 3)                  # tap, c4, F, 4
     return np.ascontiguousarray(v.reshape(k * k * cg // 4, f * 4))
 
@@ -96,9 +95,12 @@ def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
     return AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
 
 
-def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str):
+def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str,
+             parallel_min: int | None = None):
     """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,
-    geometry) of the +-1 conv of sign(x + move) (`x` NHWC float)."""
+    geometry) of the +-1 conv of sign(x + move) (`x` NHWC float). The tile loop runs in parallel where the
+    layer's work (in 64-bit words, as the other strategies count it) reaches `parallel_min`."""
+    from nasbnn_hw.deploy.kernels.schedule import PARALLEL_MIN
     import tvm
     from tvm import te
     n_, h, w, c = (int(v) for v in x.shape)
@@ -117,7 +119,10 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
         return tvm.tirx.if_then_else(inside, v, zero)
 
     xs = te.compute((n_, geo.in_rows, c), _sign, name=f"{name}_xs")
-    body = _conv_body(n_, c, cg, groups, og, out_channels, k, geo)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    work = n_ * ho * wo * out_channels * k * k * cg // 64
+    body = _conv_body(n_, c, cg, groups, og, out_channels, k, geo,
+                      work >= (PARALLEL_MIN if parallel_min is None else parallel_min))
 
     def fcompute(ins, outs):
         return body.specialize({body.params[0]: ins[0].data, body.params[1]: ins[1].data,
@@ -127,7 +132,8 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     return wt, acc, geo
 
 
-def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry):  # noqa: N803
+def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry,  # noqa: N803
+               parallel: bool = True):
     """The tile loop as a PrimFunc over three pointers (input rows, weights, accumulators); `amx_conv`
     puts its body into the extern stage. The Python constants are read when the script is parsed."""
     from tvm.script import tirx as T
@@ -136,6 +142,7 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
     XR, AR = geo.in_rows, geo.acc_rows
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
+    loop = T.parallel if parallel else T.serial
 
     def ptr(dtype, h, off, mask):
         return T.tvm_access_ptr(T.type_annotation(dtype), h, off, 1, mask)
@@ -163,9 +170,10 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
 
     @T.prim_func(s_tir=True)
     def body(px: T.handle("int8"), pw: T.handle("int8"), pa: T.handle("int32")) -> None:
-        T.evaluate(T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
-                                 T.int64(XFEATURE_XTILEDATA)))
-        for nm in T.parallel(N * MB):
+        assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
+                             T.int64(XFEATURE_XTILEDATA)) == T.int64(0), \
+            "the operating system refused AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)"
+        for nm in loop(N * MB):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in range(64):
                 cfg[i] = T.uint8(0)
@@ -208,12 +216,15 @@ def amx_dot(acc, geo: AmxGeometry):
     return dot
 
 
-def schedule_amx(sch, name: str) -> None:
+def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
     """The sign stage vectorised over channels and rows in parallel; the tile loop (an extern stage, whose
     reads and writes the schedule is told here: TE leaves them empty for raw pointers); the epilogue
-    vectorised over 16 output channels, rows in parallel."""
+    vectorised over 16 output channels, rows in parallel; in parallel only where the layer's work (64-bit
+    words, as `amx_conv` counts it) reaches `parallel_min`."""
     import tvm
     from tvm import s_tir
+
+    from nasbnn_hw.deploy.kernels.schedule import _iterations, _maybe_parallel
     blk = sch.get_sblock(f"{name}_amx")
     old = sch.get(blk)
     xs = sch.get(sch.get_sblock(f"{name}_xs")).writes[0].source
@@ -226,6 +237,7 @@ def schedule_amx(sch, name: str) -> None:
         return tvm.tirx.BufferRegion(b, [tvm.ir.Range(0, e) for e in b.shape])
     new = s_tir.SBlock(old.iter_vars, [full(xs), full(wt)], [full(acc)], old.name_hint, old.body)
     sch.state.replace(sch.get_sref(blk), new, {old: new})
+    work = _iterations(sch, sch.get_sblock(f"{name}_out")) * 4 * int(wt.shape[0]) // 64
     for stage, lanes in ((f"{name}_xs", 64), (f"{name}_out", 16)):
         b = sch.get_sblock(stage)
         loops = sch.get_loops(b)
@@ -233,4 +245,4 @@ def schedule_amx(sch, name: str) -> None:
         v = max([d for d in (lanes, 32, 16, 8, 4) if ext % d == 0 and d <= lanes], default=1)
         if v > 1:
             sch.vectorize(sch.split(loops[-1], [None, v])[1])
-        sch.parallel(sch.fuse(*loops[:2]))
+        _maybe_parallel(sch, work, loops[:2], tile_cfg)

@@ -109,6 +109,14 @@ def pack_weights(sign_weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(words.transpose(0, 1, 3, 2)).astype(np.uint64)
 
 
+def sign_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> the +-1 weights (F, Cg, k, k) int8 (`pack_weights` undone)."""
+    k, _, nw, f = words.shape
+    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 1, 3, 2), "<u8").view(np.uint8).reshape(
+        k, k, f, nw * 8), axis=-1, bitorder="little")[..., :channels_per_group]       # k, k, F, Cg
+    return np.ascontiguousarray((bits.astype(np.int8) * 2 - 1).transpose(2, 3, 0, 1))
+
+
 def bytes_per_group(channels_per_group: int) -> int:
     return math.ceil(channels_per_group / 8)
 
@@ -488,7 +496,7 @@ def rprelu(v, alpha, bias_after):
 
 
 def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, name: str,
-                      acc_dtype: str = "int64", strategy: str = "word"):
+                      acc_dtype: str = "int64", strategy: str = "word", parallel_min: int | None = None):
     """One half of a binary block, all fused into one output stage.
 
     out = rprelu(dot * mul + add + shortcut(x)) with mul = weight scale * BN scale, add = BN shift + move12.
@@ -497,7 +505,7 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
     C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
     """
     from tvm import te
-    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy)
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min)
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
     sc = shortcut_value(x, stride, out_channels)
@@ -515,8 +523,11 @@ def _out_hw(x, k: int, stride: int) -> tuple[int, int]:
     return tuple((int(v) + 2 * pad - k) // stride + 1 for v in x.shape[1:3])
 
 
-def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str, strategy: str):
-    """(placeholders move_in, weight, corr; the exact +-1 conv value builder) of sign(x + move_in)."""
+def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str, strategy: str,
+              parallel_min: int | None = None):
+    """(placeholders move_in, weight, corr; the exact +-1 conv value builder) of sign(x + move_in).
+    `parallel_min`: the amx strategy's tile loop runs in parallel from that much work (its loop is built
+    here, not by the schedule)."""
     from tvm import te
     _, h, w, c_in = (int(v) for v in x.shape)
     pad = k // 2
@@ -524,7 +535,7 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
     p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in")}
     if strategy == "amx":   # +-1 int8 products: zero padding is exact, no correction
         from nasbnn_hw.deploy.kernels.amx import amx_conv, amx_dot
-        p["weight"], acc, geo = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name)
+        p["weight"], acc, geo = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name, parallel_min)
         return p, amx_dot(acc, geo)
     p["weight"], acc = _popcount_conv(x, p["move_in"], k, stride, groups, out_channels, name, acc_dtype, strategy)
     rows = cols = None
@@ -536,9 +547,9 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
 
 
 def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64",
-                    strategy: str = "word"):
+                    strategy: str = "word", parallel_min: int | None = None):
     """The integer +-1 conv of sign(x) alone (no epilogue): for exactness tests and benchmarks."""
     from tvm import te
-    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy)
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min)
     out = te.compute((int(x.shape[0]), *_out_hw(x, k, stride), out_channels), dot, name=f"{name}_out")
     return p, out

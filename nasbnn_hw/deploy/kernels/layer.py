@@ -78,7 +78,8 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
         sched = layer_schedule(cfg, spec, schedule)
         return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
                                         "int32" if sched is None else sched.acc_dtype,
-                                        "word" if sched is None else sched.strategy)
+                                        "word" if sched is None else sched.strategy,
+                                        None if sched is None else sched.parallel_min)
     return float_ops.pool_classifier(x, cfg.out_channels, name)
 
 
@@ -103,16 +104,21 @@ def random_params(cfg: LayerConfig, placeholders: dict, rng: np.random.Generator
     """Random arguments of the kernel of layer `cfg` (`x` first, when given): the same logical weights for
     every strategy (64-bit words with their spare bits cleared, in the kernel's layout), so that kernels
     built with different schedules compute the same output from the same seed."""
-    from nasbnn_hw.deploy.kernels.binary import WORD_DTYPE, clear_spare_bits, words_per_group
+    from nasbnn_hw.deploy.kernels.binary import (WORD_DTYPE, clear_spare_bits, padding_correction, sign_weights,
+                                                 words_per_group)
     from nasbnn_hw.deploy.kernels.params import random_arrays
     shapes = {} if x is None else {"x": _shape_dtype(x)}
     shapes.update({k: _shape_dtype(v) for k, v in placeholders.items()})
     cg = cfg.in_channels // cfg.groups
     if cfg.kind == "bconv":
         shapes["weight"] = ((cfg.kernel, cfg.kernel, words_per_group(cg), cfg.out_channels), WORD_DTYPE)
+    corr = shapes.pop("corr", None)   # not drawn: the same draws whether a strategy takes it or not
     data = random_arrays(shapes, rng)
     if cfg.kind == "bconv":
         data["weight"] = clear_spare_bits(data["weight"], cg)
+        if corr is not None:   # the true correction of these weights: every strategy computes the same conv
+            data["corr"] = padding_correction(sign_weights(data["weight"], cg), cfg.groups,
+                                              (cfg.resolution, cfg.resolution), cfg.stride, cfg.kernel // 2)[0]
     return kernel_params(cfg, placeholders, data)
 
 
@@ -140,7 +146,11 @@ def compile_function(args, spec: TargetSpec, schedule_fn):
         schedule.gpu_generic(sch)
     else:
         schedule_fn(sch)
-    return tvm.compile(sch.mod, target=spec.tvm_target())
+    # an AMX tile loop reaches its buffers through typed pointers (`amx._conv_body`); TVM's storage reuse
+    # may give such a buffer the memory of another stage of another type, which pointer lowering rejects
+    amx = any(str(getattr(a, "name", "")).endswith("_weight_amx") for a in args)
+    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True} if amx else {}):
+        return tvm.compile(sch.mod, target=spec.tvm_target())
 
 
 def _shape_dtype(t) -> tuple[tuple[int, ...], str]:
@@ -224,7 +234,8 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     tile_cfg = {**schedule.cpu_tile(spec), **(tile or {})}
     acc = "int32" if spec.is_gpu else tile_cfg["acc_dtype"]
     strategy = "word" if spec.is_gpu else tile_cfg.get("strategy", "word")
-    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc, strategy)
+    placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc, strategy,
+                                               tile_cfg.get("parallel_min"))
     data = random_params(cfg, placeholders, np.random.default_rng(seed), x)
 
     def _sched(sch):

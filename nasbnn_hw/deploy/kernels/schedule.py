@@ -221,6 +221,7 @@ X86_CANDIDATES = (
                   for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128), (7, 96), (2, 96))),
     PAIRS_X86, CpuSchedule(4, 96, 32, "int16", strategy="pairs"), CpuSchedule(2, 96, 32, "int16", strategy="pairs"),
     DENSE_X86, DENSE_AVX2, CpuSchedule(4, 16, 8, "int64", strategy="dense"), CpuSchedule(14, 8, 8, "int64", strategy="dense"),
+    AMX_X86,
 )
 ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
@@ -258,7 +259,9 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     """The schedule of an untuned layer, from the target's features (see `CpuSchedule` on strategies):
     aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
-    `LEGACY_X86`, tuned there; x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    `LEGACY_X86`, tuned there, and where the target has AMX-INT8 the int8 tile products (`AMX_X86`) for the
+    layers they build (1.23-1.49x the legacy tile's speed on the six layers of benchmarks/tuned_layers.py,
+    docs/measurements.md "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
     whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
     of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
     lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
@@ -280,7 +283,7 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
     if fam == "aarch64":
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
     if spec is None or has_feature(spec, "avx512f"):
-        return LEGACY_X86, (DENSE_X86,)
+        return LEGACY_X86, ((AMX_X86,) if spec is not None and has_feature(spec, "amx-int8") else ()) + (DENSE_X86,)
     return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, PAIRS_X86, PAIRS_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
                       if has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
 
@@ -294,10 +297,11 @@ def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
         return []
     base = default_schedule(spec, cfg)
     nibble_ok = fam == "x86" and has_feature(spec, "avx2")
+    amx_ok = fam == "x86" and has_feature(spec, "amx-int8")
     seen, out = set(), []
     for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
         e = s.effective(cfg)
-        if s.fits(cfg) and e not in seen and (s.strategy not in LOOKUPS or nibble_ok):
+        if s.fits(cfg) and e not in seen and (s.strategy not in LOOKUPS or nibble_ok) and (s.strategy != "amx" or amx_ok):
             seen.add(e)
             out.append(s)
     return out
@@ -384,7 +388,7 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
     if (tile_cfg or {}).get("strategy") == "amx":
         from nasbnn_hw.deploy.kernels.amx import schedule_amx
-        schedule_amx(sch, name)
+        schedule_amx(sch, name, tile_cfg)
         return
     cpu_pack(sch, name, tile_cfg)
     if (tile_cfg or {}).get("strategy") == "dense":

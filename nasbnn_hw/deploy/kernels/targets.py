@@ -51,9 +51,28 @@ class TargetSpec:
         return canonical_target(self.key or str(self.tvm_target()))
 
 
+# CPU features the kernels use that a host's LLVM CPU name can miss: a virtual machine may report an older
+# CPU model with a newer core's features (an AMX-INT8 core seen as `rocketlake`, which has no AMX).
+HOST_EXTRA_FEATURES = ("amx-tile", "amx-int8")
+
+
+def host_config() -> dict:
+    """The TVM target dict of this machine's CPU: its LLVM CPU name, plus `HOST_EXTRA_FEATURES` it has that
+    the name does not imply."""
+    import tvm
+    cpu = host_cpu_name()
+    cfg = {"kind": "llvm", "mcpu": cpu}
+    have = {str(k): bool(v) for k, v in dict(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()).items()}
+    if all(have.get(f) for f in HOST_EXTRA_FEATURES):
+        from tvm.target import codegen
+        if not codegen.llvm_cpu_has_features(list(HOST_EXTRA_FEATURES), tvm.target.Target(cfg)):
+            cfg["mattr"] = [f"+{f}" for f in HOST_EXTRA_FEATURES]
+    return cfg
+
+
 def _named(name: str) -> TargetSpec:
     if name in ("local", "llvm", "x86"):
-        return TargetSpec("local", {"kind": "llvm", "mcpu": host_cpu_name()})
+        return TargetSpec("local", host_config())
     if name in ("aarch64", "aarch64-neon", "cortex-a72", "rpi4"):
         return TargetSpec("aarch64-neon", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
                                            "mattr": ["+neon"]}, cross_cc="aarch64-linux-gnu-gcc")
