@@ -406,3 +406,30 @@ def test_amx_strategy_is_exact(c_in, c_out, k, groups, stride, res):
               "weight": weights_for(pack_weights(w.numpy(), groups), c_in // groups, "amx", groups)}
     ref = F.conv2d(torch.sign(x + move.view(1, -1, 1, 1)), w, None, stride, k // 2, 1, groups)
     np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
+
+
+def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
+    from nasbnn_hw.deploy.kernels.amx import amx_chunk, amx_weights
+    from nasbnn_hw.deploy.kernels.targets import host_config
+    amx, avx512 = resolve_target(SAPPHIRE), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
+    cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
+    assert S.default_schedule(amx, cfg) == S.AMX_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    assert "amx" in {c.strategy for c in S.candidate_schedules(amx, cfg)}
+    assert "amx" not in {c.strategy for c in S.candidate_schedules(avx512, cfg)}
+    assert "amx" not in {c.strategy for c in S.candidate_schedules(resolve_target(HASWELL), cfg)}
+    narrow = LayerConfig("bconv", 64, 64, 3, 8, 1, 8)          # 8 outputs per group: no whole B tile
+    assert not S.AMX_X86.fits(narrow) and S.default_schedule(amx, narrow) != S.AMX_X86
+    assert not S.AMX_X86.fits(LayerConfig("bconv", 6, 16, 3, 1, 1, 8))   # 6 inputs: no 4-channel pairing
+    assert (amx_chunk(48), amx_chunk(96), amx_chunk(256), amx_chunk(20)) == (48, 48, 64, 20)
+    # a VM may call an AMX core by an older name: the AMX features are then named explicitly
+    both = {"amx-tile": True, "amx-int8": True, "avx512f": True}
+    assert host_config("rocketlake", both)["mattr"] == ["+amx-tile", "+amx-int8"]
+    assert "mattr" not in host_config("sapphirerapids", both)
+    assert "mattr" not in host_config("znver3", {"amx-tile": False, "avx2": True})
+    # B tiles in the order the loop reads them, two rows each here (8 inputs / 4): filter 17 is channel 1 of
+    # B tile 1, input 5 is byte 1 of row 1: row 1 * 2 + 1, column 1 * 4 + 1
+    w = np.ones((32, 8, 1, 1), np.float32)
+    w[17, 5] = -1
+    t = amx_weights(pack_weights(w, 1), 8)
+    assert t.shape == (2 * 8 // 4, 64) and t.dtype == np.int8 and set(np.unique(t)) == {-1, 1}
+    assert t[2 + 1, 4 + 1] == -1 and (t == -1).sum() == 1

@@ -43,8 +43,8 @@ def test_candidates_start_with_the_default_and_never_overflow():
     cands = S.candidate_schedules(LOCAL, cfg)
     assert cands[0] == S.default_schedule(LOCAL, cfg) and len(cands) >= 8
     assert len({c.effective(cfg) for c in cands}) == len(cands)  # no two compile to the same code
-    assert {c.acc_dtype for c in cands} == {"int64", "int32", "int16"} and {c.popcount for c in cands} == {
-        "scalar", "vector", "nibble"}  # every x86-64 CPU these run on has AVX2
+    assert {c.acc_dtype for c in cands} == {"int64", "int32", "int16"} and {c.popcount for c in cands} >= {
+        "scalar", "vector", "nibble"}  # every x86-64 CPU these run on has AVX2 (and some AMX: "amx")
     wide = LayerConfig("bconv", 2048, 2048, 5, 1, 1, 7)  # 25 x 2048 popcounts can exceed int16
     assert all(c.acc_dtype != "int16" for c in S.candidate_schedules(LOCAL, wide))
     with pytest.raises(S.ScheduleError, match="int16 accumulator can overflow"):

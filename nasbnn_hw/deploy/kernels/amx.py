@@ -8,8 +8,8 @@ output as 0, so the product is the exact binary conv with no padding correction.
 
 Layout. The input is one int8 row of `C` channels per padded pixel, (N, rows, C). One A tile is 16 rows
 (pixels) x `kc` input channels of one tap; one B tile is `kc / 4` rows x 64 bytes: 16 output channels x 4
-input channels (the VNNI pairing `tdpbssd` reads), so weights are (k * k * Cg / 4, F * 4) int8, row
-`tap * Cg / 4 + c // 4`, column `f * 4 + c % 4`. Each step of the inner loop loads two A tiles (two pixel
+input channels (the VNNI pairing `tdpbssd` reads); the weights are stored tile by tile in the order the
+loop reads them (`amx_weights`), each B tile 1 KB of consecutive bytes. Each step of the inner loop loads two A tiles (two pixel
 tiles) and one or two B tiles and issues up to four `tdpbssd` into the four accumulator tiles.
 
 Pixel tiles. Stride 1: the output is computed over whole padded rows ("wide" pixels `y * Wp + x`, the
@@ -44,15 +44,24 @@ def amx_fits(in_per_group: int, out_per_group: int) -> bool:
     return amx_chunk(in_per_group) > 0 and out_per_group % 16 == 0
 
 
-def amx_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
-    """Packed words (k, k, words_per_group, F) -> +-1 int8 (k * k * Cg / 4, F * 4) in the VNNI order of
-    the B tiles (row `tap * Cg / 4 + c // 4`, column `f * 4 + c % 4`)."""
+def b_tiles(out_per_group: int) -> int:
+    """B tiles (16 output channels each) per step: two where the group's channels come in 32s."""
+    return 2 if out_per_group % 32 == 0 else 1
+
+
+def amx_weights(words: np.ndarray, channels_per_group: int, groups: int = 1) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> +-1 int8 B tiles in the order the tile loop reads them,
+    (F / 16 * k * k * Cg / 4, 64): per group, per block of `b_tiles` x 16 output channels, per tap, per
+    chunk of `amx_chunk` input channels, per B tile, its `chunk / 4` rows of 16 channels x 4 inputs (the
+    VNNI pairing), so the loop streams them from consecutive addresses."""
     from nasbnn_hw.deploy.kernels.binary import sign_weights
     k, _, _, f = words.shape
-    cg = channels_per_group
-    pm = sign_weights(words, cg).transpose(2, 3, 0, 1)                           # k, k, F, Cg
-    v = pm.reshape(k * k, f, cg // 4, 4).transpose(0, 2, 1, 3)                  # tap, c4, F, 4
-    return np.ascontiguousarray(v.reshape(k * k * cg // 4, f * 4))
+    cg, og = channels_per_group, f // groups
+    kc, nb = amx_chunk(cg), b_tiles(og)
+    pm = sign_weights(words, cg).transpose(2, 3, 0, 1).reshape(                   # tap, F, Cg split:
+        k * k, groups, og // (16 * nb), nb, 16, cg // kc, kc // 4, 4)            # f = (g, nt, b, j), c = (q, r, i)
+    v = pm.transpose(1, 2, 0, 5, 3, 6, 4, 7)                                     # g, nt, tap, q, b, r, j, i
+    return np.ascontiguousarray(v.reshape(f // 16 * k * k * cg // 4, 64))
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     pad = k // 2
     geo = amx_geometry(h, w, k, stride)
     cg, og = c // groups, out_channels // groups
-    wt = te.placeholder((k * k * cg // 4, out_channels * 4), "int8", name=f"{name}_weight_amx")
+    wt = te.placeholder((out_channels // 16 * k * k * cg // 4, 64), "int8", name=f"{name}_weight_amx")
     one, minus, zero = (tvm.tirx.const(v, "int8") for v in (1, -1, 0))
 
     def _sign(n, r, ch):
@@ -138,7 +147,7 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     puts its body into the extern stage. The Python constants are read when the script is parsed."""
     from tvm.script import tirx as T
     KC = amx_chunk(CG)
-    NB = 2 if OG % 32 == 0 else 1            # B tiles per step: 16 output channels each
+    NB = b_tiles(OG)
     NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
     XR, AR = geo.in_rows, geo.acc_rows
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
@@ -157,8 +166,7 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
 
     def load_b(pw, gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
         return intrin("tileloadd64", T.int8(6 + b), ptr(
-            "int8", pw, (tap * CG // 4 + q * KC // 4) * F * 4 + (gi * OG + nt * 16 * NB + b * 16) * 4, 1),
-            T.int64(F * 4))
+            "int8", pw, ((((gi * NT + nt) * K * K + tap) * KQ + q) * NB + b) * KC // 4 * 64, 1), T.int64(64))
 
     def store(pa, nm, gi, nt, h: int, b: int):  # accumulator tile 2h + b
         return intrin("tilestored64", T.int8(h * 2 + b), ptr(
@@ -173,6 +181,8 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
         assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
                              T.int64(XFEATURE_XTILEDATA)) == T.int64(0), \
             "the operating system refused AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)"
+        # one task per (image, block of two pixel tiles), one tile configuration each: `ldtilecfg` waits for
+        # the tile unit (one per 16 x 32 output block instead made 256->256 3x3 1.17x slower at 1 thread)
         for nm in loop(N * MB):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in range(64):

@@ -168,7 +168,7 @@ def weights_for(words: np.ndarray, channels_per_group: int, strategy: str, group
         return dense_weights(words, channels_per_group)
     if strategy == "amx":
         from nasbnn_hw.deploy.kernels.amx import amx_weights
-        return amx_weights(words, channels_per_group)
+        return amx_weights(words, channels_per_group, groups)
     if strategy == "pairs":
         f = words.shape[-1]
         return np.ascontiguousarray(nibble_weights(words, channels_per_group)[..., pair_source(f // groups, f)])

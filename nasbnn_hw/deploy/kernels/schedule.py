@@ -89,7 +89,7 @@ class CpuSchedule:
 
     @property
     def popcount(self) -> str:
-        if self.strategy in CHUNKED:
+        if self.strategy in CHUNKED or self.strategy == "amx":
             return self.strategy
         return "scalar" if self.vector == 1 else "vector"
 

@@ -56,13 +56,15 @@ class TargetSpec:
 HOST_EXTRA_FEATURES = ("amx-tile", "amx-int8")
 
 
-def host_config() -> dict:
-    """The TVM target dict of this machine's CPU: its LLVM CPU name, plus `HOST_EXTRA_FEATURES` it has that
-    the name does not imply."""
+def host_config(cpu: str | None = None, features: dict | None = None) -> dict:
+    """The TVM target dict of this machine's CPU (or of LLVM CPU `cpu` with the CPUID `features`, name ->
+    bool): its LLVM CPU name, plus `HOST_EXTRA_FEATURES` it has that the name does not imply."""
     import tvm
-    cpu = host_cpu_name()
+    cpu = cpu or host_cpu_name()
     cfg = {"kind": "llvm", "mcpu": cpu}
-    have = {str(k): bool(v) for k, v in dict(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()).items()}
+    if features is None:
+        features = dict(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")())
+    have = {str(k): bool(v) for k, v in features.items()}
     if all(have.get(f) for f in HOST_EXTRA_FEATURES):
         from tvm.target import codegen
         if not codegen.llvm_cpu_has_features(list(HOST_EXTRA_FEATURES), tvm.target.Target(cfg)):
