@@ -9,8 +9,13 @@ output as 0, so the product is the exact binary conv with no padding correction.
 Layout. The input is one int8 row of `C` channels per padded pixel, (N, rows, C). One A tile is 16 rows
 (pixels) x `kc` input channels of one tap; one B tile is `kc / 4` rows x 64 bytes: 16 output channels x 4
 input channels (the VNNI pairing `tdpbssd` reads); the weights are stored tile by tile in the order the
-loop reads them (`amx_weights`), each B tile 1 KB of consecutive bytes. Each step of the inner loop loads two A tiles (two pixel
-tiles) and one or two B tiles and issues up to four `tdpbssd` into the four accumulator tiles.
+loop reads them (`amx_weights`), each B tile 1 KB of consecutive bytes. Each step of the inner loop loads
+two A tiles (two pixel tiles) and one or two B tiles and issues up to four `tdpbssd` into the four
+accumulator tiles, which are stored as int32 (N, rows, F) for the epilogue of `binary.binary_half_block`.
+
+The tile loop is a TE extern stage whose body is written in TVMScript (`_conv_body`: tile configuration,
+loads, products and stores as LLVM intrinsics, on the addresses of buffer elements); `schedule_amx` tells
+the schedule the stage's whole-buffer reads and writes, vectorises the sign stage and the epilogue.
 
 Pixel tiles. Stride 1: the output is computed over whole padded rows ("wide" pixels `y * Wp + x`, the
 last `k - 1` columns of each row discarded), so the input address of a tile is linear in its index and
@@ -104,6 +109,12 @@ def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
     return AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
 
 
+def amx_accumulator_bytes(cfg, batch: int = 1) -> int:
+    """Bytes of the int32 accumulators of binary layer `cfg` (a `LayerConfig`) under the amx strategy."""
+    g = amx_geometry(cfg.resolution, cfg.resolution, cfg.kernel, cfg.stride)
+    return batch * g.acc_rows * cfg.out_channels * 4
+
+
 def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str,
              parallel_min: int | None = None):
     """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,
@@ -130,21 +141,21 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     xs = te.compute((n_, geo.in_rows, c), _sign, name=f"{name}_xs")
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     work = n_ * ho * wo * out_channels * k * k * cg // 64
-    body = _conv_body(n_, c, cg, groups, og, out_channels, k, geo,
-                      work >= (PARALLEL_MIN if parallel_min is None else parallel_min))
+    parallel = work >= (PARALLEL_MIN if parallel_min is None else parallel_min)
 
     def fcompute(ins, outs):
-        return body.specialize({body.params[0]: ins[0].data, body.params[1]: ins[1].data,
-                                body.params[2]: outs[0].data}).body
+        return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], outs[0], parallel)
 
     acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
     return wt, acc, geo
 
 
 def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry,  # noqa: N803
-               parallel: bool = True):
-    """The tile loop as a PrimFunc over three pointers (input rows, weights, accumulators); `amx_conv`
-    puts its body into the extern stage. The Python constants are read when the script is parsed."""
+               X, W, A, parallel: bool = True):  # noqa: N803
+    """The tile loop over the extern stage's buffers `X` (input rows), `W` (B tiles) and `A` (accumulators),
+    written in TVMScript (the Python constants and buffers are read when it is parsed). Tiles are loaded and
+    stored through the addresses of buffer elements: TVM's storage reuse may put another stage's buffer of
+    another type in the same memory, and remaps element accesses (raw typed pointers it cannot)."""
     from tvm.script import tirx as T
     KC = amx_chunk(CG)
     NB = b_tiles(OG)
@@ -153,31 +164,30 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
     loop = T.parallel if parallel else T.serial
 
-    def ptr(dtype, h, off, mask):
-        return T.tvm_access_ptr(T.type_annotation(dtype), h, off, 1, mask)
 
     def intrin(op, *args):
         return T.call_llvm_intrin("void", f"llvm.x86.{op}", *args)
 
-    def load_a(px, nm, gi, tap, q, h: int):     # pixel tile h of the block: tile register 4 + h
-        return intrin("tileloadd64", T.int8(4 + h), ptr(
-            "int8", px, (nm // MB * XR + geo.base(nm % MB * 2 + h) + tap // K * geo.wp + tap % K) * C
-            + gi * CG + q * KC, 1), T.int64(RS))
+    def load_a(nm, gi, tap, q, h: int):     # pixel tile h of the block: tile register 4 + h
+        at = X[nm // MB, geo.base(nm % MB * 2 + h) + tap // K * geo.wp + tap % K, gi * CG + q * KC]
+        return intrin("tileloadd64", T.int8(4 + h), T.address_of(at), T.int64(RS))
 
-    def load_b(pw, gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
-        return intrin("tileloadd64", T.int8(6 + b), ptr(
-            "int8", pw, ((((gi * NT + nt) * K * K + tap) * KQ + q) * NB + b) * KC // 4 * 64, 1), T.int64(64))
+    def load_b(gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
+        at = W[((((gi * NT + nt) * K * K + tap) * KQ + q) * NB + b) * KC // 4, 0]
+        return intrin("tileloadd64", T.int8(6 + b), T.address_of(at), T.int64(64))
 
-    def store(pa, nm, gi, nt, h: int, b: int):  # accumulator tile 2h + b
-        return intrin("tilestored64", T.int8(h * 2 + b), ptr(
-            "int32", pa, (nm // MB * AR + (nm % MB * 2 + h) * R) * F + gi * OG + nt * 16 * NB + b * 16, 2),
-            T.int64(F * 4))
+    def store(nm, gi, nt, h: int, b: int):  # accumulator tile 2h + b
+        at = A[nm // MB, (nm % MB * 2 + h) * R, gi * OG + nt * 16 * NB + b * 16]
+        return intrin("tilestored64", T.int8(h * 2 + b), T.address_of(at), T.int64(F * 4))
 
     def dp(h: int, b: int):
         return intrin("tdpbssd", T.int8(h * 2 + b), T.int8(4 + h), T.int8(6 + b))
 
-    @T.prim_func(s_tir=True)
-    def body(px: T.handle("int8"), pw: T.handle("int8"), pa: T.handle("int32")) -> None:
+    @T.prim_func(s_tir=True, check_well_formed=False)   # the buffers are declared by the enclosing function
+    def body() -> None:
+        # whole-buffer accesses, so buffer compaction keeps every element the tiles address
+        T.evaluate(T.address_of(X[N - 1, XR - 1, C - 1]))
+        T.evaluate(T.address_of(A[N - 1, AR - 1, F - 1]))
         assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
                              T.int64(XFEATURE_XTILEDATA)) == T.int64(0), \
             "the operating system refused AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)"
@@ -199,24 +209,24 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                     T.evaluate(intrin("tilezero", T.int8(1)))
                     T.evaluate(intrin("tilezero", T.int8(3)))
                 for tap, q in T.grid(K * K, KQ):
-                    T.evaluate(load_a(px, nm, gi, tap, q, 0))
-                    T.evaluate(load_a(px, nm, gi, tap, q, 1))
-                    T.evaluate(load_b(pw, gi, nt, tap, q, 0))
+                    T.evaluate(load_a(nm, gi, tap, q, 0))
+                    T.evaluate(load_a(nm, gi, tap, q, 1))
+                    T.evaluate(load_b(gi, nt, tap, q, 0))
                     if NB == 2:
-                        T.evaluate(load_b(pw, gi, nt, tap, q, 1))
+                        T.evaluate(load_b(gi, nt, tap, q, 1))
                     T.evaluate(dp(0, 0))
                     T.evaluate(dp(1, 0))
                     if NB == 2:
                         T.evaluate(dp(0, 1))
                         T.evaluate(dp(1, 1))
-                T.evaluate(store(pa, nm, gi, nt, 0, 0))
-                T.evaluate(store(pa, nm, gi, nt, 1, 0))
+                T.evaluate(store(nm, gi, nt, 0, 0))
+                T.evaluate(store(nm, gi, nt, 1, 0))
                 if NB == 2:
-                    T.evaluate(store(pa, nm, gi, nt, 0, 1))
-                    T.evaluate(store(pa, nm, gi, nt, 1, 1))
+                    T.evaluate(store(nm, gi, nt, 0, 1))
+                    T.evaluate(store(nm, gi, nt, 1, 1))
             T.evaluate(intrin("tilerelease"))
 
-    return body
+    return body.body
 
 
 def amx_dot(acc, geo: AmxGeometry):

@@ -146,11 +146,7 @@ def compile_function(args, spec: TargetSpec, schedule_fn):
         schedule.gpu_generic(sch)
     else:
         schedule_fn(sch)
-    # an AMX tile loop reaches its buffers through typed pointers (`amx._conv_body`); TVM's storage reuse
-    # may give such a buffer the memory of another stage of another type, which pointer lowering rejects
-    amx = any(str(getattr(a, "name", "")).endswith("_weight_amx") for a in args)
-    with tvm.transform.PassContext(config={"tirx.disable_storage_rewrite": True} if amx else {}):
-        return tvm.compile(sch.mod, target=spec.tvm_target())
+    return tvm.compile(sch.mod, target=spec.tvm_target())
 
 
 def _shape_dtype(t) -> tuple[tuple[int, ...], str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.amx import amx_fits
+from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_fits
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -204,6 +204,11 @@ BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
+# The AMX default stops where its int32 accumulators (written by the tile loop, read by the epilogue) outgrow
+# about half a 2 MB L2: whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md
+# ("AMX"), against the legacy tile: 1.10-1.56x up to 0.65 MB of accumulators (28x28 and smaller), 0.39-0.88x
+# from 1.2 MB (56x56 and 112x112, few channels). `tune` still tries it on every layer it builds.
+AMX_DEFAULT_MAX_ACC = 1 << 20
 DENSE_X86 = replace(LEGACY_X86, strategy="dense")
 DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
 DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
@@ -272,7 +277,8 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     word, others = target_defaults(spec)
     if cfg is not None and cfg.kind == "bconv":
         for s in others:
-            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES):   # whole vectors (or joined lookups)
+            if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES) and (   # whole vectors (or joined
+                    s.strategy != "amx" or amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC):  # lookups)
                 return s
     return word
 
