@@ -414,6 +414,10 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     amx, avx512 = resolve_target(SAPPHIRE), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(amx, cfg) == S.AMX_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    # untuned layers keep the word tile where AMX lost: 2.4 MB of int8 weights, 1.2 MB of accumulators
+    for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 56)):
+        assert S.AMX_X86.fits(big) and S.default_schedule(amx, big) == S.LEGACY_X86
+        assert "amx" in {c.strategy for c in S.candidate_schedules(amx, big)}   # tune still weighs it
     assert "amx" in {c.strategy for c in S.candidate_schedules(amx, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(avx512, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(resolve_target(HASWELL), cfg)}

@@ -204,11 +204,20 @@ BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
-# The AMX default stops where its int32 accumulators (written by the tile loop, read by the epilogue) outgrow
-# about half a 2 MB L2: whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md
-# ("AMX"), against the legacy tile: 1.10-1.56x up to 0.65 MB of accumulators (28x28 and smaller), 0.39-0.88x
-# from 1.2 MB (56x56 and 112x112, few channels). `tune` still tries it on every layer it builds.
+# The AMX default stops where its int32 accumulators (written by the tile loop, read by the epilogue) or its
+# int8 weights (8x the packed bits, streamed again for every block of pixel tiles) outgrow about half a 2 MB
+# L2. Whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md ("AMX"), against the
+# legacy tile: 1.01-1.56x within both bounds; 0.39-0.88x with 1.2 MB of accumulators or more (56x56 and
+# 112x112); 0.36-0.55x with 1.8-7.4 MB of weights (5x5 layers of 768 and 1536 channels, 1536 1x1). `tune`
+# still tries it on every layer it builds.
 AMX_DEFAULT_MAX_ACC = 1 << 20
+AMX_DEFAULT_MAX_WEIGHTS = 1 << 20
+
+
+def amx_default_applies(cfg) -> bool:
+    """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
+    weights = cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
+    return amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC and weights <= AMX_DEFAULT_MAX_WEIGHTS
 DENSE_X86 = replace(LEGACY_X86, strategy="dense")
 DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
 DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
@@ -278,7 +287,7 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     if cfg is not None and cfg.kind == "bconv":
         for s in others:
             if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES) and (   # whole vectors (or joined
-                    s.strategy != "amx" or amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC):  # lookups)
+                    s.strategy != "amx" or amx_default_applies(cfg)):                          # lookups)
                 return s
     return word
 
