@@ -1,0 +1,74 @@
+"""Every binary layer of an imagenet subnet, the legacy tile against the AMX schedule, whole layers.
+
+    python benchmarks/amx_layers.py [--subnet largest|smallest] [--repeat 5]
+
+Needs a CPU with AMX-INT8 (the `local` target names it). Each distinct layer of the subnet at 224 is
+built with both schedules and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
+process, at the thread count TVM_NUM_THREADS gives (set it to 1 for per-core figures). Printed per layer:
+both times, legacy / AMX, the AMX accumulators' and int8 weights' size, and whether the AMX default applies
+to it (`schedule.amx_default_applies`). Add the CPU model (`lscpu`) to any figure you quote.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subnet", choices=("largest", "smallest"), default="smallest")
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    import tvm
+
+    from nasbnn_hw.core.sampling import largest, smallest
+    from nasbnn_hw.core.space import get_space
+    from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes
+    from nasbnn_hw.deploy.kernels.layer import build_layer
+    from nasbnn_hw.deploy.kernels.schedule import AMX_X86, LEGACY_X86, amx_default_applies, has_feature
+    from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.deploy.tvm_net import subnet_layers
+    from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
+    if not has_feature(resolve_target("local"), "amx-int8"):
+        print("this CPU has no AMX-INT8: nothing to compare", file=sys.stderr)
+        return 2
+    space = get_space("imagenet")
+    arch = (largest if a.subnet == "largest" else smallest)(space)
+    model = extract_subnet(SuperBNN(space).eval(), arch).eval()
+    dev = tvm.cpu(0)
+
+    def timer(lay):
+        t = [tvm.runtime.empty(x.shape, x.dtype, dev) if x.is_output else tvm.runtime.tensor(x.data, dev)
+             for x in lay.args]
+        lay.executable["main"](*t)
+        f = lay.executable.mod.time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=5)
+        return lambda: f(*t).results[0]
+
+    seen, total = {}, [0.0, 0.0]
+    print(f"imagenet {a.subnet} subnet at {space.resolution}: legacy tile against AMX, whole layers (ms)")
+    print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'leg/amx':>8s} {'acc MB':>7s} {'wts MB':>7s}  default")
+    for cfg in subnet_layers(model):
+        if cfg.kind != "bconv" or not AMX_X86.fits(cfg):
+            continue
+        if cfg.key() not in seen:
+            fns = [timer(build_layer(cfg, "local", schedule=s)) for s in (LEGACY_X86, AMX_X86)]
+            samples = [[], []]
+            for _ in range(a.repeat):
+                for i, f in enumerate(fns):
+                    samples[i].append(f())
+            seen[cfg.key()] = [statistics.median(s) * 1e3 for s in samples]
+            leg, amx = seen[cfg.key()]
+            wts = cfg.kernel ** 2 * cfg.in_channels // cfg.groups * cfg.out_channels
+            print(f"{cfg.key():38s} {leg:8.4f} {amx:8.4f} {leg / amx:7.2f}x {amx_accumulator_bytes(cfg) / 1e6:7.2f} "
+                  f"{wts / 1e6:7.2f}  {'amx' if amx_default_applies(cfg) else 'word'}", flush=True)
+        total = [t + v for t, v in zip(total, seen[cfg.key()])]
+    print(f"sum over the subnet's layers AMX builds: legacy {total[0]:.3f} ms, AMX {total[1]:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
