@@ -85,7 +85,8 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
 
 def kernel_params(cfg: LayerConfig, placeholders: dict, given: dict) -> dict:
     """`given` parameters of layer `cfg` (`params.binary_half_params`: packed 64-bit weight words) in the
-    layout its kernel's `placeholders` take (nibble, byte, dense and pairs strategies: `binary.weights_for`)."""
+    layout its kernel's `placeholders` take (nibble, byte, dense, pairs and amx strategies: `binary.weights_for`;
+    amx takes no padding correction)."""
     from nasbnn_hw.deploy.kernels.binary import weights_for
     w = placeholders.get("weight")
     if cfg.kind == "bconv" and w is not None and "corr" in given and "corr" not in placeholders:

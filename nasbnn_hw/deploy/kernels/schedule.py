@@ -32,7 +32,8 @@ ACC_DTYPES = ("int64", "int32", "int16")
 # word strategy over each kernel row's taps packed back to back (`binary.dense_windows`), for groups whose
 # channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`); "pairs": the
 # nibble lookups of two groups of 16 x odd output channels (48 per group...) sharing 32-lane steps
-# (`binary.pairs_popcount_conv`), x86 with AVX2.
+# (`binary.pairs_popcount_conv`), x86 with AVX2; "amx": +-1 int8 products on AMX tiles (`amx`), x86 with
+# AMX-INT8.
 STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", "amx")
 CHUNKED = ("nibble", "byte", "pairs")  # the strategies that accumulate bytes in 8-bit lanes
 LOOKUPS = ("nibble", "pairs")   # the strategies of table lookups (vpshufb: x86 with AVX2)
@@ -60,7 +61,9 @@ class CpuSchedule:
     kernel rows (`binary.dense_windows`): the same tile and lanes, fewer words where a group's channels leave
     spare bits in their last word; it builds only such layers (`fits`). `strategy="pairs"` is the nibble
     lookups of two groups of 16 x odd channels per 32-lane step (`binary.pairs_popcount_conv`): 32 lanes, the
-    channel tile is the pair (`channels` unused); it builds only such layers."""
+    channel tile is the pair (`channels` unused); it builds only such layers. `strategy="amx"` is +-1 int8
+    products on AMX tiles (`amx`): int32 accumulators, a fixed tile loop (`pixels`, `channels`, `vector`
+    unused); it builds layers with input channels per group a multiple of 4 and outputs a multiple of 16."""
     pixels: int
     channels: int
     vector: int
@@ -201,13 +204,16 @@ BYTE_ARM_WIDE = CpuSchedule(2, 128, 16, "int32", strategy="byte")
 # benchmarks/dense_rows.py, docs/measurements.md "Dense kernel rows"): AVX-512 1.13-1.20x on 5x5 g2 (48
 # channels per group), 3x3 g8 and 5x5 g4 (96), 3x3 g2 (32), 1.69x on a 16-channel 3x3 layer; AVX2 code
 # 1.18-1.36x, 2.30x on the 16-channel layer.
+DENSE_X86 = replace(LEGACY_X86, strategy="dense")
+DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
+DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
 # The AMX default stops where its int32 accumulators (written by the tile loop, read by the epilogue) or its
 # int8 weights (8x the packed bits, streamed again for every block of pixel tiles) outgrow about half a 2 MB
 # L2. Whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md ("AMX"), against the
-# legacy tile: 1.01-1.56x within both bounds; 0.39-0.88x with 1.2 MB of accumulators or more (56x56 and
+# legacy tile: 1.01-1.61x within both bounds; 0.39-0.88x with 1.2 MB of accumulators or more (56x56 and
 # 112x112); 0.36-0.55x with 1.8-7.4 MB of weights (5x5 layers of 768 and 1536 channels, 1536 1x1). `tune`
 # still tries it on every layer it builds.
 AMX_DEFAULT_MAX_ACC = 1 << 20
@@ -218,9 +224,8 @@ def amx_default_applies(cfg) -> bool:
     """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
     weights = cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
     return amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC and weights <= AMX_DEFAULT_MAX_WEIGHTS
-DENSE_X86 = replace(LEGACY_X86, strategy="dense")
-DENSE_AVX2 = replace(AVX2_X86, strategy="dense")
-DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
+
+
 CPU_TILE = LEGACY_X86.tile()
 
 # The schedules `tune` tries per layer (deduplicated by what they compile to for the layer). Chosen to
@@ -274,8 +279,9 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there, and where the target has AMX-INT8 the int8 tile products (`AMX_X86`) for the
-    layers they build (1.23-1.49x the legacy tile's speed on the six layers of benchmarks/tuned_layers.py,
-    docs/measurements.md "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    layers they build whose accumulators and int8 weights take at most 1 MB each (`amx_default_applies`;
+    1.28-1.48x the word schedule's speed on the six layers of benchmarks/tuned_layers.py, docs/measurements.md
+    "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
     whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
     of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
     lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
