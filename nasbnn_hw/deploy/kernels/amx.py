@@ -72,11 +72,11 @@ def amx_weights(words: np.ndarray, channels_per_group: int, groups: int = 1) -> 
 @dataclass(frozen=True)
 class AmxGeometry:
     """Where the pixel tiles of one image lie: `tiles` tiles of `rows` pixels, tile `t` starting at padded
-    pixel `base(t)` with its rows `step` pixels apart; `in_rows` padded pixels of input (with the slack
-    the last tiles read), `acc_rows` accumulator rows; output pixel (y, x) is accumulator row `y * pitch + x`."""
+    pixel `base(t)` with its rows 1 (wide tiles) or `stride` (row tiles) pixels apart; `in_rows` padded
+    pixels of input (with the slack the last tiles read), `acc_rows` accumulator rows; output pixel (y, x) is
+    accumulator row `y * pitch + x`."""
     rows: int
     tiles: int
-    step: int
     wp: int
     per_row: int       # tiles per output row (stride > 1); 0: wide tiles (stride 1)
     stride: int
@@ -104,9 +104,9 @@ def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
         rows = max(d for d in range(1, TILE_ROWS + 1) if wo % d == 0)
         per_row, pitch = wo // rows, wo
         tiles = ho * per_row
-    g = AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, 0, 0)
+    g = AmxGeometry(rows, tiles, wp, per_row, stride, pitch, 0, 0)
     last = max(g.base(t) for t in range(2 * g.blocks)) + (k - 1) * wp + (k - 1) + (rows - 1) * stride + 1
-    return AmxGeometry(rows, tiles, stride, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
+    return AmxGeometry(rows, tiles, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
 
 
 def amx_accumulator_bytes(cfg, batch: int = 1) -> int:
@@ -163,7 +163,6 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     XR, AR = geo.in_rows, geo.acc_rows
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
     loop = T.parallel if parallel else T.serial
-
 
     def intrin(op, *args):
         return T.call_llvm_intrin("void", f"llvm.x86.{op}", *args)
@@ -238,7 +237,7 @@ def amx_dot(acc, geo: AmxGeometry):
 
 def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
     """The sign stage vectorised over channels and rows in parallel; the tile loop (an extern stage, whose
-    reads and writes the schedule is told here: TE leaves them empty for raw pointers); the epilogue
+    whole-buffer reads and writes the schedule is told here: TE leaves an extern's empty); the epilogue
     vectorised over 16 output channels, rows in parallel; in parallel only where the layer's work (64-bit
     words, as `amx_conv` counts it) reaches `parallel_min`."""
     import tvm
@@ -257,7 +256,8 @@ def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
         return tvm.tirx.BufferRegion(b, [tvm.ir.Range(0, e) for e in b.shape])
     new = s_tir.SBlock(old.iter_vars, [full(xs), full(wt)], [full(acc)], old.name_hint, old.body)
     sch.state.replace(sch.get_sref(blk), new, {old: new})
-    work = _iterations(sch, sch.get_sblock(f"{name}_out")) * 4 * int(wt.shape[0]) // 64
+    taps_inputs = 4 * int(wt.shape[0]) * 16 // int(acc.shape[-1])    # k * k * Cg (`amx_weights`' rows)
+    work = _iterations(sch, sch.get_sblock(f"{name}_out")) * taps_inputs // 64
     for stage, lanes in ((f"{name}_xs", 64), (f"{name}_out", 16)):
         b = sch.get_sblock(stage)
         loops = sch.get_loops(b)
