@@ -27,7 +27,7 @@ def main() -> int:
 
     from nasbnn_hw.core.sampling import largest, smallest
     from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes
+    from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_weight_bytes
     from nasbnn_hw.deploy.kernels.layer import build_layer
     from nasbnn_hw.deploy.kernels.schedule import AMX_X86, LEGACY_X86, amx_default_applies, has_feature
     from nasbnn_hw.deploy.kernels.targets import resolve_target
@@ -62,9 +62,8 @@ def main() -> int:
                     samples[i].append(f())
             seen[cfg.key()] = [statistics.median(s) * 1e3 for s in samples]
             leg, amx = seen[cfg.key()]
-            wts = cfg.kernel ** 2 * cfg.in_channels // cfg.groups * cfg.out_channels
             print(f"{cfg.key():38s} {leg:8.4f} {amx:8.4f} {leg / amx:7.2f}x {amx_accumulator_bytes(cfg) / 1e6:7.2f} "
-                  f"{wts / 1e6:7.2f}  {'amx' if amx_default_applies(cfg) else 'word'}", flush=True)
+                  f"{amx_weight_bytes(cfg) / 1e6:7.2f}  {'amx' if amx_default_applies(cfg) else 'word'}", flush=True)
         total = [t + v for t, v in zip(total, seen[cfg.key()])]
     print(f"sum over the subnet's layers AMX builds: legacy {total[0]:.3f} ms, AMX {total[1]:.3f} ms")
     return 0

@@ -115,6 +115,11 @@ def amx_accumulator_bytes(cfg, batch: int = 1) -> int:
     return batch * g.acc_rows * cfg.out_channels * 4
 
 
+def amx_weight_bytes(cfg) -> int:
+    """Bytes of the int8 weights of binary layer `cfg` under the amx strategy (8x its packed bits)."""
+    return cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
+
+
 def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str,
              parallel_min: int | None = None):
     """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,

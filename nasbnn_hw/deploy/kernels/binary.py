@@ -109,11 +109,16 @@ def pack_weights(sign_weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(words.transpose(0, 1, 3, 2)).astype(np.uint64)
 
 
+def weight_bits(words: np.ndarray, channels_per_group: int) -> np.ndarray:
+    """Packed words (k, k, words_per_group, F) -> their bits (k, k, F, Cg) uint8, spare bits dropped."""
+    k, _, nw, f = words.shape
+    return np.unpackbits(np.ascontiguousarray(words.transpose(0, 1, 3, 2), "<u8").view(np.uint8).reshape(
+        k, k, f, nw * 8), axis=-1, bitorder="little")[..., :channels_per_group]
+
+
 def sign_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
     """Packed words (k, k, words_per_group, F) -> the +-1 weights (F, Cg, k, k) int8 (`pack_weights` undone)."""
-    k, _, nw, f = words.shape
-    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 1, 3, 2), "<u8").view(np.uint8).reshape(
-        k, k, f, nw * 8), axis=-1, bitorder="little")[..., :channels_per_group]       # k, k, F, Cg
+    bits = weight_bits(words, channels_per_group)
     return np.ascontiguousarray((bits.astype(np.int8) * 2 - 1).transpose(2, 3, 0, 1))
 
 
@@ -189,10 +194,9 @@ def dense_saves(channels_per_group: int, kernel: int) -> bool:
 def dense_weights(words: np.ndarray, channels_per_group: int) -> np.ndarray:
     """Packed words (k, k, words_per_group, F) -> dense rows (k, dense_words, F) uint64: row ky holds tap
     (ky, kx), channel c at bit kx * Cg + c; the bits past the row are 0."""
-    k, _, nw, f = words.shape
+    k, _, _, f = words.shape
     cg = channels_per_group
-    bits = np.unpackbits(np.ascontiguousarray(words.transpose(0, 3, 1, 2), "<u8").view(np.uint8).reshape(
-        k, f, k, nw * 8), axis=-1, bitorder="little")[..., :cg].reshape(k, f, k * cg)
+    bits = weight_bits(words, cg).transpose(0, 2, 1, 3).reshape(k, f, k * cg)   # ky, F, (kx, c)
     row = np.zeros((k, f, dense_words(cg, k) * WORD_BITS), np.uint8)
     row[..., :k * cg] = bits
     dense = np.packbits(row, axis=-1, bitorder="little").view("<u8")  # k, f, dense words

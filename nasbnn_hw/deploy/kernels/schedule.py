@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_fits
+from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_fits, amx_weight_bytes
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -222,8 +222,7 @@ AMX_DEFAULT_MAX_WEIGHTS = 1 << 20
 
 def amx_default_applies(cfg) -> bool:
     """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
-    weights = cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
-    return amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC and weights <= AMX_DEFAULT_MAX_WEIGHTS
+    return amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC and amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS
 
 
 CPU_TILE = LEGACY_X86.tile()
