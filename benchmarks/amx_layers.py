@@ -5,8 +5,10 @@
 Needs a CPU with AMX-INT8 (the `local` target names it). Each distinct layer of the subnet at 224 is
 built with both schedules and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
 process, at the thread count TVM_NUM_THREADS gives (set it to 1 for per-core figures). Printed per layer:
-both times, legacy / AMX, the AMX accumulators' and int8 weights' size, and whether the AMX default applies
-to it (`schedule.amx_default_applies`). Add the CPU model (`lscpu`) to any figure you quote.
+both times, legacy / AMX, output pixels, the AMX int8 weights' size, the tile loop's order (pixel- or
+channel-major, `amx.AMX_CHANNEL_MAJOR_WEIGHTS`) and whether the AMX default applies to it
+(`schedule.amx_default_applies`); last, the sums over the subnet's layers, with the default's choice per layer.
+Add the CPU model (`lscpu`) to any figure you quote.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def main() -> int:
 
     from nasbnn_hw.core.sampling import largest, smallest
     from nasbnn_hw.core.space import get_space
-    from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_weight_bytes
+    from nasbnn_hw.deploy.kernels.amx import AMX_CHANNEL_MAJOR_WEIGHTS, amx_weight_bytes
     from nasbnn_hw.deploy.kernels.layer import build_layer
     from nasbnn_hw.deploy.kernels.schedule import AMX_X86, LEGACY_X86, amx_default_applies, has_feature
     from nasbnn_hw.deploy.kernels.targets import resolve_target
@@ -48,9 +50,9 @@ def main() -> int:
         f = lay.executable.mod.time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=5)
         return lambda: f(*t).results[0]
 
-    seen, total = {}, [0.0, 0.0]
+    seen, total = {}, [0.0, 0.0, 0.0]
     print(f"imagenet {a.subnet} subnet at {space.resolution}: legacy tile against AMX, whole layers (ms)")
-    print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'leg/amx':>8s} {'acc MB':>7s} {'wts MB':>7s}  default")
+    print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'leg/amx':>8s} {'out px':>7s} {'wts MB':>7s} order    default")
     for cfg in subnet_layers(model):
         if cfg.kind != "bconv" or not AMX_X86.fits(cfg):
             continue
@@ -62,10 +64,15 @@ def main() -> int:
                     samples[i].append(f())
             seen[cfg.key()] = [statistics.median(s) * 1e3 for s in samples]
             leg, amx = seen[cfg.key()]
-            print(f"{cfg.key():38s} {leg:8.4f} {amx:8.4f} {leg / amx:7.2f}x {amx_accumulator_bytes(cfg) / 1e6:7.2f} "
-                  f"{amx_weight_bytes(cfg) / 1e6:7.2f}  {'amx' if amx_default_applies(cfg) else 'word'}", flush=True)
-        total = [t + v for t, v in zip(total, seen[cfg.key()])]
-    print(f"sum over the subnet's layers AMX builds: legacy {total[0]:.3f} ms, AMX {total[1]:.3f} ms")
+            out = ((cfg.resolution + 2 * (cfg.kernel // 2) - cfg.kernel) // cfg.stride + 1) ** 2
+            order = "channel" if amx_weight_bytes(cfg) > AMX_CHANNEL_MAJOR_WEIGHTS else "pixel"
+            print(f"{cfg.key():38s} {leg:8.4f} {amx:8.4f} {leg / amx:7.2f}x {out:7d} "
+                  f"{amx_weight_bytes(cfg) / 1e6:7.2f} {order:8s} {'amx' if amx_default_applies(cfg) else 'word'}",
+                  flush=True)
+        leg, amx = seen[cfg.key()]
+        total = [total[0] + leg, total[1] + amx, total[2] + (amx if amx_default_applies(cfg) else leg)]
+    print(f"sum over the subnet's layers AMX builds: legacy {total[0]:.3f} ms, AMX {total[1]:.3f} ms, "
+          f"the default's choice {total[2]:.3f} ms (legacy / default {total[0] / total[2]:.2f}x)")
     return 0
 
 

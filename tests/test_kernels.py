@@ -408,16 +408,53 @@ def test_amx_strategy_is_exact(c_in, c_out, k, groups, stride, res):
     np.testing.assert_array_equal(lay.run(params), nhwc(ref).astype(np.int32))
 
 
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,res,half", [
+    (64, 64, 3, 1, 1, 7, 1),       # wide tiles across padded rows, 32-channel blocks
+    (96, 96, 3, 2, 2, 10, 1),      # stride 2: the avg-pooled shortcut, 16-channel blocks (48 per group)
+    (64, 192, 1, 1, 1, 5, 2),      # shortcut tiles the input x3, blocks inside one copy
+    (48, 96, 1, 2, 1, 6, 2),       # 48 inputs: 16-lane epilogue vectors (a 32-channel block crosses copies)
+    (24, 48, 1, 1, 1, 4, 2),       # 24 inputs: vectors across copies
+    (16, 32, 1, 1, 1, 5, 2),       # one block per task: no pipeline
+    (768, 768, 5, 4, 1, 4, 1),     # 3.7 MB of int8 weights: channel-major tasks
+])
+def test_amx_half_block_matches_pytorch(c_in, c_out, k, groups, stride, res, half):
+    """A whole binary half block under the amx strategy (the epilogue inside the tile loop) against
+    PyTorch. Compiled on every machine; run where the CPU has AMX-INT8."""
+    from nasbnn_hw.deploy.kernels.amx import AMX_CHANNEL_MAJOR_WEIGHTS, amx_weight_bytes
+    g = torch.Generator().manual_seed(c_in + k + half)
+    blk = StaticBlock(c_in, c_out, k, stride, groups, groups, g).eval()
+    x = torch.randn(1, c_in, res, res, generator=g)
+    with torch.no_grad():
+        if half == 1:
+            ref = blk.half1(x)
+            p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (res, res))
+            cfg = LayerConfig("bconv", c_in, c_in, k, groups, stride, res)
+        else:
+            ref = blk.half2(x)
+            p = binary_half_params(blk.binary_conv1x1, blk.bn2, blk.move21, blk.move22, blk.prelu2, blk.move23,
+                                   (res, res))
+            cfg = LayerConfig("bconv", c_in, c_out, 1, groups, 1, res)
+    assert S.AMX_X86.fits(cfg)
+    assert (amx_weight_bytes(cfg) > AMX_CHANNEL_MAJOR_WEIGHTS) == (c_in == 768)
+    lay = build_layer(cfg, target=SAPPHIRE, params=p, schedule=S.AMX_X86)
+    if not _host_has_amx():
+        pytest.skip("this CPU has no AMX-INT8 (compiled only)")
+    assert_float_close(lay.run({"x": nhwc(x)}), nhwc(ref))
+
+
 def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     from nasbnn_hw.deploy.kernels.amx import amx_chunk, amx_weights
     from nasbnn_hw.deploy.kernels.targets import host_config
     amx, avx512 = resolve_target(SAPPHIRE), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(amx, cfg) == S.AMX_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
-    # untuned layers keep the word tile where AMX lost: 2.4 MB of int8 weights, 1.2 MB of accumulators
-    for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 56)):
+    # untuned layers keep the word tile where AMX lost: 2.4 MB of int8 weights on 7 x 7 pixels, 112 x 112 inputs
+    for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 112)):
         assert S.AMX_X86.fits(big) and S.default_schedule(amx, big) == S.LEGACY_X86
         assert "amx" in {c.strategy for c in S.candidate_schedules(amx, big)}   # tune still weighs it
+    # large weights where 14 x 14 output pixels reuse them, 56 x 56 inputs: AMX
+    for ok in (LayerConfig("bconv", 768, 768, 5, 4, 1, 14), LayerConfig("bconv", 96, 96, 1, 1, 1, 56)):
+        assert S.default_schedule(amx, ok) == S.AMX_X86
     assert "amx" in {c.strategy for c in S.candidate_schedules(amx, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(avx512, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(resolve_target(HASWELL), cfg)}

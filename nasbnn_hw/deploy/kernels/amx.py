@@ -11,11 +11,22 @@ Layout. The input is one int8 row of `C` channels per padded pixel, (N, rows, C)
 input channels (the VNNI pairing `tdpbssd` reads); the weights are stored tile by tile in the order the
 loop reads them (`amx_weights`), each B tile 1 KB of consecutive bytes. Each step of the inner loop loads
 two A tiles (two pixel tiles) and one or two B tiles and issues up to four `tdpbssd` into the four
-accumulator tiles, which are stored as int32 (N, rows, F) for the epilogue of `binary.binary_half_block`.
+accumulator tiles: a block of 32 pixels x 16 or 32 output channels.
+
+Epilogue. In a whole layer (`binary.binary_half_block`) the tile loop stores each block's accumulators to
+a 4 KB buffer and applies the layer's epilogue (scale, shift, shortcut, RPReLU) to it right there, writing
+the float output: no int32 accumulators go through memory (at 28 x 28 and above they outgrew L2 and the
+layers ran 0.4-0.9x the word schedule's speed). The epilogue of a block is issued after the tile loop of
+the next one (two buffers), so the vector units work through it while the tile unit multiplies. The integer
+conv alone (`raw_binary_conv`) stores the accumulators as int32 (N, rows, F).
+
+Order. A task (the unit of parallel work, one tile configuration each) is a block of pixel tiles, all
+weights streamed through it; where the int8 weights exceed `AMX_CHANNEL_MAJOR_WEIGHTS`, a task is a block
+of output channels instead, its B tiles reused by every block of pixels.
 
 The tile loop is a TE extern stage whose body is written in TVMScript (`_conv_body`: tile configuration,
 loads, products and stores as LLVM intrinsics, on the addresses of buffer elements); `schedule_amx` tells
-the schedule the stage's whole-buffer reads and writes, vectorises the sign stage and the epilogue.
+the schedule the stage's whole-buffer reads and writes and vectorises the sign stage.
 
 Pixel tiles. Stride 1: the output is computed over whole padded rows ("wide" pixels `y * Wp + x`, the
 last `k - 1` columns of each row discarded), so the input address of a tile is linear in its index and
@@ -35,6 +46,11 @@ import numpy as np
 TILE_ROWS = 16        # rows of an A tile (pixels) and of an accumulator tile
 TILE_BYTES = 64       # bytes per tile row
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+# Above this many bytes of int8 weights the tile loop runs channel-major (a task per block of output
+# channels, its B tiles reused by every pixel block) instead of streaming all weights through each block
+# of pixels. Whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md ("AMX"):
+# channel-major 1.1-1.9x faster from 1.8 MB of weights, 0.7-0.95x as fast at 1.2 MB and below.
+AMX_CHANNEL_MAJOR_WEIGHTS = 3 << 19
 
 
 def amx_chunk(channels_per_group: int) -> int:
@@ -109,22 +125,21 @@ def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
     return AmxGeometry(rows, tiles, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
 
 
-def amx_accumulator_bytes(cfg, batch: int = 1) -> int:
-    """Bytes of the int32 accumulators of binary layer `cfg` (a `LayerConfig`) under the amx strategy."""
-    g = amx_geometry(cfg.resolution, cfg.resolution, cfg.kernel, cfg.stride)
-    return batch * g.acc_rows * cfg.out_channels * 4
-
-
 def amx_weight_bytes(cfg) -> int:
     """Bytes of the int8 weights of binary layer `cfg` under the amx strategy (8x its packed bits)."""
     return cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
 
 
 def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str,
-             parallel_min: int | None = None):
+             parallel_min: int | None = None, epilogue: dict | None = None):
     """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,
     geometry) of the +-1 conv of sign(x + move) (`x` NHWC float). The tile loop runs in parallel where the
-    layer's work (in 64-bit words, as the other strategies count it) reaches `parallel_min`."""
+    layer's work (in 64-bit words, as the other strategies count it) reaches `parallel_min`.
+
+    With `epilogue` (the half block's `mul`, `add`, `alpha`, `bias2` placeholders), the tile loop applies
+    `binary.binary_half_block`'s epilogue to each 16 x 32 block of accumulators as it leaves the tiles (an
+    L1 buffer, no int32 round trip through memory) and the second tensor is the block's float output
+    `{name}_out` (N, Ho, Wo, F)."""
     from nasbnn_hw.deploy.kernels.schedule import PARALLEL_MIN
     import tvm
     from tvm import te
@@ -147,21 +162,55 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     work = n_ * ho * wo * out_channels * k * k * cg // 64
     parallel = work >= (PARALLEL_MIN if parallel_min is None else parallel_min)
+    cmaj = k * k * cg * out_channels > AMX_CHANNEL_MAJOR_WEIGHTS
 
-    def fcompute(ins, outs):
-        return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], outs[0], parallel)
+    if epilogue is None:
+        def fcompute(ins, outs):
+            return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], outs[0], parallel,
+                              channel_major=cmaj)
 
-    acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
-    return wt, acc, geo
+        acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
+        return wt, acc, geo
+    keys = ("mul", "add", "alpha", "bias2")
+
+    def fcompute_fused(ins, outs):
+        epi = AmxEpilogue(outs[0], ins[2], *ins[3:], ho, wo, stride)
+        return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], None, parallel, epi, cmaj)
+
+    out = te.extern((n_, ho, wo, out_channels), [xs, wt, x, *(epilogue[key] for key in keys)], fcompute_fused,
+                    name=f"{name}_out", dtype="float32")
+    return wt, out, geo
+
+
+@dataclass(frozen=True)
+class AmxEpilogue:
+    """The buffers and output size of a fused epilogue (`amx_conv(..., epilogue=...)`): output `Y`, layer
+    input `X` (the shortcut), per-channel `MUL`, `ADD`, `ALPHA`, `BIAS2`."""
+    Y: object    # noqa: N815
+    X: object    # noqa: N815
+    MUL: object  # noqa: N815
+    ADD: object  # noqa: N815
+    ALPHA: object  # noqa: N815
+    BIAS2: object  # noqa: N815
+    ho: int
+    wo: int
+    stride: int
 
 
 def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry,  # noqa: N803
-               X, W, A, parallel: bool = True):  # noqa: N803
+               X, W, A, parallel: bool = True, epi: AmxEpilogue | None = None,  # noqa: N803
+               channel_major: bool = False):
     """The tile loop over the extern stage's buffers `X` (input rows), `W` (B tiles) and `A` (accumulators),
     written in TVMScript (the Python constants and buffers are read when it is parsed). Tiles are loaded and
     stored through the addresses of buffer elements: TVM's storage reuse may put another stage's buffer of
-    another type in the same memory, and remaps element accesses (raw typed pointers it cannot)."""
+    another type in the same memory, and remaps element accesses (raw typed pointers it cannot).
+
+    With `epi` the accumulator tiles of each block go to a local buffer (`A` unused) and the epilogue writes
+    the block's valid pixels to `epi.Y`."""
+    import tvm
     from tvm.script import tirx as T
+
+    from nasbnn_hw.deploy.kernels.binary import rprelu
     KC = amx_chunk(CG)
     NB = b_tiles(OG)
     NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
@@ -187,17 +236,79 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     def dp(h: int, b: int):
         return intrin("tdpbssd", T.int8(h * 2 + b), T.int8(4 + h), T.int8(6 + b))
 
+    FB = 16 * NB                     # output channels of a block
+
+    def stash(blk, sl, h: int, b: int):  # accumulator tile 2h + b into slot `sl` of the block buffer
+        return intrin("tilestored64", T.int8(h * 2 + b), T.address_of(blk[sl, h * R, b * 16]), T.int64(FB * 4))
+
+    def pixel(nm, h, r):             # (y, x) of row r of pixel tile h of block nm, and whether it is an output
+        t = nm % MB * 2 + h
+        if not geo.per_row:
+            p = t * R + r
+            return p // geo.wp, p % geo.wp, tvm.tirx.all(p < epi.ho * geo.wp, p % geo.wp < epi.wo)
+        return t // geo.per_row, t % geo.per_row * R + r, t < geo.tiles
+
+    # the epilogue's vectors: where the shortcut tiles the input channels (F > C), a vector must lie in one
+    # copy of them, or its shortcut load becomes a gather
+    EW = FB if F <= C or C % FB == 0 else 16
+    WRAP = F > C and C % EW != 0     # vectors across copies (C not a multiple of 16): each lane its own
+
+    def finish(blk, sl, nm, gi, nt, h, r, jb, j):   # `binary.binary_half_block`'s epilogue, channel jb * EW + j
+        n, (y, xx, _) = nm // MB, pixel(nm, h, r)
+        o0 = gi * OG + nt * FB + jb * EW
+        o = o0 + j
+        if F <= C:
+            c = o
+        elif WRAP:
+            c = o % C
+        else:
+            c = o0 % C + j
+        xf = epi.X
+        if geo.stride == 1:
+            sc = xf[n, y, xx, c]
+        else:
+            sc = (xf[n, 2 * y, 2 * xx, c] + xf[n, 2 * y, 2 * xx + 1, c] + xf[n, 2 * y + 1, 2 * xx, c]
+                  + xf[n, 2 * y + 1, 2 * xx + 1, c]) * 0.25
+        v = blk[sl, h * R + r, jb * EW + j].astype("float32") * epi.MUL[o] + epi.ADD[o] + sc
+        return rprelu(v, epi.ALPHA[o], epi.BIAS2[o])
+
+    def valid(nm, h, r):
+        return pixel(nm, h, r)[2]
+
+    def row(nm, h, r):
+        return pixel(nm, h, r)[0]
+
+    def col(nm, h, r):
+        return pixel(nm, h, r)[1]
+
+    # pixel-major: a task per block of pixels, all weights streamed through it; channel-major (large
+    # weights): a task per 16 x NB output channels, its B tiles reused by every pixel block
+    T0, T1 = (G * NT, N * MB) if channel_major else (N * MB, G * NT)
+
+    FUSED = epi is not None
+    PIPE = 1 if FUSED and T1 > 1 else 0   # (a pipeline of one step gains nothing)
+
+    def pick(t0, t1, which: int):   # (nm, gi, nt) of step t1 of task t0
+        blocks, chans = (t1, t0) if channel_major else (t0, t1)
+        return (blocks, chans // NT, chans % NT)[which]
+    Y = epi.Y if FUSED else None
+    HO, WO = (epi.ho, epi.wo) if FUSED else (0, 0)
+
     @T.prim_func(s_tir=True, check_well_formed=False)   # the buffers are declared by the enclosing function
     def body() -> None:
         # whole-buffer accesses, so buffer compaction keeps every element the tiles address
         T.evaluate(T.address_of(X[N - 1, XR - 1, C - 1]))
-        T.evaluate(T.address_of(A[N - 1, AR - 1, F - 1]))
+        if FUSED:
+            T.evaluate(T.address_of(Y[N - 1, HO - 1, WO - 1, F - 1]))
+        else:
+            T.evaluate(T.address_of(A[N - 1, AR - 1, F - 1]))
         assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
                              T.int64(XFEATURE_XTILEDATA)) == T.int64(0), \
             "the operating system refused AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)"
-        # one task per (image, block of two pixel tiles), one tile configuration each: `ldtilecfg` waits for
-        # the tile unit (one per 16 x 32 output block instead made 256->256 3x3 1.17x slower at 1 thread)
-        for nm in loop(N * MB):
+        # one task per (image, block of two pixel tiles) or per block of output channels, one tile
+        # configuration each: `ldtilecfg` waits for the tile unit (one per 16 x 32 output block instead made
+        # 256->256 3x3 1.17x slower at 1 thread)
+        for t0 in loop(T0):
             cfg = T.alloc_buffer((64,), "uint8", scope="local")
             for i in range(64):
                 cfg[i] = T.uint8(0)
@@ -206,28 +317,56 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                 cfg[16 + 2 * t] = T.Cast("uint8", T.if_then_else(t < 4 or t >= 6, 64, KC))
                 cfg[48 + t] = T.Cast("uint8", T.if_then_else(t < 6, R, KC // 4))
             T.evaluate(intrin("ldtilecfg", cfg.access_ptr("r")))
-            for gi, nt in T.grid(G, NT):
-                T.evaluate(intrin("tilezero", T.int8(0)))
-                T.evaluate(intrin("tilezero", T.int8(2)))
-                if NB == 2:
-                    T.evaluate(intrin("tilezero", T.int8(1)))
-                    T.evaluate(intrin("tilezero", T.int8(3)))
-                for tap, q in T.grid(K * K, KQ):
-                    T.evaluate(load_a(nm, gi, tap, q, 0))
-                    T.evaluate(load_a(nm, gi, tap, q, 1))
-                    T.evaluate(load_b(gi, nt, tap, q, 0))
+            # fused: two block buffers, the epilogue of step t1 - 1 issued after the tile loop of step t1,
+            # so the vector units work through it while the tile unit multiplies
+            blk = T.alloc_buffer((2, 2 * R, FB), "int32", scope="local")
+            for t1 in range(T1 + PIPE):
+                if t1 < T1:
+                    T.evaluate(intrin("tilezero", T.int8(0)))
+                    T.evaluate(intrin("tilezero", T.int8(2)))
                     if NB == 2:
-                        T.evaluate(load_b(gi, nt, tap, q, 1))
-                    T.evaluate(dp(0, 0))
-                    T.evaluate(dp(1, 0))
+                        T.evaluate(intrin("tilezero", T.int8(1)))
+                        T.evaluate(intrin("tilezero", T.int8(3)))
+                    for tap, q in T.grid(K * K, KQ):
+                        T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 0))
+                        T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 1))
+                        T.evaluate(load_b(pick(t0, t1, 1), pick(t0, t1, 2), tap, q, 0))
+                        if NB == 2:
+                            T.evaluate(load_b(pick(t0, t1, 1), pick(t0, t1, 2), tap, q, 1))
+                        T.evaluate(dp(0, 0))
+                        T.evaluate(dp(1, 0))
+                        if NB == 2:
+                            T.evaluate(dp(0, 1))
+                            T.evaluate(dp(1, 1))
+                if FUSED:
+                    if PIPE == 0:
+                        T.evaluate(stash(blk, t1 % 2, 0, 0))
+                        T.evaluate(stash(blk, t1 % 2, 1, 0))
+                        if NB == 2:
+                            T.evaluate(stash(blk, t1 % 2, 0, 1))
+                            T.evaluate(stash(blk, t1 % 2, 1, 1))
+                    if t1 >= PIPE:
+                        for h, r in T.grid(2, R):
+                            if valid(pick(t0, t1 - PIPE, 0), h, r):
+                                for jb in range(FB // EW):
+                                    for j in T.vectorized(EW):
+                                        Y[pick(t0, t1 - PIPE, 0) // MB, row(pick(t0, t1 - PIPE, 0), h, r),
+                                          col(pick(t0, t1 - PIPE, 0), h, r),
+                                          pick(t0, t1 - PIPE, 1) * OG + pick(t0, t1 - PIPE, 2) * FB + jb * EW + j] = \
+                                            finish(blk, (t1 - PIPE) % 2, pick(t0, t1 - PIPE, 0),
+                                                   pick(t0, t1 - PIPE, 1), pick(t0, t1 - PIPE, 2), h, r, jb, j)
+                    if PIPE == 1 and t1 < T1:
+                        T.evaluate(stash(blk, t1 % 2, 0, 0))
+                        T.evaluate(stash(blk, t1 % 2, 1, 0))
+                        if NB == 2:
+                            T.evaluate(stash(blk, t1 % 2, 0, 1))
+                            T.evaluate(stash(blk, t1 % 2, 1, 1))
+                else:
+                    T.evaluate(store(pick(t0, t1, 0), pick(t0, t1, 1), pick(t0, t1, 2), 0, 0))
+                    T.evaluate(store(pick(t0, t1, 0), pick(t0, t1, 1), pick(t0, t1, 2), 1, 0))
                     if NB == 2:
-                        T.evaluate(dp(0, 1))
-                        T.evaluate(dp(1, 1))
-                T.evaluate(store(nm, gi, nt, 0, 0))
-                T.evaluate(store(nm, gi, nt, 1, 0))
-                if NB == 2:
-                    T.evaluate(store(nm, gi, nt, 0, 1))
-                    T.evaluate(store(nm, gi, nt, 1, 1))
+                        T.evaluate(store(pick(t0, t1, 0), pick(t0, t1, 1), pick(t0, t1, 2), 0, 1))
+                        T.evaluate(store(pick(t0, t1, 0), pick(t0, t1, 1), pick(t0, t1, 2), 1, 1))
             T.evaluate(intrin("tilerelease"))
 
     return body.body
@@ -242,28 +381,41 @@ def amx_dot(acc, geo: AmxGeometry):
 
 def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
     """The sign stage vectorised over channels and rows in parallel; the tile loop (an extern stage, whose
-    whole-buffer reads and writes the schedule is told here: TE leaves an extern's empty); the epilogue
-    vectorised over 16 output channels, rows in parallel; in parallel only where the layer's work (64-bit
-    words, as `amx_conv` counts it) reaches `parallel_min`."""
+    whole-buffer reads and writes the schedule is told here: TE leaves an extern's empty); where the
+    epilogue is a stage of its own (`raw_binary_conv`), it vectorised over 16 output channels, rows in
+    parallel; in parallel only where the layer's work (64-bit words, as `amx_conv` counts it) reaches
+    `parallel_min`."""
     import tvm
     from tvm import s_tir
 
     from nasbnn_hw.deploy.kernels.schedule import _iterations, _maybe_parallel
-    blk = sch.get_sblock(f"{name}_amx")
-    old = sch.get(blk)
-    xs = sch.get(sch.get_sblock(f"{name}_xs")).writes[0].source
     func = sch.mod["main"]
-    wt = next(b for b in func.params if b.name == f"{name}_weight_amx")   # params are the buffers
-    out = sch.get(sch.get_sblock(f"{name}_out"))
-    acc = next(r.source for r in out.reads if r.source.name == f"{name}_amx")
+    named = {b.name: b for b in [*func.params, *func.body.block.alloc_buffers]}   # params are the buffers
+    fused = f"{name}_amx" not in named          # the epilogue inside the tile loop: the extern is `{name}_out`
+    blk = sch.get_sblock(f"{name}_out" if fused else f"{name}_amx")
+    old = sch.get(blk)
+    sign = sch.get(sch.get_sblock(f"{name}_xs"))
+    xs = sign.writes[0].source
+    wt = named[f"{name}_weight_amx"]
+    reads = [xs, wt]
+    if fused:   # the shortcut reads the layer input, as the sign stage does
+        x = next(r.source for r in sign.reads if len(r.source.shape) == 4)
+        reads += [x, *(named[f"{name}_{key}"] for key in ("mul", "add", "alpha", "bias2"))]
+    written = named[f"{name}_out" if fused else f"{name}_amx"]
 
     def full(b):
         return tvm.tirx.BufferRegion(b, [tvm.ir.Range(0, e) for e in b.shape])
-    new = s_tir.SBlock(old.iter_vars, [full(xs), full(wt)], [full(acc)], old.name_hint, old.body)
+    new = s_tir.SBlock(old.iter_vars, [full(b) for b in reads], [full(written)], old.name_hint, old.body)
     sch.state.replace(sch.get_sref(blk), new, {old: new})
-    taps_inputs = 4 * int(wt.shape[0]) * 16 // int(acc.shape[-1])    # k * k * Cg (`amx_weights`' rows)
-    work = _iterations(sch, sch.get_sblock(f"{name}_out")) * taps_inputs // 64
-    for stage, lanes in ((f"{name}_xs", 64), (f"{name}_out", 16)):
+    f = int(written.shape[-1])
+    taps_inputs = 4 * int(wt.shape[0]) * 16 // f    # k * k * Cg (`amx_weights`' rows)
+    if fused:
+        outputs, stages = int(np.prod([int(e) for e in written.shape])), [(f"{name}_xs", 64)]
+    else:
+        outputs = _iterations(sch, sch.get_sblock(f"{name}_out"))
+        stages = [(f"{name}_xs", 64), (f"{name}_out", 16)]
+    work = outputs * taps_inputs // 64
+    for stage, lanes in stages:
         b = sch.get_sblock(stage)
         loops = sch.get_loops(b)
         ext = int(sch.get(loops[-1]).extent)

@@ -509,6 +509,13 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
     C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
     """
     from tvm import te
+    if strategy == "amx":   # the epilogue runs inside the tile loop, on each block as it leaves the tiles
+        from nasbnn_hw.deploy.kernels.amx import amx_conv
+        p = {"move_in": te.placeholder((int(x.shape[3]),), "float32", name=f"{name}_move_in")}
+        epi = {key: te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
+               for key in ("mul", "add", "alpha", "bias2")}
+        p["weight"], out, _ = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name, parallel_min, epi)
+        return {**p, **epi}, out
     p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min)
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.amx import amx_accumulator_bytes, amx_fits, amx_weight_bytes
+from nasbnn_hw.deploy.kernels.amx import amx_fits, amx_weight_bytes
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -98,7 +98,8 @@ class CpuSchedule:
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
-        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-", "amx": "amx-"}.get(self.strategy, "")
+        # amx: "amxf-" since the epilogue runs inside the tile loop (rows of the earlier kernel say "amx-")
+        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-", "amx": "amxf-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -210,19 +211,23 @@ DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
-# The AMX default stops where its int32 accumulators (written by the tile loop, read by the epilogue) or its
-# int8 weights (8x the packed bits, streamed again for every block of pixel tiles) outgrow about half a 2 MB
-# L2. Whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md ("AMX"), against the
-# legacy tile: 1.01-1.61x within both bounds; 0.39-0.88x with 1.2 MB of accumulators or more (56x56 and
-# 112x112); 0.36-0.55x with 1.8-7.4 MB of weights (5x5 layers of 768 and 1536 channels, 1536 1x1). `tune`
-# still tries it on every layer it builds.
-AMX_DEFAULT_MAX_ACC = 1 << 20
-AMX_DEFAULT_MAX_WEIGHTS = 1 << 20
+# Where the AMX default applies (`amx_default_applies`): inputs of at most 56 x 56 pixels (at 112 x 112 the
+# int8 sign rows, 8x the packed bits, and the float data outgrow L2, and the layers have 24-96 channels:
+# 0.46-0.94x the legacy tile's speed on 1x1 and 48-channel layers, though 1.2x on two 96-channel ones), and
+# int8 weights of at most 1.5 MB unless at least 14 x 14 output pixels reuse them (5x5 and 1x1 layers of
+# 1536 channels at 7 x 7: 0.70-0.75x). Elsewhere 0.93-1.8x, median 1.3x (imagenet space at 224, Intel Xeon of
+# docs/measurements.md "AMX", benchmarks/amx_layers.py). `tune` still tries it on every layer it builds.
+AMX_DEFAULT_MAX_INPUT_PIXELS = 56 * 56
+AMX_DEFAULT_MAX_WEIGHTS = 3 << 19
+AMX_DEFAULT_REUSE_PIXELS = 14 * 14
 
 
 def amx_default_applies(cfg) -> bool:
     """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
-    return amx_accumulator_bytes(cfg) <= AMX_DEFAULT_MAX_ACC and amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS
+    pad = cfg.kernel // 2
+    out = ((cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1) ** 2
+    return cfg.resolution ** 2 <= AMX_DEFAULT_MAX_INPUT_PIXELS and (
+        amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS or out >= AMX_DEFAULT_REUSE_PIXELS)
 
 
 CPU_TILE = LEGACY_X86.tile()
@@ -278,9 +283,8 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     aarch64 NEON: the byte popcounts (`BYTE_ARM`) for layers whose channel tile they cover (16 lanes), else
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there, and where the target has AMX-INT8 the int8 tile products (`AMX_X86`) for the
-    layers they build whose accumulators and int8 weights take at most 1 MB each (`amx_default_applies`;
-    1.28-1.48x the word schedule's speed on the six layers of benchmarks/tuned_layers.py, docs/measurements.md
-    "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    layers they build up to 56 x 56 pixels, large weights only where enough pixels reuse them
+    (`amx_default_applies`; docs/measurements.md "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
     whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
     of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
     lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
