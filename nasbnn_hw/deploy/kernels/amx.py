@@ -320,6 +320,10 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
             # fused: two block buffers, the epilogue of step t1 - 1 issued after the tile loop of step t1,
             # so the vector units work through it while the tile unit multiplies
             blk = T.alloc_buffer((2, 2 * R, FB), "int32", scope="local")
+            # the tiles store whole blocks; the epilogue reads only output pixels: without these whole-buffer
+            # accesses buffer compaction shrinks the buffer to the rows it reads, and the stores overrun it
+            T.evaluate(T.address_of(blk[0, 0, 0]))
+            T.evaluate(T.address_of(blk[1, 2 * R - 1, FB - 1]))
             for t1 in range(T1 + PIPE):
                 if t1 < T1:
                     T.evaluate(intrin("tilezero", T.int8(0)))
