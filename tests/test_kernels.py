@@ -449,11 +449,14 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(amx, cfg) == S.AMX_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
     # untuned layers keep the word tile where AMX lost: 2.4 MB of int8 weights on 7 x 7 pixels, 112 x 112 inputs
-    for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 112)):
+    # with few products per output
+    for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 112),
+                LayerConfig("bconv", 48, 48, 3, 1, 1, 112)):
         assert S.AMX_X86.fits(big) and S.default_schedule(amx, big) == S.LEGACY_X86
         assert "amx" in {c.strategy for c in S.candidate_schedules(amx, big)}   # tune still weighs it
-    # large weights where 14 x 14 output pixels reuse them, 56 x 56 inputs: AMX
-    for ok in (LayerConfig("bconv", 768, 768, 5, 4, 1, 14), LayerConfig("bconv", 96, 96, 1, 1, 1, 56)):
+    # large weights where 14 x 14 output pixels reuse them, 56 x 56 inputs, a 3x3 of 96 channels at 112: AMX
+    for ok in (LayerConfig("bconv", 768, 768, 5, 4, 1, 14), LayerConfig("bconv", 96, 96, 1, 1, 1, 56),
+               LayerConfig("bconv", 96, 96, 3, 1, 1, 112)):
         assert S.default_schedule(amx, ok) == S.AMX_X86
     assert "amx" in {c.strategy for c in S.candidate_schedules(amx, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(avx512, cfg)}

@@ -211,13 +211,16 @@ DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
-# Where the AMX default applies (`amx_default_applies`): inputs of at most 56 x 56 pixels (at 112 x 112 the
-# int8 sign rows, 8x the packed bits, and the float data outgrow L2, and the layers have 24-96 channels:
-# 0.46-0.94x the legacy tile's speed on 1x1 and 48-channel layers, though 1.2x on two 96-channel ones), and
-# int8 weights of at most 1.5 MB unless at least 14 x 14 output pixels reuse them (5x5 and 1x1 layers of
-# 1536 channels at 7 x 7: 0.70-0.75x). Elsewhere 0.93-1.8x, median 1.3x (imagenet space at 224, Intel Xeon of
-# docs/measurements.md "AMX", benchmarks/amx_layers.py). `tune` still tries it on every layer it builds.
+# Where the AMX default applies (`amx_default_applies`): inputs of at most 56 x 56 pixels, or larger ones
+# where each output sums at least 576 products (taps x input channels per group: a 3x3 of 64 channels); at
+# 112 x 112 the int8 sign rows (8x the packed bits) and the float data outgrow L2, and 1x1 layers of 24-96
+# channels and a 3x3 of 48 ran 0.46-0.94x the legacy tile's speed, 3x3 and 5x5 layers of 96 channels
+# 1.05-1.25x. Int8 weights over 1.5 MB only where at least 14 x 14 output pixels reuse them (5x5 and 1x1
+# layers of 1536 channels at 7 x 7: 0.70-0.75x). Elsewhere 0.93-1.8x, median 1.3x (imagenet space at 224,
+# Intel Xeon of docs/measurements.md "AMX", benchmarks/amx_layers.py). `tune` still tries it on every layer
+# it builds.
 AMX_DEFAULT_MAX_INPUT_PIXELS = 56 * 56
+AMX_DEFAULT_LARGE_INPUT_PRODUCTS = 9 * 64
 AMX_DEFAULT_MAX_WEIGHTS = 3 << 19
 AMX_DEFAULT_REUSE_PIXELS = 14 * 14
 
@@ -226,8 +229,9 @@ def amx_default_applies(cfg) -> bool:
     """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
     pad = cfg.kernel // 2
     out = ((cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1) ** 2
-    return cfg.resolution ** 2 <= AMX_DEFAULT_MAX_INPUT_PIXELS and (
-        amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS or out >= AMX_DEFAULT_REUSE_PIXELS)
+    products = cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups)
+    return (cfg.resolution ** 2 <= AMX_DEFAULT_MAX_INPUT_PIXELS or products >= AMX_DEFAULT_LARGE_INPUT_PRODUCTS) \
+        and (amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS or out >= AMX_DEFAULT_REUSE_PIXELS)
 
 
 CPU_TILE = LEGACY_X86.tile()
