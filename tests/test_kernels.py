@@ -417,7 +417,7 @@ def test_amx_strategy_is_exact(c_in, c_out, k, groups, stride, res):
     (16, 32, 1, 1, 1, 5, 2),       # one block per task: no pipeline
     (768, 768, 5, 4, 1, 4, 1),     # 3.7 MB of int8 weights: channel-major tasks
 ])
-def test_amx_half_block_matches_pytorch(c_in, c_out, k, groups, stride, res, half):
+def test_amx_half_block_matches_pytorch(tmp_path, c_in, c_out, k, groups, stride, res, half):
     """A whole binary half block under the amx strategy (the epilogue inside the tile loop) against
     PyTorch. Compiled on every machine; run where the CPU has AMX-INT8."""
     from nasbnn_hw.deploy.kernels.amx import AMX_CHANNEL_MAJOR_WEIGHTS, amx_weight_bytes
@@ -439,7 +439,16 @@ def test_amx_half_block_matches_pytorch(c_in, c_out, k, groups, stride, res, hal
     lay = build_layer(cfg, target=SAPPHIRE, params=p, schedule=S.AMX_X86)
     if not _host_has_amx():
         pytest.skip("this CPU has no AMX-INT8 (compiled only)")
-    assert_float_close(lay.run({"x": nhwc(x)}), nhwc(ref))
+    got = lay.run({"x": nhwc(x)})
+    assert_float_close(got, nhwc(ref))
+    # the same library in the timing harness, 2 threads: its workspace blocks are exactly the size asked for,
+    # with guard bytes after them (TVM's own pool rounds sizes up, so an overrun can pass in process)
+    from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
+    args = list(lay.args)
+    args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
+    (out,) = HarnessProcessRunner(threads=2).time_library(lay.export(tmp_path / "amx.so"), args, warmup=0,
+                                                         repeat=2, return_outputs=True).outputs
+    np.testing.assert_array_equal(out, got)
 
 
 def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():

@@ -48,12 +48,17 @@ void TVMFFIErrorSetRaisedFromCStrParts(const char* kind, const char** parts, int
 }
 /* Workspace: kernels allocate their intermediate buffers on every call. Freed blocks are kept and handed
  * out again for the same size (as TVM's workspace pool does), so repeated calls do not pay for fresh pages.
- * Each block carries its size in a 64-byte header, which keeps the returned pointer 64-byte aligned. */
+ * Each block carries its size in a 64-byte header, which keeps the returned pointer 64-byte aligned, and 64
+ * guard bytes after its end: a kernel that writes past its workspace is reported when the block is freed
+ * (and the program exits) instead of corrupting the heap silently. */
 #define WS_HEADER 64
+#define WS_GUARD 64
 #define WS_CACHE 256
 static pthread_mutex_t ws_mu = PTHREAD_MUTEX_INITIALIZER;
 static void* ws_free_list[WS_CACHE];
 static int ws_free_count;
+
+static unsigned char ws_guard_byte(int i) { return (unsigned char)(0xA5 ^ i); }
 
 void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int dtype_code, int dtype_bits) {
   (void)device_type; (void)device_id; (void)dtype_code; (void)dtype_bits;
@@ -68,15 +73,25 @@ void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, 
   }
   pthread_mutex_unlock(&ws_mu);
   if (!base) {
-    if (posix_memalign(&base, 64, WS_HEADER + (nbytes ? nbytes : 1))) return NULL;
+    if (posix_memalign(&base, 64, WS_HEADER + nbytes + WS_GUARD)) return NULL;
     *(uint64_t*)base = nbytes;
+    for (int i = 0; i < WS_GUARD; ++i) ((unsigned char*)base)[WS_HEADER + nbytes + i] = ws_guard_byte(i);
   }
   return (char*)base + WS_HEADER;
 }
+
 int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
   (void)device_type; (void)device_id;
   if (!ptr) return 0;
   void* base = (char*)ptr - WS_HEADER;
+  uint64_t nbytes = *(uint64_t*)base;
+  for (int i = 0; i < WS_GUARD; ++i) {
+    if (((unsigned char*)ptr)[nbytes + i] != ws_guard_byte(i)) {
+      fprintf(stderr, "kernel error [MemoryError]: the kernel wrote past the end of a %llu-byte workspace "
+                      "buffer\n", (unsigned long long)nbytes);
+      _exit(70);
+    }
+  }
   pthread_mutex_lock(&ws_mu);
   if (ws_free_count < WS_CACHE) {
     ws_free_list[ws_free_count++] = base;
