@@ -436,19 +436,23 @@ def test_amx_half_block_matches_pytorch(tmp_path, c_in, c_out, k, groups, stride
             cfg = LayerConfig("bconv", c_in, c_out, 1, groups, 1, res)
     assert S.AMX_X86.fits(cfg)
     assert (amx_weight_bytes(cfg) > AMX_CHANNEL_MAJOR_WEIGHTS) == (c_in == 768)
-    lay = build_layer(cfg, target=SAPPHIRE, params=p, schedule=S.AMX_X86)
+    # amxs (the sign inside the tile loop) builds the 1x1 layers and the 3x3 one at 7x7 of these
+    scheds = [S.AMX_X86] + ([S.AMXS_X86] if S.AMXS_X86.fits(cfg) else [])
+    assert (len(scheds) == 2) == (k == 1 or (k == 3 and stride == 1 and res <= 7))
+    lays = [build_layer(cfg, target=SAPPHIRE, params=p, schedule=s) for s in scheds]
     if not _host_has_amx():
         pytest.skip("this CPU has no AMX-INT8 (compiled only)")
-    got = lay.run({"x": nhwc(x)})
-    assert_float_close(got, nhwc(ref))
-    # the same library in the timing harness, 2 threads: its workspace blocks are exactly the size asked for,
-    # with guard bytes after them (TVM's own pool rounds sizes up, so an overrun can pass in process)
     from nasbnn_hw.profiling.runners.process import HarnessProcessRunner
-    args = list(lay.args)
-    args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
-    (out,) = HarnessProcessRunner(threads=2).time_library(lay.export(tmp_path / "amx.so"), args, warmup=0,
-                                                         repeat=2, return_outputs=True).outputs
-    np.testing.assert_array_equal(out, got)
+    for lay in lays:
+        got = lay.run({"x": nhwc(x)})
+        assert_float_close(got, nhwc(ref))
+        # the same library in the timing harness, 2 threads: its workspace blocks are exactly the size asked
+        # for, with guard bytes after them (TVM's own pool rounds sizes up, so an overrun can pass in process)
+        args = list(lay.args)
+        args[0] = type(args[0])(args[0].shape, args[0].dtype, data=nhwc(x))
+        (out,) = HarnessProcessRunner(threads=2).time_library(lay.export(tmp_path / "amx.so"), args, warmup=0,
+                                                             repeat=2, return_outputs=True).outputs
+        np.testing.assert_array_equal(out, got)
 
 
 def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
@@ -457,6 +461,8 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     amx, avx512 = resolve_target(SAPPHIRE), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
     assert S.default_schedule(amx, cfg) == S.AMX_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    one = LayerConfig("bconv", 64, 128, 1, 1, 1, 8)     # 1x1: the sign stage inside the tile loop
+    assert S.default_schedule(amx, one) == S.AMXS_X86 and S.default_schedule(avx512, one) == S.LEGACY_X86
     # untuned layers keep the word tile where AMX lost: 2.4 MB of int8 weights on 7 x 7 pixels, 112 x 112 inputs
     # with few products per output
     for big in (LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7), LayerConfig("bconv", 96, 96, 1, 1, 1, 112),
@@ -466,8 +472,11 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     # large weights where 14 x 14 output pixels reuse them, 56 x 56 inputs, a 3x3 of 96 channels at 112: AMX
     for ok in (LayerConfig("bconv", 768, 768, 5, 4, 1, 14), LayerConfig("bconv", 96, 96, 1, 1, 1, 56),
                LayerConfig("bconv", 96, 96, 3, 1, 1, 112)):
-        assert S.default_schedule(amx, ok) == S.AMX_X86
-    assert "amx" in {c.strategy for c in S.candidate_schedules(amx, cfg)}
+        assert S.default_schedule(amx, ok).strategy in ("amx", "amxs")
+    assert {"amx", "amxs"} <= {c.strategy for c in S.candidate_schedules(amx, cfg)}
+    # amxs only where a task signs few rows twice: not a 3x3 at 28x28, nor above 1.5 MB of weights
+    assert not S.AMXS_X86.fits(LayerConfig("bconv", 64, 64, 3, 1, 1, 28))
+    assert not S.AMXS_X86.fits(LayerConfig("bconv", 1536, 1536, 1, 1, 1, 7))
     assert "amx" not in {c.strategy for c in S.candidate_schedules(avx512, cfg)}
     assert "amx" not in {c.strategy for c in S.candidate_schedules(resolve_target(HASWELL), cfg)}
     narrow = LayerConfig("bconv", 64, 64, 3, 8, 1, 8)          # 8 outputs per group: no whole B tile

@@ -51,6 +51,9 @@ SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 # of pixels. Whole layers of the imagenet space at 224 on the Intel Xeon of docs/measurements.md ("AMX"):
 # channel-major 1.1-1.9x faster from 1.8 MB of weights, 0.7-0.95x as fast at 1.2 MB and below.
 AMX_CHANNEL_MAJOR_WEIGHTS = 3 << 19
+# amxs (the sign stage inside the tile loop) only where a task signs at most this many times the input rows
+# of its tiles: on 3x3 layers at 28 x 28 (3x) and 5x5 ones (2.5-5x) the repeated signs cost 1.15-1.3x.
+AMX_SIGN_REDUNDANCY = 2.1
 
 
 def amx_chunk(channels_per_group: int) -> int:
@@ -125,13 +128,32 @@ def amx_geometry(h: int, w: int, k: int, stride: int) -> AmxGeometry:
     return AmxGeometry(rows, tiles, wp, per_row, stride, pitch, max(hp * wp, last), 2 * g.blocks * rows)
 
 
+def _sign_rows(g: AmxGeometry, k: int) -> int:
+    """Padded input rows the two pixel tiles of a block read, from its first tile's base (the most of any block)."""
+    step = 1 if not g.per_row else g.stride
+    return max(g.base(2 * b + 1) - g.base(2 * b) for b in range(g.blocks)) + (k - 1) * g.wp + k + (g.rows - 1) * step
+
+
+def amx_sign_span(cfg) -> tuple[int, int]:
+    """(padded input rows a task signs under the amxs strategy, output rows of its two pixel tiles)."""
+    g = amx_geometry(cfg.resolution, cfg.resolution, cfg.kernel, cfg.stride)
+    return _sign_rows(g, cfg.kernel), 2 * g.rows
+
+
+def amx_sign_in_loop(cfg) -> bool:
+    """Whether the amxs strategy builds layer `cfg`: pixel-major tasks (`AMX_CHANNEL_MAJOR_WEIGHTS`) that
+    sign at most `AMX_SIGN_REDUNDANCY` times the rows of their tiles (1x1 layers, 3x3 up to 14 x 14)."""
+    span, rows = amx_sign_span(cfg)
+    return amx_weight_bytes(cfg) <= AMX_CHANNEL_MAJOR_WEIGHTS and span <= AMX_SIGN_REDUNDANCY * rows
+
+
 def amx_weight_bytes(cfg) -> int:
     """Bytes of the int8 weights of binary layer `cfg` under the amx strategy (8x its packed bits)."""
     return cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups) * cfg.out_channels
 
 
 def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str,
-             parallel_min: int | None = None, epilogue: dict | None = None):
+             parallel_min: int | None = None, epilogue: dict | None = None, sign_in_loop: bool = False):
     """(weight placeholder `{name}_weight_amx`, accumulator tensor `{name}_amx` (N, acc rows, F) int32,
     geometry) of the +-1 conv of sign(x + move) (`x` NHWC float). The tile loop runs in parallel where the
     layer's work (in 64-bit words, as the other strategies count it) reaches `parallel_min`.
@@ -139,7 +161,9 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     With `epilogue` (the half block's `mul`, `add`, `alpha`, `bias2` placeholders), the tile loop applies
     `binary.binary_half_block`'s epilogue to each 16 x 32 block of accumulators as it leaves the tiles (an
     L1 buffer, no int32 round trip through memory) and the second tensor is the block's float output
-    `{name}_out` (N, Ho, Wo, F)."""
+    `{name}_out` (N, Ho, Wo, F). With `sign_in_loop` as well (the amxs strategy; not where tasks are
+    channel-major), each task signs the input rows its pixel tiles read into a buffer of its own: no sign
+    stage, one parallel region."""
     from nasbnn_hw.deploy.kernels.schedule import PARALLEL_MIN
     import tvm
     from tvm import te
@@ -172,14 +196,30 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
         acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
         return wt, acc, geo
     keys = ("mul", "add", "alpha", "bias2")
-
-    def fcompute_fused(ins, outs):
-        epi = AmxEpilogue(outs[0], ins[2], *ins[3:], ho, wo, stride)
-        return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], None, parallel, epi, cmaj)
-
-    out = te.extern((n_, ho, wo, out_channels), [xs, wt, x, *(epilogue[key] for key in keys)], fcompute_fused,
+    if cmaj or not sign_in_loop:    # (channel-major tasks would each sign every pixel again)
+        def fcompute_fused(ins, outs):
+            epi = AmxEpilogue(outs[0], ins[2], *ins[3:], ho, wo, stride)
+            return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], None, parallel, epi,
+                              cmaj)
+        inputs = [xs, wt, x]
+    else:       # each task signs the input rows its pixel tiles read, into a buffer of its own
+        def fcompute_fused(ins, outs):
+            epi = AmxEpilogue(outs[0], ins[0], *ins[3:], ho, wo, stride)
+            return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, None, ins[2], None, parallel, epi,
+                              sign=AmxSign(ins[0], ins[1], h, w))
+        inputs = [x, move, wt]
+    out = te.extern((n_, ho, wo, out_channels), [*inputs, *(epilogue[key] for key in keys)], fcompute_fused,
                     name=f"{name}_out", dtype="float32")
     return wt, out, geo
+
+
+@dataclass(frozen=True)
+class AmxSign:
+    """The sign stage inside the tile loop: layer input `X` (N, H, W, C) float, `MOVE` (C,), image size."""
+    X: object     # noqa: N815
+    MOVE: object  # noqa: N815
+    h: int
+    w: int
 
 
 @dataclass(frozen=True)
@@ -199,7 +239,7 @@ class AmxEpilogue:
 
 def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: AmxGeometry,  # noqa: N803
                X, W, A, parallel: bool = True, epi: AmxEpilogue | None = None,  # noqa: N803
-               channel_major: bool = False):
+               channel_major: bool = False, sign: AmxSign | None = None):
     """The tile loop over the extern stage's buffers `X` (input rows), `W` (B tiles) and `A` (accumulators),
     written in TVMScript (the Python constants and buffers are read when it is parsed). Tiles are loaded and
     stored through the addresses of buffer elements: TVM's storage reuse may put another stage's buffer of
@@ -214,16 +254,37 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     KC = amx_chunk(CG)
     NB = b_tiles(OG)
     NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
-    XR, AR = geo.in_rows, geo.acc_rows
+
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
     loop = T.parallel if parallel else T.serial
 
     def intrin(op, *args):
         return T.call_llvm_intrin("void", f"llvm.x86.{op}", *args)
 
-    def load_a(nm, gi, tap, q, h: int):     # pixel tile h of the block: tile register 4 + h
-        at = X[nm // MB, geo.base(nm % MB * 2 + h) + tap // K * geo.wp + tap % K, gi * CG + q * KC]
+    SPAN = _sign_rows(geo, K)        # with `sign`: the input rows a task signs
+    SV = max(v for v in (64, 32, 16, 8, 4, 2, 1) if C % v == 0)     # sign stage lanes
+
+    def block_base(nm):
+        return geo.base(nm % MB * 2)
+
+    def load_a(nm, gi, tap, q, h: int, xsb=None):     # pixel tile h of the block: tile register 4 + h
+        if xsb is None:
+            at = X[nm // MB, geo.base(nm % MB * 2 + h) + tap // K * geo.wp + tap % K, gi * CG + q * KC]
+        else:
+            at = xsb[geo.base(nm % MB * 2 + h) - block_base(nm) + tap // K * geo.wp + tap % K, gi * CG + q * KC]
         return intrin("tileloadd64", T.int8(4 + h), T.address_of(at), T.int64(RS))
+
+    PAD = K // 2
+
+    def inside(nm, i):   # padded row block_base + i lies in the image
+        p = block_base(nm) + i
+        return tvm.tirx.all(p < (sign.h + 2 * PAD) * geo.wp, p // geo.wp >= PAD, p // geo.wp < sign.h + PAD,
+                            p % geo.wp >= PAD, p % geo.wp < sign.w + PAD)
+
+    def sign_of(nm, i, c):
+        p = block_base(nm) + i
+        v = sign.X[nm // MB, p // geo.wp - PAD, p % geo.wp - PAD, c] + sign.MOVE[c]
+        return tvm.tirx.Select(v >= 0, T.int8(1), T.int8(-1))
 
     def load_b(gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
         at = W[((((gi * NT + nt) * K * K + tap) * KQ + q) * NB + b) * KC // 4, 0]
@@ -286,6 +347,7 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     T0, T1 = (G * NT, N * MB) if channel_major else (N * MB, G * NT)
 
     FUSED = epi is not None
+    SIGNED = sign is None          # the input rows come signed (`X`); else each task signs its own
     PIPE = 1 if FUSED and T1 > 1 else 0   # (a pipeline of one step gains nothing)
 
     def pick(t0, t1, which: int):   # (nm, gi, nt) of step t1 of task t0
@@ -296,12 +358,6 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
 
     @T.prim_func(s_tir=True, check_well_formed=False)   # the buffers are declared by the enclosing function
     def body() -> None:
-        # whole-buffer accesses, so buffer compaction keeps every element the tiles address
-        T.evaluate(T.address_of(X[N - 1, XR - 1, C - 1]))
-        if FUSED:
-            T.evaluate(T.address_of(Y[N - 1, HO - 1, WO - 1, F - 1]))
-        else:
-            T.evaluate(T.address_of(A[N - 1, AR - 1, F - 1]))
         assert T.call_extern("int64", "syscall", T.int64(SYS_ARCH_PRCTL), T.int64(ARCH_REQ_XCOMP_PERM),
                              T.int64(XFEATURE_XTILEDATA)) == T.int64(0), \
             "the operating system refused AMX tile data (arch_prctl ARCH_REQ_XCOMP_PERM; Linux 5.16 or later)"
@@ -317,6 +373,19 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                 cfg[16 + 2 * t] = T.Cast("uint8", T.if_then_else(t < 4 or t >= 6, 64, KC))
                 cfg[48 + t] = T.Cast("uint8", T.if_then_else(t < 6, R, KC // 4))
             T.evaluate(intrin("ldtilecfg", cfg.access_ptr("r")))
+            if not SIGNED:
+                xsb = T.alloc_buffer((SPAN, C), "int8", scope="local")
+                T.evaluate(T.address_of(xsb[0, 0]))
+                T.evaluate(T.address_of(xsb[SPAN - 1, C - 1]))
+                for i in range(SPAN):
+                    if inside(t0, i):
+                        for cb in range(C // SV):
+                            for j in T.vectorized(SV):
+                                xsb[i, cb * SV + j] = sign_of(t0, i, cb * SV + j)
+                    else:
+                        for cb in range(C // SV):
+                            for j in T.vectorized(SV):
+                                xsb[i, cb * SV + j] = T.int8(0)
             # fused: two block buffers, the epilogue of step t1 - 1 issued after the tile loop of step t1,
             # so the vector units work through it while the tile unit multiplies
             blk = T.alloc_buffer((2, 2 * R, FB), "int32", scope="local")
@@ -332,8 +401,12 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                         T.evaluate(intrin("tilezero", T.int8(1)))
                         T.evaluate(intrin("tilezero", T.int8(3)))
                     for tap, q in T.grid(K * K, KQ):
-                        T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 0))
-                        T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 1))
+                        if SIGNED:
+                            T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 0))
+                            T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 1))
+                        else:
+                            T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 0, xsb))
+                            T.evaluate(load_a(pick(t0, t1, 0), pick(t0, t1, 1), tap, q, 1, xsb))
                         T.evaluate(load_b(pick(t0, t1, 1), pick(t0, t1, 2), tap, q, 0))
                         if NB == 2:
                             T.evaluate(load_b(pick(t0, t1, 1), pick(t0, t1, 2), tap, q, 1))
@@ -373,7 +446,27 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                         T.evaluate(store(pick(t0, t1, 0), pick(t0, t1, 1), pick(t0, t1, 2), 1, 1))
             T.evaluate(intrin("tilerelease"))
 
-    return body.body
+    # whole-buffer accesses first, one per buffer the stage reads (in `te.extern`'s input order) and last the
+    # one it writes: buffer compaction then keeps every element the tiles address, and `schedule_amx` reads
+    # the stage's buffers from them
+    ins = [X] if SIGNED else [sign.X, sign.MOVE]
+    ins += [W] + ([] if not FUSED else ([epi.X] if SIGNED else []) + [epi.MUL, epi.ADD, epi.ALPHA, epi.BIAS2])
+    hints = [tvm.tirx.Evaluate(tvm.tirx.address_of(b[tuple(int(e) - 1 for e in b.shape)]))
+             for b in [*ins, Y if FUSED else A]]
+    return tvm.tirx.SeqStmt([*hints, body.body])
+
+
+def whole_buffer_accesses(stmt) -> list:
+    """The buffers of the leading whole-buffer accesses of an AMX stage's body (`_conv_body`): its inputs,
+    then its output."""
+    import tvm
+    out = []
+    for st in (stmt.seq if isinstance(stmt, tvm.tirx.SeqStmt) else [stmt]):
+        v = getattr(st, "value", None) if isinstance(st, tvm.tirx.Evaluate) else None
+        if not (isinstance(v, tvm.ir.expr.Call) and v.op.name == "tirx.address_of"):
+            break
+        out.append(v.args[0].source)
+    return out
 
 
 def amx_dot(acc, geo: AmxGeometry):
@@ -396,16 +489,11 @@ def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
     func = sch.mod["main"]
     named = {b.name: b for b in [*func.params, *func.body.block.alloc_buffers]}   # params are the buffers
     fused = f"{name}_amx" not in named          # the epilogue inside the tile loop: the extern is `{name}_out`
+    signed = f"{name}_xs" in named              # a sign stage of its own (else the tile loop signs)
     blk = sch.get_sblock(f"{name}_out" if fused else f"{name}_amx")
     old = sch.get(blk)
-    sign = sch.get(sch.get_sblock(f"{name}_xs"))
-    xs = sign.writes[0].source
+    *reads, written = whole_buffer_accesses(old.body)
     wt = named[f"{name}_weight_amx"]
-    reads = [xs, wt]
-    if fused:   # the shortcut reads the layer input, as the sign stage does
-        x = next(r.source for r in sign.reads if len(r.source.shape) == 4)
-        reads += [x, *(named[f"{name}_{key}"] for key in ("mul", "add", "alpha", "bias2"))]
-    written = named[f"{name}_out" if fused else f"{name}_amx"]
 
     def full(b):
         return tvm.tirx.BufferRegion(b, [tvm.ir.Range(0, e) for e in b.shape])
@@ -414,7 +502,7 @@ def schedule_amx(sch, name: str, tile_cfg: dict | None = None) -> None:
     f = int(written.shape[-1])
     taps_inputs = 4 * int(wt.shape[0]) * 16 // f    # k * k * Cg (`amx_weights`' rows)
     if fused:
-        outputs, stages = int(np.prod([int(e) for e in written.shape])), [(f"{name}_xs", 64)]
+        outputs, stages = int(np.prod([int(e) for e in written.shape])), [(f"{name}_xs", 64)] if signed else []
     else:
         outputs = _iterations(sch, sch.get_sblock(f"{name}_out"))
         stages = [(f"{name}_xs", 64), (f"{name}_out", 16)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.amx import amx_fits, amx_weight_bytes
+from nasbnn_hw.deploy.kernels.amx import amx_fits, amx_sign_in_loop, amx_weight_bytes
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -33,8 +33,10 @@ ACC_DTYPES = ("int64", "int32", "int16")
 # channels leave spare bits in their last word (fewer words per row, `binary.dense_saves`); "pairs": the
 # nibble lookups of two groups of 16 x odd output channels (48 per group...) sharing 32-lane steps
 # (`binary.pairs_popcount_conv`), x86 with AVX2; "amx": +-1 int8 products on AMX tiles (`amx`), x86 with
-# AMX-INT8.
-STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", "amx")
+# AMX-INT8; "amxs": the same with the sign stage inside the tile loop, each task signing the input rows its
+# tiles read (one parallel region per layer instead of two; where few rows are signed twice: `amx`).
+STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", "amx", "amxs")
+AMX_STRATEGIES = ("amx", "amxs")
 CHUNKED = ("nibble", "byte", "pairs")  # the strategies that accumulate bytes in 8-bit lanes
 LOOKUPS = ("nibble", "pairs")   # the strategies of table lookups (vpshufb: x86 with AVX2)
 
@@ -92,14 +94,15 @@ class CpuSchedule:
 
     @property
     def popcount(self) -> str:
-        if self.strategy in CHUNKED or self.strategy == "amx":
+        if self.strategy in CHUNKED or self.strategy in AMX_STRATEGIES:
             return self.strategy
         return "scalar" if self.vector == 1 else "vector"
 
     def fingerprint(self) -> str:
         """Short, stable text naming this schedule (the store's schedule identity)."""
         # amx: "amxf-" since the epilogue runs inside the tile loop (rows of the earlier kernel say "amx-")
-        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-", "amx": "amxf-"}.get(self.strategy, "")
+        tag = {"nibble": "nib-", "byte": "byte-", "dense": "dense-", "pairs": "nibp-", "amx": "amxf-",
+               "amxs": "amxs-"}.get(self.strategy, "")
         return f"{tag}p{self.pixels}c{self.channels}v{self.vector}-{self.acc_dtype}-pm{self.parallel_min}"
 
     def to_dict(self) -> dict:
@@ -133,13 +136,15 @@ class CpuSchedule:
             return pairs_fit(cfg.out_channels // cfg.groups, cfg.groups)
         if self.strategy == "amx":
             return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups)
+        if self.strategy == "amxs":
+            return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups) and amx_sign_in_loop(cfg)
         return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
     def tile_of(self, cfg) -> tuple[int, int, int]:
         """(pixels, channel tile, lanes) of layer `cfg`; lanes 0 where a nibble/byte schedule cannot tile it."""
         pad = cfg.kernel // 2
         wo = (cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1
-        if self.strategy == "amx":     # the tile loop is fixed (`amx`): 16 pixels x 16 or 32 channels
+        if self.strategy in AMX_STRATEGIES:    # the tile loop is fixed (`amx`): 16 pixels x 16 or 32 channels
             return 16, 32 if cfg.out_channels // cfg.groups % 32 == 0 else 16, 16
         if self.strategy == "pairs":   # the tile is a pair of groups, in `binary.pair_source` order
             fg = cfg.out_channels // cfg.groups
@@ -211,6 +216,11 @@ DENSE_ARM = replace(LEGACY_ARM, strategy="dense")
 # x86 with AMX-INT8 (Sapphire Rapids class): the binary conv as +-1 int8 tile products (`amx`); the tile
 # loop is fixed (pixels, channels and vector are not used).
 AMX_X86 = CpuSchedule(16, 32, 16, "int32", strategy="amx")
+# The sign stage inside the tile loop: the default of 1x1 layers where AMX is (each task signs only its own
+# pixels; 1.09-1.22x the amx strategy at 28x28-112x112, 0.96-1.03x at 7x7-14x14 with 1 thread, 1.02-1.12x
+# with 2), a `tune` candidate on 3x3 layers up to 14x14 (0.87-0.98x with 1 thread, 1.04-1.39x with 2):
+# docs/measurements.md "AMX".
+AMXS_X86 = replace(AMX_X86, strategy="amxs")
 # Where the AMX default applies (`amx_default_applies`): inputs of at most 56 x 56 pixels, or larger ones
 # where each output sums at least 576 products (taps x input channels per group: a 3x3 of 64 channels); at
 # 112 x 112 the int8 sign rows (8x the packed bits) and the float data outgrow L2, and 1x1 layers of 24-96
@@ -248,7 +258,7 @@ X86_CANDIDATES = (
                   for p, c in ((2, 64), (4, 64), (7, 32), (2, 128), (4, 128), (4, 96), (1, 128), (7, 96), (2, 96))),
     PAIRS_X86, CpuSchedule(4, 96, 32, "int16", strategy="pairs"), CpuSchedule(2, 96, 32, "int16", strategy="pairs"),
     DENSE_X86, DENSE_AVX2, CpuSchedule(4, 16, 8, "int64", strategy="dense"), CpuSchedule(14, 8, 8, "int64", strategy="dense"),
-    AMX_X86,
+    AMX_X86, AMXS_X86,
 )
 ARM_CANDIDATES = (
     LEGACY_ARM, CpuSchedule(2, 8, 4, "int32"), CpuSchedule(8, 8, 4, "int32"), CpuSchedule(4, 16, 4, "int32"),
@@ -288,7 +298,8 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     `LEGACY_ARM`; x86 with AVX-512 (32 registers of 512 bits, VPOPCNTQ where VPOPCNTDQ is there):
     `LEGACY_X86`, tuned there, and where the target has AMX-INT8 the int8 tile products (`AMX_X86`) for the
     layers they build up to 56 x 56 pixels, large weights only where enough pixels reuse them
-    (`amx_default_applies`; docs/measurements.md "AMX"); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    (`amx_default_applies`; docs/measurements.md "AMX"), on 1x1 layers with the sign stage inside the tile
+    loop (`AMXS_X86`); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
     whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
     of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
     lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
@@ -300,7 +311,8 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     if cfg is not None and cfg.kind == "bconv":
         for s in others:
             if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES) and (   # whole vectors (or joined
-                    s.strategy != "amx" or amx_default_applies(cfg)):                          # lookups)
+                    s.strategy not in AMX_STRATEGIES or amx_default_applies(cfg)) and (      # lookups)
+                    s.strategy != "amxs" or cfg.kernel == 1):
                 return s
     return word
 
@@ -311,7 +323,8 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
     if fam == "aarch64":
         return LEGACY_ARM, (BYTE_ARM, BYTE_ARM_WIDE)
     if spec is None or has_feature(spec, "avx512f"):
-        return LEGACY_X86, ((AMX_X86,) if spec is not None and has_feature(spec, "amx-int8") else ()) + (DENSE_X86,)
+        return LEGACY_X86, ((AMXS_X86, AMX_X86) if spec is not None and has_feature(spec, "amx-int8") else ()) + \
+            (DENSE_X86,)
     return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, PAIRS_X86, PAIRS_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
                       if has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
 
@@ -329,7 +342,7 @@ def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
     seen, out = set(), []
     for s in (base, *(ARM_CANDIDATES if fam == "aarch64" else X86_CANDIDATES)):
         e = s.effective(cfg)
-        if s.fits(cfg) and e not in seen and (s.strategy not in LOOKUPS or nibble_ok) and (s.strategy != "amx" or amx_ok):
+        if s.fits(cfg) and e not in seen and (s.strategy not in LOOKUPS or nibble_ok) and (s.strategy not in AMX_STRATEGIES or amx_ok):
             seen.add(e)
             out.append(s)
     return out
@@ -414,7 +427,7 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
 
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
-    if (tile_cfg or {}).get("strategy") == "amx":
+    if (tile_cfg or {}).get("strategy") in AMX_STRATEGIES:
         from nasbnn_hw.deploy.kernels.amx import schedule_amx
         schedule_amx(sch, name, tile_cfg)
         return
