@@ -3,11 +3,11 @@
     python benchmarks/amx_layers.py [--subnet largest|smallest] [--repeat 5]
 
 Needs a CPU with AMX-INT8 (the `local` target names it). Each distinct layer of the subnet at 224 is
-built with both schedules and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
+built with each schedule (legacy, amx, and amxs where it builds) and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
 process, at the thread count TVM_NUM_THREADS gives (set it to 1 for per-core figures). Printed per layer:
-both times, legacy / AMX, output pixels, the AMX int8 weights' size, the tile loop's order (pixel- or
-channel-major, `amx.AMX_CHANNEL_MAJOR_WEIGHTS`) and whether the AMX default applies to it
-(`schedule.amx_default_applies`); last, the sums over the subnet's layers, with the default's choice per layer.
+the times, legacy / amx and legacy / amxs, output pixels, the AMX int8 weights' size, the tile loop's order
+(pixel- or channel-major, `amx.AMX_CHANNEL_MAJOR_WEIGHTS`) and the default's strategy for the layer
+(`schedule.default_schedule`; "word" for the legacy tile); last, the sums over the subnet's layers.
 Add the CPU model (`lscpu`) to any figure you quote.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> int:
     from nasbnn_hw.core.space import get_space
     from nasbnn_hw.deploy.kernels.amx import AMX_CHANNEL_MAJOR_WEIGHTS, amx_weight_bytes
     from nasbnn_hw.deploy.kernels.layer import build_layer
-    from nasbnn_hw.deploy.kernels.schedule import AMX_X86, LEGACY_X86, amx_default_applies, has_feature
+    from nasbnn_hw.deploy.kernels.schedule import AMX_X86, AMXS_X86, LEGACY_X86, default_schedule, has_feature
     from nasbnn_hw.deploy.kernels.targets import resolve_target
     from nasbnn_hw.deploy.tvm_net import subnet_layers
     from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
@@ -50,29 +50,36 @@ def main() -> int:
         f = lay.executable.mod.time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=5)
         return lambda: f(*t).results[0]
 
-    seen, total = {}, [0.0, 0.0, 0.0]
+    spec = resolve_target("local")
+    seen, total = {}, {"legacy": 0.0, "amx": 0.0, "default": 0.0}
     print(f"imagenet {a.subnet} subnet at {space.resolution}: legacy tile against AMX, whole layers (ms)")
-    print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'leg/amx':>8s} {'out px':>7s} {'wts MB':>7s} order    default")
+    print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'amxs':>8s} {'leg/amx':>8s} {'leg/amxs':>8s} {'out px':>7s} "
+          f"{'wts MB':>7s} order    default")
     for cfg in subnet_layers(model):
         if cfg.kind != "bconv" or not AMX_X86.fits(cfg):
             continue
         if cfg.key() not in seen:
-            fns = [timer(build_layer(cfg, "local", schedule=s)) for s in (LEGACY_X86, AMX_X86)]
-            samples = [[], []]
+            scheds = [LEGACY_X86, AMX_X86] + ([AMXS_X86] if AMXS_X86.fits(cfg) else [])
+            fns = [timer(build_layer(cfg, "local", schedule=s)) for s in scheds]
+            samples = [[] for _ in fns]
             for _ in range(a.repeat):
                 for i, f in enumerate(fns):
                     samples[i].append(f())
-            seen[cfg.key()] = [statistics.median(s) * 1e3 for s in samples]
-            leg, amx = seen[cfg.key()]
+            t = {s.strategy: statistics.median(v) * 1e3 for s, v in zip(scheds, samples)}
+            d = default_schedule(spec, cfg).strategy
+            t["default"] = t.get(d, t["word"])
+            seen[cfg.key()] = t
             out = ((cfg.resolution + 2 * (cfg.kernel // 2) - cfg.kernel) // cfg.stride + 1) ** 2
             order = "channel" if amx_weight_bytes(cfg) > AMX_CHANNEL_MAJOR_WEIGHTS else "pixel"
-            print(f"{cfg.key():38s} {leg:8.4f} {amx:8.4f} {leg / amx:7.2f}x {out:7d} "
-                  f"{amx_weight_bytes(cfg) / 1e6:7.2f} {order:8s} {'amx' if amx_default_applies(cfg) else 'word'}",
+            s_ms, s_x = (f"{t['amxs']:8.4f}", f"{t['word'] / t['amxs']:7.2f}x") if "amxs" in t else ("-", "-")
+            print(f"{cfg.key():38s} {t['word']:8.4f} {t['amx']:8.4f} {s_ms:>8s} {t['word'] / t['amx']:7.2f}x "
+                  f"{s_x:>8s} {out:7d} {amx_weight_bytes(cfg) / 1e6:7.2f} {order:8s} {d if d in t else 'word'}",
                   flush=True)
-        leg, amx = seen[cfg.key()]
-        total = [total[0] + leg, total[1] + amx, total[2] + (amx if amx_default_applies(cfg) else leg)]
-    print(f"sum over the subnet's layers AMX builds: legacy {total[0]:.3f} ms, AMX {total[1]:.3f} ms, "
-          f"the default's choice {total[2]:.3f} ms (legacy / default {total[0] / total[2]:.2f}x)")
+        t = seen[cfg.key()]
+        total = {"legacy": total["legacy"] + t["word"], "amx": total["amx"] + t["amx"],
+                 "default": total["default"] + t["default"]}
+    print(f"sum over the subnet's layers AMX builds: legacy {total['legacy']:.3f} ms, AMX {total['amx']:.3f} ms, "
+          f"the default's choice {total['default']:.3f} ms (legacy / default {total['legacy'] / total['default']:.2f}x)")
     return 0
 
 
