@@ -1,9 +1,9 @@
 """Every binary layer of an imagenet subnet, the legacy tile against the AMX schedule, whole layers.
 
-    python benchmarks/amx_layers.py [--subnet largest|smallest] [--repeat 5]
+    python benchmarks/amx_layers.py [--subnet largest|smallest | --layer IN,OUT,K,GROUPS,STRIDE,RES ...] [--repeat 5]
 
 Needs a CPU with AMX-INT8 (the `local` target names it). Each distinct layer of the subnet at 224 is
-built with each schedule (legacy, amx, and amxs where it builds) and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
+(or each `--layer`) built with each schedule (legacy, amx, and amxs where it builds) and timed interleaved (`--repeat` samples of at least 5 ms each, medians), in this
 process, at the thread count TVM_NUM_THREADS gives (set it to 1 for per-core figures). Printed per layer:
 the times, legacy / amx and legacy / amxs, output pixels, the AMX int8 weights' size, the tile loop's order
 (pixel- or channel-major, `amx.AMX_CHANNEL_MAJOR_WEIGHTS`) and the default's strategy for the layer
@@ -23,8 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subnet", choices=("largest", "smallest"), default="smallest")
+    ap.add_argument("--layer", action="append", default=[], metavar="IN,OUT,K,GROUPS,STRIDE,RES",
+                    help="time these binary layers instead of a subnet's (repeatable), e.g. 256,256,3,1,1,14")
     ap.add_argument("--repeat", type=int, default=5)
     a = ap.parse_args()
+    from nasbnn_hw.deploy.kernels.layer import LayerConfig
+    given = []
+    for spec in a.layer:
+        try:
+            i, o, k, g, st, r = (int(v) for v in spec.split(","))
+            given.append(LayerConfig("bconv", i, o, k, g, st, r))
+        except ValueError:
+            ap.error(f"--layer {spec!r}: expected six integers IN,OUT,K,GROUPS,STRIDE,RES")
     import tvm
 
     from nasbnn_hw.core.sampling import largest, smallest
@@ -39,8 +49,12 @@ def main() -> int:
         print("this CPU has no AMX-INT8: nothing to compare", file=sys.stderr)
         return 2
     space = get_space("imagenet")
-    arch = (largest if a.subnet == "largest" else smallest)(space)
-    model = extract_subnet(SuperBNN(space).eval(), arch).eval()
+    if given:
+        layers, title = given, "given layers"
+    else:
+        arch = (largest if a.subnet == "largest" else smallest)(space)
+        layers = subnet_layers(extract_subnet(SuperBNN(space).eval(), arch).eval())
+        title = f"imagenet {a.subnet} subnet at {space.resolution}"
     dev = tvm.cpu(0)
 
     def timer(lay):
@@ -52,10 +66,10 @@ def main() -> int:
 
     spec = resolve_target("local")
     seen, total = {}, {"legacy": 0.0, "amx": 0.0, "default": 0.0}
-    print(f"imagenet {a.subnet} subnet at {space.resolution}: legacy tile against AMX, whole layers (ms)")
+    print(f"{title}: legacy tile against AMX, whole layers (ms)")
     print(f"{'layer':38s} {'legacy':>8s} {'amx':>8s} {'amxs':>8s} {'leg/amx':>8s} {'leg/amxs':>8s} {'out px':>7s} "
           f"{'wts MB':>7s} order    default")
-    for cfg in subnet_layers(model):
+    for cfg in layers:
         if cfg.kind != "bconv" or not AMX_X86.fits(cfg):
             continue
         if cfg.key() not in seen:
@@ -78,7 +92,7 @@ def main() -> int:
         t = seen[cfg.key()]
         total = {"legacy": total["legacy"] + t["word"], "amx": total["amx"] + t["amx"],
                  "default": total["default"] + t["default"]}
-    print(f"sum over the subnet's layers AMX builds: legacy {total['legacy']:.3f} ms, AMX {total['amx']:.3f} ms, "
+    print(f"sum over the layers AMX builds: legacy {total['legacy']:.3f} ms, AMX {total['amx']:.3f} ms, "
           f"the default's choice {total['default']:.3f} ms (legacy / default {total['legacy'] / total['default']:.2f}x)")
     return 0
 
