@@ -246,7 +246,9 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     another type in the same memory, and remaps element accesses (raw typed pointers it cannot).
 
     With `epi` the accumulator tiles of each block go to a local buffer (`A` unused) and the epilogue writes
-    the block's valid pixels to `epi.Y`."""
+    the block's valid pixels to `epi.Y`. With `sign` (`X` unused) each task first signs the padded input rows
+    its tiles read into a local buffer of its own. `channel_major`: a task per block of output channels.
+    The body starts with one whole-buffer access per buffer (inputs, then the output; `whole_buffer_accesses`)."""
     import tvm
     from tvm.script import tirx as T
 
@@ -254,7 +256,6 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
     KC = amx_chunk(CG)
     NB = b_tiles(OG)
     NT, KQ, MB, R = OG // (16 * NB), CG // KC, geo.blocks, geo.rows
-
     RS = (1 if not geo.per_row else geo.stride) * C          # bytes between the rows of an A tile
     loop = T.parallel if parallel else T.serial
 
@@ -354,7 +355,6 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
         blocks, chans = (t1, t0) if channel_major else (t0, t1)
         return (blocks, chans // NT, chans % NT)[which]
     Y = epi.Y if FUSED else None
-    HO, WO = (epi.ho, epi.wo) if FUSED else (0, 0)
 
     @T.prim_func(s_tir=True, check_well_formed=False)   # the buffers are declared by the enclosing function
     def body() -> None:
