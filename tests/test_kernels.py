@@ -252,16 +252,9 @@ def test_border_classes():
     assert border_classes(2, 2, 5, 1, 2).count == 2
 
 
-@pytest.mark.parametrize("c_in,c_out,k,g1,g2,stride,res,half", [
-    (24, 48, 3, 1, 1, 1, 6, 1),
-    (48, 48, 5, 2, 1, 2, 8, 1),
-    (96, 96, 3, 4, 1, 2, 6, 1),
-    (24, 48, 3, 1, 1, 1, 4, 2),    # channel tiling x2
-    (48, 64, 3, 1, 2, 1, 4, 2),    # tiling cut: 64 of 2 x 48, grouped 1x1
-    (64, 192, 3, 1, 4, 1, 3, 2),   # tiling x3
-])
-def test_binary_half_block_matches_pytorch(c_in, c_out, k, g1, g2, stride, res, half):
-    g = torch.Generator().manual_seed(7)
+def _half_block_case(c_in, c_out, k, g1, g2, stride, res, half, seed):
+    """(input, PyTorch output, kernel parameters, LayerConfig) of half `half` of a random static block."""
+    g = torch.Generator().manual_seed(seed)
     blk = StaticBlock(c_in, c_out, k, stride, g1, g2, g).eval()
     x = torch.randn(1, c_in, res, res, generator=g)
     with torch.no_grad():
@@ -274,6 +267,19 @@ def test_binary_half_block_matches_pytorch(c_in, c_out, k, g1, g2, stride, res, 
             p = binary_half_params(blk.binary_conv1x1, blk.bn2, blk.move21, blk.move22, blk.prelu2, blk.move23,
                                    (res, res))
             cfg = LayerConfig("bconv", c_in, c_out, 1, g2, 1, res)
+    return x, ref, p, cfg
+
+
+@pytest.mark.parametrize("c_in,c_out,k,g1,g2,stride,res,half", [
+    (24, 48, 3, 1, 1, 1, 6, 1),
+    (48, 48, 5, 2, 1, 2, 8, 1),
+    (96, 96, 3, 4, 1, 2, 6, 1),
+    (24, 48, 3, 1, 1, 1, 4, 2),    # channel tiling x2
+    (48, 64, 3, 1, 2, 1, 4, 2),    # tiling cut: 64 of 2 x 48, grouped 1x1
+    (64, 192, 3, 1, 4, 1, 3, 2),   # tiling x3
+])
+def test_binary_half_block_matches_pytorch(c_in, c_out, k, g1, g2, stride, res, half):
+    x, ref, p, cfg = _half_block_case(c_in, c_out, k, g1, g2, stride, res, half, seed=7)
     got = build_layer(cfg, params=p).run({"x": nhwc(x)})
     assert_float_close(got, nhwc(ref))
 
@@ -421,19 +427,7 @@ def test_amx_half_block_matches_pytorch(tmp_path, c_in, c_out, k, groups, stride
     """A whole binary half block under the amx strategy (the epilogue inside the tile loop) against
     PyTorch. Compiled on every machine; run where the CPU has AMX-INT8."""
     from nasbnn_hw.deploy.kernels.amx import AMX_CHANNEL_MAJOR_WEIGHTS, amx_weight_bytes
-    g = torch.Generator().manual_seed(c_in + k + half)
-    blk = StaticBlock(c_in, c_out, k, stride, groups, groups, g).eval()
-    x = torch.randn(1, c_in, res, res, generator=g)
-    with torch.no_grad():
-        if half == 1:
-            ref = blk.half1(x)
-            p = binary_half_params(blk.binary_conv, blk.bn1, blk.move11, blk.move12, blk.prelu1, blk.move13, (res, res))
-            cfg = LayerConfig("bconv", c_in, c_in, k, groups, stride, res)
-        else:
-            ref = blk.half2(x)
-            p = binary_half_params(blk.binary_conv1x1, blk.bn2, blk.move21, blk.move22, blk.prelu2, blk.move23,
-                                   (res, res))
-            cfg = LayerConfig("bconv", c_in, c_out, 1, groups, 1, res)
+    x, ref, p, cfg = _half_block_case(c_in, c_out, k, groups, groups, stride, res, half, seed=c_in + k + half)
     assert S.AMX_X86.fits(cfg)
     assert (amx_weight_bytes(cfg) > AMX_CHANNEL_MAJOR_WEIGHTS) == (c_in == 768)
     # amxs (the sign inside the tile loop) builds the 1x1 layers and the 3x3 one at 7x7 of these

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+AMX_STRATEGIES = ("amx", "amxs")   # the schedule strategies built here (`schedule.STRATEGIES`)
 TILE_ROWS = 16        # rows of an A tile (pixels) and of an accumulator tile
 TILE_BYTES = 64       # bytes per tile row
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
@@ -165,24 +166,16 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     channel-major), each task signs the input rows its pixel tiles read into a buffer of its own: no sign
     stage, one parallel region."""
     from nasbnn_hw.deploy.kernels.schedule import PARALLEL_MIN
-    import tvm
     from tvm import te
     n_, h, w, c = (int(v) for v in x.shape)
     pad = k // 2
     geo = amx_geometry(h, w, k, stride)
     cg, og = c // groups, out_channels // groups
     wt = te.placeholder((out_channels // 16 * k * k * cg // 4, 64), "int8", name=f"{name}_weight_amx")
-    one, minus, zero = (tvm.tirx.const(v, "int8") for v in (1, -1, 0))
 
-    def _sign(n, r, ch):
-        yy, xx = r // geo.wp, r % geo.wp
-        v = tvm.tirx.Select(x[n, yy - pad, xx - pad, ch] + move[ch] >= 0, one, minus)
-        if not pad and geo.in_rows == h * w:
-            return v
-        inside = tvm.tirx.all(r < (h + 2 * pad) * geo.wp, yy >= pad, yy < h + pad, xx >= pad, xx < w + pad)
-        return tvm.tirx.if_then_else(inside, v, zero)
-
-    xs = te.compute((n_, geo.in_rows, c), _sign, name=f"{name}_xs")
+    def signed_rows():
+        return te.compute((n_, geo.in_rows, c), lambda n, r, ch: signed(x, move, n, r, ch, geo, k, h, w),
+                          name=f"{name}_xs")
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     work = n_ * ho * wo * out_channels * k * k * cg // 64
     parallel = work >= (PARALLEL_MIN if parallel_min is None else parallel_min)
@@ -193,7 +186,8 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
             return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], outs[0], parallel,
                               channel_major=cmaj)
 
-        acc = te.extern((n_, geo.acc_rows, out_channels), [xs, wt], fcompute, name=f"{name}_amx", dtype="int32")
+        acc = te.extern((n_, geo.acc_rows, out_channels), [signed_rows(), wt], fcompute, name=f"{name}_amx",
+                        dtype="int32")
         return wt, acc, geo
     keys = ("mul", "add", "alpha", "bias2")
     if cmaj or not sign_in_loop:    # (channel-major tasks would each sign every pixel again)
@@ -201,7 +195,7 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
             epi = AmxEpilogue(outs[0], ins[2], *ins[3:], ho, wo, stride)
             return _conv_body(n_, c, cg, groups, og, out_channels, k, geo, ins[0], ins[1], None, parallel, epi,
                               cmaj)
-        inputs = [xs, wt, x]
+        inputs = [signed_rows(), wt, x]
     else:       # each task signs the input rows its pixel tiles read, into a buffer of its own
         def fcompute_fused(ins, outs):
             epi = AmxEpilogue(outs[0], ins[0], *ins[3:], ho, wo, stride)
@@ -211,6 +205,21 @@ def amx_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name:
     out = te.extern((n_, ho, wo, out_channels), [*inputs, *(epilogue[key] for key in keys)], fcompute_fused,
                     name=f"{name}_out", dtype="float32")
     return wt, out, geo
+
+
+def signed(x, move, n, r, ch, geo: AmxGeometry, k: int, h: int, w: int):
+    """The int8 sign of padded input row `r` (`geo`'s pixels), channel `ch`, of image `n` of `x` (N, H, W, C):
+    +1 where x + move >= 0, else -1, and 0 in the zero padding (a tensor or a buffer: the sign stage and the
+    tile loop's own signing share it)."""
+    import tvm
+    pad = k // 2
+    yy, xx = r // geo.wp, r % geo.wp
+    v = tvm.tirx.Select(x[n, yy - pad, xx - pad, ch] + move[ch] >= 0, tvm.tirx.const(1, "int8"),
+                        tvm.tirx.const(-1, "int8"))
+    if not pad and geo.in_rows == h * w:
+        return v
+    inside = tvm.tirx.all(r < (h + 2 * pad) * geo.wp, yy >= pad, yy < h + pad, xx >= pad, xx < w + pad)
+    return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(0, "int8"))
 
 
 @dataclass(frozen=True)
@@ -275,17 +284,8 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
             at = xsb[geo.base(nm % MB * 2 + h) - block_base(nm) + tap // K * geo.wp + tap % K, gi * CG + q * KC]
         return intrin("tileloadd64", T.int8(4 + h), T.address_of(at), T.int64(RS))
 
-    PAD = K // 2
-
-    def inside(nm, i):   # padded row block_base + i lies in the image
-        p = block_base(nm) + i
-        return tvm.tirx.all(p < (sign.h + 2 * PAD) * geo.wp, p // geo.wp >= PAD, p // geo.wp < sign.h + PAD,
-                            p % geo.wp >= PAD, p % geo.wp < sign.w + PAD)
-
-    def sign_of(nm, i, c):
-        p = block_base(nm) + i
-        v = sign.X[nm // MB, p // geo.wp - PAD, p % geo.wp - PAD, c] + sign.MOVE[c]
-        return tvm.tirx.Select(v >= 0, T.int8(1), T.int8(-1))
+    def sign_of(nm, i, c):   # row block_base + i of the padded input (`signed`)
+        return signed(sign.X, sign.MOVE, nm // MB, block_base(nm) + i, c, geo, K, sign.h, sign.w)
 
     def load_b(gi, nt, tap, q, b: int):     # 16 output channels: tile register 6 + b
         at = W[((((gi * NT + nt) * K * K + tap) * KQ + q) * NB + b) * KC // 4, 0]
@@ -377,15 +377,9 @@ def _conv_body(N: int, C: int, CG: int, G: int, OG: int, F: int, K: int, geo: Am
                 xsb = T.alloc_buffer((SPAN, C), "int8", scope="local")
                 T.evaluate(T.address_of(xsb[0, 0]))
                 T.evaluate(T.address_of(xsb[SPAN - 1, C - 1]))
-                for i in range(SPAN):
-                    if inside(t0, i):
-                        for cb in range(C // SV):
-                            for j in T.vectorized(SV):
-                                xsb[i, cb * SV + j] = sign_of(t0, i, cb * SV + j)
-                    else:
-                        for cb in range(C // SV):
-                            for j in T.vectorized(SV):
-                                xsb[i, cb * SV + j] = T.int8(0)
+                for i, cb in T.grid(SPAN, C // SV):
+                    for j in T.vectorized(SV):
+                        xsb[i, cb * SV + j] = sign_of(t0, i, cb * SV + j)
             # fused: two block buffers, the epilogue of step t1 - 1 issued after the tile loop of step t1,
             # so the vector units work through it while the tile unit multiplies
             blk = T.alloc_buffer((2, 2 * R, FB), "int32", scope="local")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nasbnn_hw.deploy.kernels.amx import AMX_STRATEGIES
+
 WORD_BITS = 64
 WORD_DTYPE = "uint64"
 
@@ -171,7 +173,7 @@ def weights_for(words: np.ndarray, channels_per_group: int, strategy: str, group
         return words
     if strategy == "dense":
         return dense_weights(words, channels_per_group)
-    if strategy in ("amx", "amxs"):
+    if strategy in AMX_STRATEGIES:
         from nasbnn_hw.deploy.kernels.amx import amx_weights
         return amx_weights(words, channels_per_group, groups)
     if strategy == "pairs":
@@ -509,7 +511,7 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
     C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
     """
     from tvm import te
-    if strategy in ("amx", "amxs"):   # the epilogue runs inside the tile loop, on each block as it leaves the tiles
+    if strategy in AMX_STRATEGIES:   # the epilogue runs inside the tile loop, on each block as it leaves the tiles
         from nasbnn_hw.deploy.kernels.amx import amx_conv
         p = {"move_in": te.placeholder((int(x.shape[3]),), "float32", name=f"{name}_move_in")}
         epi = {key: te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
@@ -545,7 +547,7 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
     pad = k // 2
     ho, wo = _out_hw(x, k, stride)
     p = {"move_in": te.placeholder((c_in,), "float32", name=f"{name}_move_in")}
-    if strategy in ("amx", "amxs"):   # +-1 int8 products: zero padding is exact, no correction (amxs: amx here)
+    if strategy in AMX_STRATEGIES:   # +-1 int8 products: zero padding is exact, no correction (amxs: amx here)
         from nasbnn_hw.deploy.kernels.amx import amx_conv, amx_dot
         p["weight"], acc, geo = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name, parallel_min)
         return p, amx_dot(acc, geo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nasbnn_hw.deploy.kernels.amx import amx_fits, amx_sign_in_loop, amx_weight_bytes
+from nasbnn_hw.deploy.kernels.amx import AMX_STRATEGIES, amx_fits, amx_sign_in_loop, amx_weight_bytes
 from nasbnn_hw.deploy.kernels.binary import WORD_BITS, dense_saves, pairs_fit, words_per_group
 from nasbnn_hw.errors import NasBnnError
 
@@ -35,8 +35,7 @@ ACC_DTYPES = ("int64", "int32", "int16")
 # (`binary.pairs_popcount_conv`), x86 with AVX2; "amx": +-1 int8 products on AMX tiles (`amx`), x86 with
 # AMX-INT8; "amxs": the same with the sign stage inside the tile loop, each task signing the input rows its
 # tiles read (one parallel region per layer instead of two; where few rows are signed twice: `amx`).
-STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", "amx", "amxs")
-AMX_STRATEGIES = ("amx", "amxs")
+STRATEGIES = ("word", "nibble", "byte", "dense", "pairs", *AMX_STRATEGIES)
 CHUNKED = ("nibble", "byte", "pairs")  # the strategies that accumulate bytes in 8-bit lanes
 LOOKUPS = ("nibble", "pairs")   # the strategies of table lookups (vpshufb: x86 with AVX2)
 
@@ -134,10 +133,9 @@ class CpuSchedule:
             return dense_saves(cfg.in_channels // cfg.groups, cfg.kernel)
         if self.strategy == "pairs":
             return pairs_fit(cfg.out_channels // cfg.groups, cfg.groups)
-        if self.strategy == "amx":
-            return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups)
-        if self.strategy == "amxs":
-            return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups) and amx_sign_in_loop(cfg)
+        if self.strategy in AMX_STRATEGIES:
+            return amx_fits(cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups) and (
+                self.strategy == "amx" or amx_sign_in_loop(cfg))
         return self.strategy not in CHUNKED or self.tile_of(cfg)[2] > 0
 
     def tile_of(self, cfg) -> tuple[int, int, int]:
@@ -235,13 +233,15 @@ AMX_DEFAULT_MAX_WEIGHTS = 3 << 19
 AMX_DEFAULT_REUSE_PIXELS = 14 * 14
 
 
-def amx_default_applies(cfg) -> bool:
-    """Whether an untuned layer takes the AMX schedule on a target with AMX-INT8 (where it builds)."""
+def amx_default_applies(cfg, strategy: str = "amx") -> bool:
+    """Whether an untuned layer takes the AMX schedule of `strategy` on a target with AMX-INT8 (where it
+    builds); amxs only on 1x1 layers (`AMXS_X86`)."""
     pad = cfg.kernel // 2
     out = ((cfg.resolution + 2 * pad - cfg.kernel) // cfg.stride + 1) ** 2
     products = cfg.kernel * cfg.kernel * (cfg.in_channels // cfg.groups)
     return (cfg.resolution ** 2 <= AMX_DEFAULT_MAX_INPUT_PIXELS or products >= AMX_DEFAULT_LARGE_INPUT_PRODUCTS) \
-        and (amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS or out >= AMX_DEFAULT_REUSE_PIXELS)
+        and (amx_weight_bytes(cfg) <= AMX_DEFAULT_MAX_WEIGHTS or out >= AMX_DEFAULT_REUSE_PIXELS) \
+        and (strategy == "amx" or cfg.kernel == 1)
 
 
 CPU_TILE = LEGACY_X86.tile()
@@ -311,8 +311,7 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     if cfg is not None and cfg.kind == "bconv":
         for s in others:
             if s.fits(cfg) and s.tile_of(cfg)[2] in (s.vector, JOINED_LANES) and (   # whole vectors (or joined
-                    s.strategy not in AMX_STRATEGIES or amx_default_applies(cfg)) and (      # lookups)
-                    s.strategy != "amxs" or cfg.kernel == 1):
+                    s.strategy not in AMX_STRATEGIES or amx_default_applies(cfg, s.strategy)):  # lookups)
                 return s
     return word
 
