@@ -330,6 +330,58 @@ def test_cuda_source_uses_popcount():
     assert "__popc" in src and "__global__" in src
 
 
+@pytest.mark.parametrize("layers", [
+    [LayerConfig("bconv", 48, 48, 3, 2, 2, 8)],      # stride 2 (pooled shortcut), 24 channels per group
+    [LayerConfig("bconv", 24, 48, 1, 1, 1, 14)],     # channels tiled in the shortcut
+    [LayerConfig("bconv", 96, 96, 5, 2, 1, 28)],     # 5x5, 48 per group
+    [LayerConfig("bconv", 64, 64, 3, 1, 1, 7)],      # 7 x 7: one row of 7 pixel threads
+    [LayerConfig("stem", 3, 16, 3, 1, 2, 16), LayerConfig("bconv", 16, 32, 3, 1, 1, 8),
+     LayerConfig("head", 32, 10, 1, 1, 1, 8)],       # a whole network in one function
+])
+def test_cuda_schedule_computes_what_the_cpu_kernels_do(layers):
+    """The tiled CUDA schedule (thread blocks of pixel x channel tiles, each thread's accumulators in
+    registers and its epilogue) with its loops left serial, run on this CPU, equals the CPU kernels' output
+    on the same arguments: the tiling, the accumulator regions and the fused epilogue are right without a
+    GPU; CUDA itself only adds the thread bindings."""
+    import tvm
+    from tvm import te
+
+    from nasbnn_hw.deploy.kernels.layer import _shape_dtype, compile_function, layer_input_shape, layer_te, \
+        random_params
+    gpu, cpu = resolve_target("cuda-sm80"), resolve_target("local")
+    x = te.placeholder(layer_input_shape(layers[0]), "float32", name="x")
+    rng = np.random.default_rng(3)
+    h, tensors, data = x, [], []
+    for i, cfg in enumerate(layers):
+        ph, h = layer_te(cfg, h, f"l{i}", gpu)
+        d = random_params(cfg, ph, rng)
+        tensors += list(ph.values())
+        data += [np.ascontiguousarray(d[k], _shape_dtype(t)[1]) for k, t in ph.items()]
+    xin = rng.standard_normal(_shape_dtype(x)[0]).astype(np.float32)
+    dev = tvm.cpu(0)
+
+    def run(schedule_fn):
+        ex = compile_function([x, *tensors, h], cpu, schedule_fn)
+        out = tvm.runtime.empty(_shape_dtype(h)[0], "float32", dev)
+        ex["main"](*(tvm.runtime.tensor(v, dev) for v in (xin, *data)), out)
+        return out.numpy()
+
+    got = run(lambda sch: S.gpu_schedule(sch, bind=False))
+    ref = run(lambda sch: S.gpu_schedule(sch, bind=False, tiled=False))   # one output per iteration
+    assert np.isfinite(ref).all() and np.abs(ref).max() > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_cuda_conv_kernels_keep_accumulators_in_registers():
+    """Each CUDA conv kernel computes its outputs' sums in registers and applies the epilogue there: no
+    int32 accumulator array in global memory, one block of 7 x 32 threads on a 14 x 14 layer of 256 channels."""
+    lay = build_layer(LayerConfig("bconv", 256, 256, 3, 1, 1, 14), target="cuda-sm80")
+    src = lay.executable.mod.imports[0].inspect_source()
+    assert "l0_acc_ptr" not in src and "l0_acc_local" in src and "__launch_bounds__(224)" in src
+    stem = build_layer(LayerConfig("stem", 3, 16, 3, 1, 2, 32), target="cuda-sm80")
+    assert "l0_acc_ptr" not in stem.executable.mod.imports[0].inspect_source()
+
+
 @pytest.mark.parametrize("c,k,groups,stride,seed,default", [
     (48, 5, 2, 2, 11, "LEGACY_ARM"),   # 24 channels per group: the word tile
     (64, 3, 1, 1, 12, "BYTE_ARM"),     # whole 16-lane tiles: byte `cnt` sums in 8-bit lanes

@@ -162,7 +162,8 @@ def test_tuned_schedules_are_built_and_never_mixed_with_other_measurements(tmp_p
 def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
     """Stores written before schedules existed hold bare keys: a layer whose default is the legacy schedule
     (AVX-512 where dense rows save nothing; NEON on layers the byte strategy does not cover) keeps them;
-    AVX2's, NEON's and the dense defaults name themselves, so legacy rows are not mixed with them."""
+    AVX2's, NEON's, the dense defaults and the tiled CUDA kernels name themselves, so legacy rows are not
+    mixed with them."""
     space = get_space("small16")
     cfg, arch = LayerConfig("bconv", 16, 16, 3, 1, 1, 8), random_subnets(space, 1, seed=1)[0]
     book = ScheduleBook(resolve_target({"kind": "llvm", "mcpu": "icelake-server"}))
@@ -170,8 +171,11 @@ def test_keys_stay_as_before_where_the_schedule_is_the_legacy_one():
     assert not book.all_legacy and book.layer_key(wide) == wide.key()      # 64 channels: nothing to save
     assert book.layer_key(cfg) == f"{cfg.key()} @{S.DENSE_X86.fingerprint()}"   # a 3 x 16-bit row in one word
     assert book.subnet_key(arch, space).startswith(arch.to_json() + " @")
-    gpu = ScheduleBook(resolve_target("cuda-sm80"))
-    assert gpu.all_legacy and gpu.subnet_key(arch, space) == arch.to_json()
+    gpu = ScheduleBook(resolve_target("cuda-sm80"))   # the tiled CUDA kernels name themselves (stem, binary)
+    head = LayerConfig("head", 64, 10, 1, 1, 1, 1)
+    assert not gpu.all_legacy and gpu.layer_key(cfg) == f"{cfg.key()} @{S.GPU_SCHEDULE_ID}" \
+        and gpu.layer_key(head) == head.key() and gpu.subnet_key(arch, space).startswith(arch.to_json() + " @")
+    assert gpu.layer_config(cfg)["schedule"] == S.GPU_SCHEDULE_ID and "schedule" not in gpu.layer_config(head)
     arm = ScheduleBook(resolve_target("rpi4"))
     assert not arm.all_legacy and arm.layer_key(cfg) == f"{cfg.key()} @byte-p2c128v16-int16-pm131072"
     narrow = LayerConfig("bconv", 24, 24, 3, 1, 1, 8)

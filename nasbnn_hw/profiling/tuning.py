@@ -85,11 +85,24 @@ class ScheduleBook:
         return self.tuned.get(cfg.key()) or default_schedule(self.spec, cfg)
 
     def fingerprint(self, cfg: LayerConfig) -> str:
+        """The name of the kernel `cfg` builds with: its `CpuSchedule`'s fingerprint; on a GPU the tiled
+        conv schedule's (`schedule.GPU_SCHEDULE_ID`: stem and binary layers); '' for layers without one."""
+        from nasbnn_hw.deploy.kernels.schedule import GPU_SCHEDULE_ID
+        if self.spec.is_gpu:
+            return GPU_SCHEDULE_ID if cfg.kind in ("stem", "bconv") else ""
         s = self(cfg)
         return "" if s is None else s.fingerprint()
 
+    def _legacy_fingerprint(self) -> str:
+        """The kernel of measurements stored without a schedule: the legacy tile; on a GPU the generic one
+        ('': one thread per output, the only GPU kernel before the tiled one)."""
+        from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+        return "" if self.spec.is_gpu else legacy_schedule(self.spec).fingerprint()
+
     def _legacy(self, cfg: LayerConfig) -> bool:
         from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
+        if self.spec.is_gpu:
+            return not self.fingerprint(cfg)
         s = self(cfg)
         return s is None or s == legacy_schedule(self.spec)
 
@@ -98,7 +111,7 @@ class ScheduleBook:
         """True when every layer builds as before schedules existed (no tuned winner, legacy defaults)."""
         from nasbnn_hw.deploy.kernels.schedule import legacy_schedule, target_defaults
         if self.spec.is_gpu:
-            return True
+            return False   # the tiled conv kernels
         word, others = target_defaults(self.spec)
         return all(s == legacy_schedule(self.spec) for s in self.tuned.values()) and \
             word == legacy_schedule(self.spec) and not others
@@ -109,7 +122,7 @@ class ScheduleBook:
 
     def layer_config(self, cfg: LayerConfig) -> dict:
         d = cfg.to_dict()
-        if self(cfg) is not None:
+        if self.fingerprint(cfg):
             d["schedule"] = self.fingerprint(cfg)
         return d
 
@@ -128,11 +141,10 @@ class ScheduleBook:
         """Whether measurement `m` was taken with the schedules a build uses now. `layer`: its LayerConfig
         (a layer row); `subnet`: (space, arch) of a subnet row. Rows without schedule information were
         taken with the legacy schedules."""
-        from nasbnn_hw.deploy.kernels.schedule import legacy_schedule
         if m.kind == "layer" and layer is not None:
-            if self(layer) is None:
+            if not self.fingerprint(layer):
                 return True
-            return m.config.get("schedule", legacy_schedule(self.spec).fingerprint()) == self.fingerprint(layer)
+            return m.config.get("schedule", self._legacy_fingerprint()) == self.fingerprint(layer)
         if m.kind == "subnet":
             got = m.config.get("schedule_id", "")
             if self.all_legacy:

@@ -126,7 +126,7 @@ def random_params(cfg: LayerConfig, placeholders: dict, rng: np.random.Generator
 def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec, schedule=None) -> None:
     from nasbnn_hw.deploy.kernels import schedule as S
     if spec.is_gpu:
-        return  # GPU: one generic pass over the whole function (see `compile_function`)
+        return  # GPU: one pass over the whole function (see `compile_function`)
     if cfg.kind == "stem":
         S.cpu_stem(sch, name, S.legacy_schedule(spec).tile())  # not tuned: stem measurements keep their key
     elif cfg.kind == "bconv":
@@ -144,7 +144,7 @@ def compile_function(args, spec: TargetSpec, schedule_fn):
     mod = tvm.IRModule({"main": te.create_prim_func(list(args))})
     sch = tvm.s_tir.Schedule(mod)
     if spec.is_gpu:
-        schedule.gpu_generic(sch)
+        schedule.gpu_schedule(sch)
     else:
         schedule_fn(sch)
     return tvm.compile(sch.mod, target=spec.tvm_target())

@@ -1,6 +1,6 @@
 """Schedules. CPU: register-tiled output blocks (a few pixels x a vector of output channels) accumulated
-in registers over an unrolled word loop, the epilogue fused into the tile, rows in parallel. CUDA: one
-thread per output element (source generation; no tuning here)."""
+in registers over an unrolled word loop, the epilogue fused into the tile, rows in parallel. CUDA: thread
+blocks of pixel x channel tiles, each thread's outputs in registers (`gpu_schedule`; not tuned)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -541,10 +541,78 @@ def cpu_head(sch, name: str):
     sch.decompose_reduction(fc, rc)
 
 
-def gpu_generic(sch, threads: int = 64):
-    """Bind every block of the function: spatial loops fused, split into (blocks, threads)."""
+# CUDA: the output tile of one thread block and of one thread (`gpu_schedule`). A warp spans output
+# channels (NHWC: consecutive lanes store consecutive floats and read consecutive weight words); rows of
+# threads span pixels, which read the same input words across a warp (one broadcast load). Each thread
+# keeps GPU_PIXELS x GPU_CHANNELS accumulators in registers and applies the epilogue to them, so no int32
+# accumulator goes through global memory. Not yet timed on a GPU (benchmarks/cuda_layers.py times it
+# against the generic schedule and cuDNN where a GPU is lent); `GPU_SCHEDULE_ID` names it in measurement keys.
+GPU_THREADS_X = 32
+GPU_THREADS_Y = 8
+GPU_PIXELS = 2
+GPU_CHANNELS = 2
+GPU_SCHEDULE_ID = "cuda-t8x32p2c2"
+
+
+def gpu_schedule(sch, bind: bool = True, tiled: bool = True) -> None:
+    """The CUDA schedule of a whole function: every conv (a `{name}_acc` block with its `{name}_out`
+    epilogue, NHWC) tiled by `gpu_conv_tile` (unless `tiled` is False), every other block one thread
+    per output element (`gpu_generic`). `bind=False` leaves the loops serial (the same loop nest runs on
+    a CPU target: how the tests check the tiling computes the same outputs without a GPU)."""
     root = sch.get_sblock("root")
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+    done = set()
+    if tiled:
+        for nm in names:
+            if nm.endswith("_acc") and f"{nm[:-4]}_out" in names and len(sch.get_loops(sch.get_sblock(f"{nm[:-4]}_out"))) == 4:
+                gpu_conv_tile(sch, nm[:-4], bind)
+                done |= {nm, f"{nm[:-4]}_out"}
+    gpu_generic(sch, bind=bind, names=[nm for nm in names if nm not in done])
+
+
+def gpu_conv_tile(sch, name: str, bind: bool = True) -> None:
+    """Block (fused n, y rows, x tiles) x (channel tiles); threads: rows of `GPU_THREADS_Y` pixel tiles x a
+    warp of `GPU_THREADS_X` channel tiles; each thread computes `{name}_acc` for its GPU_PIXELS x
+    GPU_CHANNELS outputs in registers (reductions outside, tile inside, unrolled) and their epilogue."""
+    out, acc = sch.get_sblock(f"{name}_out"), sch.get_sblock(f"{name}_acc")
+    n, y, x, f = sch.get_loops(out)
+    ho, wo, fe = (int(sch.get(lp).extent) for lp in (y, x, f))
+    xp = _divisor_at_most(wo, GPU_PIXELS)
+    xt = _divisor_at_most(wo // xp, GPU_THREADS_Y)
+    yt = _divisor_at_most(ho, max(1, GPU_THREADS_Y // xt))
+    fp = _divisor_at_most(fe, GPU_CHANNELS)
+    ft = _divisor_at_most(fe // fp, GPU_THREADS_X)
+    yo, yi = sch.split(y, [None, yt])
+    xo, xti, xpi = sch.split(x, [None, xt, xp])
+    fo, fti, fpi = sch.split(f, [None, ft, fp])
+    sch.reorder(n, yo, xo, fo, yi, xti, fti, xpi, fpi)
+    blocks = sch.fuse(n, yo, xo)
+    rows = sch.fuse(yi, xti)
+    if bind:
+        sch.bind(blocks, "blockIdx.x")
+        sch.bind(fo, "blockIdx.y")
+        sch.bind(rows, "threadIdx.y")
+        sch.bind(fti, "threadIdx.x")
+    sch.compute_at(acc, fti)
+    sch.set_scope(acc, 0, "local")
+    own = sch.get_loops(acc)[4:]
+    n_red = _reduction_loops(sch, acc)
+    spatial, red = own[:len(own) - n_red], own[len(own) - n_red:]
+    if red and spatial:
+        sch.reorder(*red, *spatial)
+    for lp in spatial:
+        sch.unroll(lp)
+    sch.unroll(xpi)
+    sch.unroll(fpi)
+    if red:
+        sch.decompose_reduction(acc, red[0])
+
+
+def gpu_generic(sch, threads: int = 64, bind: bool = True, names=None):
+    """One thread per output element of each block of `names` (default: every block of the function):
+    spatial loops fused, split into (blocks, threads)."""
+    if names is None:
+        names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     for nm in names:
         blk = sch.get_sblock(nm)
         n_spatial = sum(1 for iv in sch.get(blk).iter_vars if int(iv.iter_type) == 0)
@@ -553,5 +621,6 @@ def gpu_generic(sch, threads: int = 64):
         ext = int(sch.get(fused).extent)
         t = _divisor_at_most(ext, threads)
         bo, ti = sch.split(fused, [None, t])
-        sch.bind(bo, "blockIdx.x")
-        sch.bind(ti, "threadIdx.x")
+        if bind:
+            sch.bind(bo, "blockIdx.x")
+            sch.bind(ti, "threadIdx.x")
