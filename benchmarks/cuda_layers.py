@@ -7,14 +7,16 @@
 - the six layers of `benchmarks/tuned_layers.py` (with `--subnets` also the smallest and the largest imagenet
   subnet at 224, random weights), each built for CUDA twice: with the tiled schedule (`schedule.gpu_schedule`:
   thread blocks of pixel x channel tiles, sums in registers) and the generic one (one thread per output, the
-  kernel before it); each library holds x86 host code and the CUDA source, compiled on the GPU when loaded;
+  kernel before it); each library holds x86 host code and the CUDA source (TVM 0.27 compiles CUDA source
+  when a library is loaded, through a callback: `run` registers one that calls nvcc for the GPU's own
+  architecture);
 - the arguments of each (`.npz`) and the output this machine's CPU kernels compute from them;
 - `runtime/`: TVM's Python package without its compiler library (the runtime alone, about 17 MB) and the
   `tvm_ffi` package for the GPU machine's Python (`--python`; pip downloads the wheel when that is not the
   Python running here).
 
-`run` (on the GPU machine: PyTorch, nvcc or NVRTC, no TVM installed) loads each library with that runtime,
-compiles its CUDA source with nvcc for the GPU's own architecture, checks the output against the CPU's, times
+`run` (on the GPU machine: PyTorch and nvcc, no TVM installed) loads each library with that runtime,
+which compiles its CUDA source with nvcc, checks the output against the CPU's, times
 it (TVM's `time_evaluator`: medians of `--repeat` samples) and PyTorch's cuDNN convolution alone, fp32 and fp16
 (channels-last); subnets against the same PyTorch network, fp32 and fp16. Prints a table with ratios; writes
 every figure to `--out` (JSON). `--device cpu` runs the same on this machine's CPU (libraries prepared with
@@ -100,14 +102,7 @@ def prepare(out: Path, arch: str, subnets: bool, python: str, target: str | None
         sys.exit(f"error: {out} is not empty (choose a new folder)")
     out.mkdir(parents=True, exist_ok=True)
     tgt = target or _cuda_target(arch)
-    code = "host"
-    if not target:
-        if shutil.which("nvcc"):   # compiled here: the GPU machine then loads machine code, no compiler needed
-            os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-            import tvm.support.nvcc  # noqa: F401 - registers the compile callback TVM's CUDA codegen calls
-            code = f"fatbin {arch} (nvcc here)"
-        else:
-            code = "CUDA source (compiled on the GPU machine when loaded)"
+    code = "host code" if target else "CUDA source, compiled by nvcc on the GPU machine when loaded"
     items = []
     layers = LAYERS[:2] if quick else LAYERS
     for i, (name, ci, co, k, g, r) in enumerate(layers):
@@ -198,8 +193,8 @@ def _load_cuda_runtime(folder: Path) -> None:
 
 
 def _register_nvcc(tvm) -> str:
-    """Compile CUDA source modules with nvcc for this GPU when loaded (libraries prepared where nvcc was
-    missing; the runtime calls back into Python)."""
+    """Compile the libraries' CUDA source with nvcc for this GPU when they are loaded (TVM's runtime calls
+    back into Python)."""
     import tvm_ffi
     import torch
     major, minor = torch.cuda.get_device_capability()
