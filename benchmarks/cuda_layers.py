@@ -5,9 +5,9 @@
 
 `prepare` (here, with the TVM compiler) writes to DIR:
 - the six layers of `benchmarks/tuned_layers.py` (with `--subnets` also the smallest and the largest imagenet
-  subnet at 224, random weights), each built for CUDA twice: with the tiled schedule (`schedule.gpu_schedule`:
-  thread blocks of pixel x channel tiles, sums in registers) and the generic one (one thread per output, the
-  kernel before it); each library holds x86 host code and the CUDA source (TVM 0.27 compiles CUDA source
+  subnet at 224, random weights), each built for CUDA with the default tile (`schedule.gpu_schedule`: thread
+  blocks of pixel x channel tiles, sums in registers), the generic schedule (one thread per output, the
+  kernel before it) and, for layers, the other tiles of `schedule.GPU_TILE_VARIANTS`; each library holds x86 host code and the CUDA source (TVM 0.27 compiles CUDA source
   when a library is loaded, through a callback: `run` registers one that calls nvcc for the GPU's own
   architecture);
 - the arguments of each (`.npz`) and the output this machine's CPU kernels compute from them;
@@ -50,7 +50,6 @@ LAYERS = [  # (name, c_in, c_out, kernel, groups, resolution): benchmarks/tuned_
     ("768->768 7x7 3x3 g8", 768, 768, 3, 8, 7),
     ("192->384 14x14 1x1", 192, 384, 1, 1, 14),
 ]
-KERNELS = ("tiled", "generic")
 RTOL = 1e-4   # float epilogues: the GPU contracts multiply-adds into FMAs, the CPU code may not
 
 
@@ -84,6 +83,15 @@ def _runtime(dst: Path, python: str) -> None:
             z.extractall(ffi)
 
 
+def _kernels(layer: bool):
+    """(name, `GpuTile` or None) of each CUDA kernel to time: the default tile first, the generic schedule,
+    and for single layers the other tile variants (`schedule.GPU_TILE_VARIANTS`)."""
+    from nasbnn_hw.deploy.kernels.schedule import GPU_TILE, GPU_TILE_VARIANTS
+    tiles = GPU_TILE_VARIANTS if layer else (GPU_TILE,)
+    return [(GPU_TILE.fingerprint(), GPU_TILE), ("generic", None),
+            *((t.fingerprint(), t) for t in tiles if t != GPU_TILE)]
+
+
 def _cuda_target(arch: str) -> dict:
     return {"kind": "cuda", "arch": arch, "host": {"kind": "llvm"}}
 
@@ -109,8 +117,8 @@ def prepare(out: Path, arch: str, subnets: bool, python: str, target: str | None
         t0 = time.perf_counter()
         cfg = LayerConfig("bconv", ci, co, k, g, 1, r)
         libs = {}
-        for kind in KERNELS:
-            lay = build_layer(cfg, tgt, seed=i, gpu_tiled=kind == "tiled")
+        for kind, tile in _kernels(layer=True):
+            lay = build_layer(cfg, tgt, seed=i, gpu_tile=tile)
             libs[kind] = lay.export(out / f"layer{i}_{kind}.so").name
         params = {n: a.data for n, a in zip(lay.arg_names[1:-1], lay.args[1:-1])}
         cpu = build_layer(cfg, "local", seed=i, params=params)    # the same logical weights, this CPU's layout
@@ -131,8 +139,8 @@ def prepare(out: Path, arch: str, subnets: bool, python: str, target: str | None
             torch.manual_seed(0)
             model = extract_subnet(SuperBNN(space), arch_fn(space)).eval()
             libs = {}
-            for kind in KERNELS:
-                net = compile_subnet(model, target=tgt, resolution=224, gpu_tiled=kind == "tiled")
+            for kind, tile in _kernels(layer=False):
+                net = compile_subnet(model, target=tgt, resolution=224, gpu_tile=tile)
                 libs[kind] = Path(net.export(out / f"{name}_{kind}.so")).name
                 (out / f"{name}_{kind}.npz").unlink()   # the parameters travel once, below
             x = np.random.default_rng(0).standard_normal(net.input_shape).astype(np.float32)
@@ -143,7 +151,9 @@ def prepare(out: Path, arch: str, subnets: bool, python: str, target: str | None
                           "output_shape": list(net.output_shape)})
             print(f"prepared subnet {name} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     _runtime(out / "runtime", python)
-    (out / "manifest.json").write_text(json.dumps({"target": tgt, "code": code, "items": items}, indent=1))
+    from nasbnn_hw.deploy.kernels.schedule import GPU_SCHEDULE_ID
+    (out / "manifest.json").write_text(json.dumps({"target": tgt, "code": code, "default": GPU_SCHEDULE_ID,
+                                                   "items": items}, indent=1))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {len(items)} items, {size / 2**20:.1f} MiB", file=sys.stderr)
 
@@ -313,16 +323,20 @@ def run(folder: Path, device: str, repeat: int, out_json: Path | None) -> int:
             row[f"{kind}_s"] = _median(list(ev(*args, res).results))
         row.update(_torch_times(item, device, repeat, 10))
         rows.append(row)
-        print(f"{item['name']}: " + ", ".join(f"{k} {v * 1e3:.4f} ms" for k, v in row.items()
+        print(f"{item['name']}: " + ", ".join(f"{k[:-2]} {v * 1e3:.4f} ms" for k, v in row.items()
                                             if k.endswith("_s") and not k.endswith("load_s")), flush=True)
-    print(f"\n{device} ({arch}; libraries: {manifest.get('code', '?')}); medians of {repeat} samples; x = PyTorch time / TVM tiled time")
-    head = "| item | torch fp32 ms | torch fp16 ms | generic ms | tiled ms | x fp32 | x fp16 | tiled/generic |"
+    print(f"\n{device} ({arch}; libraries: {manifest.get('code', '?')}); medians of {repeat} samples, ms; "
+          f"x = PyTorch / the default tile ({manifest['default']})")
+    head = "| item | torch fp32 | torch fp16 | generic | default | best tile | x fp32 | x fp16 | default / generic |"
     print(head + "\n|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        f16, tiled = r.get("torch_fp16_s"), r["tiled_s"]
+        f16, tiled = r.get("torch_fp16_s"), r[f"{manifest['default']}_s"]
+        tiles = {k[:-2]: v for k, v in r.items() if k.startswith("cuda-") and k.endswith("_s")}
+        best = min(tiles, key=tiles.get)
         half = (f"{f16 * 1e3:.4f}", f"{f16 / tiled:.2f}x") if f16 else ("-", "-")
         print(f"| {r['name']} | {r['torch_fp32_s'] * 1e3:.4f} | {half[0]} | {r['generic_s'] * 1e3:.4f} | "
-              f"{tiled * 1e3:.4f} | {r['torch_fp32_s'] / tiled:.2f}x | {half[1]} | {r['generic_s'] / tiled:.2f}x |")
+              f"{tiled * 1e3:.4f} | {best} {tiles[best] * 1e3:.4f} | {r['torch_fp32_s'] / tiled:.2f}x | {half[1]} | "
+              f"{r['generic_s'] / tiled:.2f}x |")
     if out_json:
         out_json.write_text(json.dumps({"device": device, "arch": arch, "rows": rows}, indent=1))
     return 1 if failed else 0

@@ -366,10 +366,11 @@ def test_cuda_schedule_computes_what_the_cpu_kernels_do(layers):
         ex["main"](*(tvm.runtime.tensor(v, dev) for v in (xin, *data)), out)
         return out.numpy()
 
-    got = run(lambda sch: S.gpu_schedule(sch, bind=False))
-    ref = run(lambda sch: S.gpu_schedule(sch, bind=False, tiled=False))   # one output per iteration
+    ref = run(lambda sch: S.gpu_schedule(sch, bind=False, tile=None))   # one output per iteration
     assert np.isfinite(ref).all() and np.abs(ref).max() > 0
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
+    for tile in S.GPU_TILE_VARIANTS:
+        got = run(lambda sch: S.gpu_schedule(sch, bind=False, tile=tile))
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5, err_msg=tile.fingerprint())
 
 
 def test_cuda_conv_kernels_keep_accumulators_in_registers():

@@ -350,7 +350,7 @@ def _module_params(model, layers: list[LayerConfig]) -> list[dict]:
 
 
 def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch: int, seed: int,
-             schedules=None, gpu_tiled: bool = True) -> TvmSubnet:
+             schedules=None, gpu_tile="default") -> TvmSubnet:
     from tvm import te
 
     from nasbnn_hw.deploy.kernels.layer import KernelBuildError, _shape_dtype, compile_function, kernel_params, \
@@ -381,20 +381,20 @@ def _compile(layers: list[LayerConfig], params: list[dict] | None, target, batch
         for i, cfg in enumerate(layers):
             schedule_layer(sch, cfg, f"l{i}", spec, schedules)
 
-    ex = compile_function([x, *tensors, h], spec, _schedule, gpu_tiled)
+    ex = compile_function([x, *tensors, h], spec, _schedule, gpu_tile)
     used = [None if cfg.kind != "bconv" or spec.is_gpu else layer_schedule(cfg, spec, schedules).to_dict()
             for cfg in layers]
     return TvmSubnet(list(layers), spec, ex, names, values, _shape_dtype(x)[0], _shape_dtype(h)[0], used)
 
 
 def compile_subnet(model, target="local", batch: int = 1, resolution: int | None = None,
-                   schedules=None, gpu_tiled: bool = True) -> TvmSubnet:
+                   schedules=None, gpu_tile="default") -> TvmSubnet:
     """Compile a static subnet (`extract_subnet(supernet, arch)`, in eval mode) with its weights.
     `schedules`: a callable giving each layer's `CpuSchedule` (a `ScheduleBook` of tuned schedules), None
-    for the target's defaults. `gpu_tiled=False`: on a GPU, one thread per output (the kernels before the
-    tiled ones; for comparisons)."""
+    for the target's defaults. `gpu_tile`: on a GPU, the conv tile (`compile_function`; None: one thread
+    per output, the kernels before the tiled ones, for comparisons)."""
     layers = subnet_layers(model, resolution)
-    return _compile(layers, _module_params(model, layers), target, batch, 0, schedules, gpu_tiled)
+    return _compile(layers, _module_params(model, layers), target, batch, 0, schedules, gpu_tile)
 
 
 def compile_random_subnet(arch, space, target="local", batch: int = 1, seed: int = 0,

@@ -135,9 +135,10 @@ def schedule_layer(sch, cfg: LayerConfig, name: str, spec: TargetSpec, schedule=
         S.cpu_head(sch, name)
 
 
-def compile_function(args, spec: TargetSpec, schedule_fn, gpu_tiled: bool = True):
-    """create_prim_func(args) -> schedule -> tvm.compile for `spec` (a GPU: `schedule.gpu_schedule`, with
-    `gpu_tiled=False` one thread per output everywhere, the kernel before the tiled one)."""
+def compile_function(args, spec: TargetSpec, schedule_fn, gpu_tile="default"):
+    """create_prim_func(args) -> schedule -> tvm.compile for `spec`. A GPU: `schedule.gpu_schedule` with
+    `gpu_tile` (a `schedule.GpuTile`; "default": `schedule.GPU_TILE`; None: one thread per output
+    everywhere, the kernels before the tiled ones)."""
     import tvm
     from tvm import te
 
@@ -145,7 +146,7 @@ def compile_function(args, spec: TargetSpec, schedule_fn, gpu_tiled: bool = True
     mod = tvm.IRModule({"main": te.create_prim_func(list(args))})
     sch = tvm.s_tir.Schedule(mod)
     if spec.is_gpu:
-        schedule.gpu_schedule(sch, tiled=gpu_tiled)
+        schedule.gpu_schedule(sch, tile=schedule.GPU_TILE if gpu_tile == "default" else gpu_tile)
     else:
         schedule_fn(sch)
     return tvm.compile(sch.mod, target=spec.tvm_target())
@@ -188,9 +189,9 @@ class CompiledLayer:
 
 
 def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
-                params: dict | None = None, schedule=None, gpu_tiled: bool = True) -> CompiledLayer:
+                params: dict | None = None, schedule=None, gpu_tile="default") -> CompiledLayer:
     """Compile `cfg` for `target` with random (or given) parameters and a random input; `schedule` as in
-    `layer_schedule` (default: the target's); `gpu_tiled` as in `compile_function`."""
+    `layer_schedule` (default: the target's); `gpu_tile` as in `compile_function`."""
     ok, why = supports(cfg)
     if not ok:
         raise KernelBuildError(f"cannot build layer {cfg.key()}: {why}")
@@ -205,7 +206,7 @@ def build_layer(cfg: LayerConfig, target="local", batch: int = 1, seed: int = 0,
             raise KernelBuildError(f"unknown parameter {key!r} for a {cfg.kind} layer (known: {', '.join(placeholders)})")
         data[key] = np.asarray(val)
     ex = compile_function([x, *placeholders.values(), out], spec, lambda s: schedule_layer(s, cfg, "l0", spec, schedule),
-                          gpu_tiled)
+                          gpu_tile)
     names = ["x", *placeholders, "out"]
     args = [ArgSpec(*_shape_dtype(x), data=data["x"])]
     args += [ArgSpec(*_shape_dtype(v), data=np.ascontiguousarray(data[k], _shape_dtype(v)[1]))

@@ -541,47 +541,59 @@ def cpu_head(sch, name: str):
     sch.decompose_reduction(fc, rc)
 
 
-# CUDA: the output tile of one thread block and of one thread (`gpu_schedule`). A warp spans output
-# channels (NHWC: consecutive lanes store consecutive floats and read consecutive weight words); rows of
-# threads span pixels, which read the same input words across a warp (one broadcast load). Each thread
-# keeps GPU_PIXELS x GPU_CHANNELS accumulators in registers and applies the epilogue to them, so no int32
-# accumulator goes through global memory. Not yet timed on a GPU (benchmarks/cuda_layers.py times it
-# against the generic schedule and cuDNN where a GPU is lent); `GPU_SCHEDULE_ID` names it in measurement keys.
-GPU_THREADS_X = 32
-GPU_THREADS_Y = 8
-GPU_PIXELS = 2
-GPU_CHANNELS = 2
-GPU_SCHEDULE_ID = "cuda-t8x32p2c2"
+@dataclass(frozen=True)
+class GpuTile:
+    """The CUDA conv tile (`gpu_conv_tile`): a warp of `threads_x` threads across output channels (NHWC:
+    neighbouring lanes store neighbouring floats and read neighbouring weight words), `threads_y` rows of
+    threads across pixels (the lanes of a warp read the same input words: one broadcast each), each thread
+    `pixels` x `channels` outputs with their sums in registers and the epilogue applied there, so no int32
+    accumulator goes through global memory."""
+    threads_y: int = 8
+    threads_x: int = 32
+    pixels: int = 2
+    channels: int = 2
+
+    def fingerprint(self) -> str:
+        return f"cuda-t{self.threads_y}x{self.threads_x}p{self.pixels}c{self.channels}"
 
 
-def gpu_schedule(sch, bind: bool = True, tiled: bool = True) -> None:
+# The default: not yet timed on a GPU (benchmarks/cuda_layers.py times it, the variants below, the generic
+# schedule and cuDNN where a GPU is lent). Its fingerprint names GPU measurements (`GPU_SCHEDULE_ID`).
+GPU_TILE = GpuTile()
+GPU_SCHEDULE_ID = GPU_TILE.fingerprint()
+GPU_TILE_VARIANTS = (GPU_TILE, GpuTile(4, 32, 1, 1), GpuTile(8, 32, 4, 4), GpuTile(4, 32, 2, 4), GpuTile(16, 32, 2, 2))
+
+
+def gpu_schedule(sch, bind: bool = True, tile: GpuTile | None = GPU_TILE) -> None:
     """The CUDA schedule of a whole function: every conv (a `{name}_acc` block with its `{name}_out`
-    epilogue, NHWC) tiled by `gpu_conv_tile` (unless `tiled` is False), every other block one thread
+    epilogue, NHWC) tiled by `gpu_conv_tile` with `tile` (None: not tiled), every other block one thread
     per output element (`gpu_generic`). `bind=False` leaves the loops serial (the same loop nest runs on
     a CPU target: how the tests check the tiling computes the same outputs without a GPU)."""
     root = sch.get_sblock("root")
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
     done = set()
-    if tiled:
+    if tile is not None:
         for nm in names:
             if nm.endswith("_acc") and f"{nm[:-4]}_out" in names and len(sch.get_loops(sch.get_sblock(f"{nm[:-4]}_out"))) == 4:
-                gpu_conv_tile(sch, nm[:-4], bind)
+                gpu_conv_tile(sch, nm[:-4], tile, bind)
                 done |= {nm, f"{nm[:-4]}_out"}
     gpu_generic(sch, bind=bind, names=[nm for nm in names if nm not in done])
 
 
-def gpu_conv_tile(sch, name: str, bind: bool = True) -> None:
-    """Block (fused n, y rows, x tiles) x (channel tiles); threads: rows of `GPU_THREADS_Y` pixel tiles x a
-    warp of `GPU_THREADS_X` channel tiles; each thread computes `{name}_acc` for its GPU_PIXELS x
-    GPU_CHANNELS outputs in registers (reductions outside, tile inside, unrolled) and their epilogue."""
+def gpu_conv_tile(sch, name: str, tile: GpuTile = GPU_TILE, bind: bool = True) -> None:
+    """Thread blocks: (fused n, row blocks, x tiles) x (channel tiles); threads: `tile.threads_y` rows of
+    pixel tiles (along x, then over rows where a row is narrower) x `tile.threads_x` channel tiles; each
+    thread computes `{name}_acc` for its `tile.pixels` x `tile.channels` outputs in registers (reductions
+    outside, the tile inside, unrolled) and their epilogue. Every split is a divisor of its axis (no
+    bounds checks in the kernel), so odd sizes take smaller tiles."""
     out, acc = sch.get_sblock(f"{name}_out"), sch.get_sblock(f"{name}_acc")
     n, y, x, f = sch.get_loops(out)
     ho, wo, fe = (int(sch.get(lp).extent) for lp in (y, x, f))
-    xp = _divisor_at_most(wo, GPU_PIXELS)
-    xt = _divisor_at_most(wo // xp, GPU_THREADS_Y)
-    yt = _divisor_at_most(ho, max(1, GPU_THREADS_Y // xt))
-    fp = _divisor_at_most(fe, GPU_CHANNELS)
-    ft = _divisor_at_most(fe // fp, GPU_THREADS_X)
+    xp = _divisor_at_most(wo, tile.pixels)
+    xt = _divisor_at_most(wo // xp, tile.threads_y)
+    yt = _divisor_at_most(ho, max(1, tile.threads_y // xt))
+    fp = _divisor_at_most(fe, tile.channels)
+    ft = _divisor_at_most(fe // fp, tile.threads_x)
     yo, yi = sch.split(y, [None, yt])
     xo, xti, xpi = sch.split(x, [None, xt, xp])
     fo, fti, fpi = sch.split(f, [None, ft, fp])
