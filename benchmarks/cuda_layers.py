@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -358,6 +359,10 @@ def main() -> int:
     r.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.cmd == "prepare":
+        if not re.fullmatch(r"sm_\d{2,3}a?", a.arch):
+            sys.exit(f"error: --arch {a.arch!r} is not a CUDA architecture (allowed: sm_NN, e.g. sm_90, sm_87)")
+        if not re.fullmatch(r"3\.\d{1,2}", a.python):
+            sys.exit(f"error: --python {a.python!r} is not a Python version (allowed: 3.N, e.g. 3.12)")
         prepare(a.folder, a.arch, a.subnets, a.python, a.target, a.quick)
         return 0
     if not (a.folder / "manifest.json").is_file():
