@@ -542,3 +542,25 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
     t = amx_weights(pack_weights(w, 1), 8)
     assert t.shape == (2 * 8 // 4, 64) and t.dtype == np.int8 and set(np.unique(t)) == {-1, 1}
     assert t[2 + 1, 4 + 1] == -1 and (t == -1).sum() == 1
+
+
+@pytest.mark.parametrize("shape", [(96, 96, 3, 1, 1, 9), (192, 192, 5, 2, 2, 10), (200, 200, 3, 1, 1, 5),
+                                   (24, 48, 1, 1, 1, 7), (16, 16, 3, 1, 1, 8)])
+def test_byte_sign_stage_packs_the_same_bits(shape):
+    """x86 with AVX packs signs a byte at a time (vector compare + vmovmskps): the integer conv equals the one
+    of the 64-bit sign loop (a target without AVX) bit for bit, with exact zeros, -0.0 and NaN inputs, spare
+    bytes in a group's last word (200 channels) and narrow groups."""
+    ci, co, k, g, stride, r = shape
+    avx = build_binary_conv(ci, co, k, g, stride, r, target={"kind": "llvm", "mcpu": "haswell"}, seed=2,
+                            tile=S.AVX2_X86.tile())
+    plain = build_binary_conv(ci, co, k, g, stride, r, target={"kind": "llvm", "mcpu": "x86-64"}, seed=2,
+                              tile=S.AVX2_X86.tile())
+    assert "vmovmskps" in avx.executable.mod.inspect_source("asm")
+    x = avx.args[0].data.copy()
+    move = avx.args[1].data
+    x[0, 0, 0, :] = -move                 # x + move exactly 0 -> +1
+    x[0, 0, 1, :8] = np.float32("nan")    # NaN -> -1 in both
+    x[0, 1, 0, :] = -0.0
+    got, ref = avx.run({"x": x}), plain.run({"x": x})
+    np.testing.assert_array_equal(got, ref)
+    assert np.abs(ref).max() > 0

@@ -248,10 +248,14 @@ def test_the_reference_kernel_fits_the_register_file_and_names_its_schedule():
     arm = resolve_target("aarch64-neon")
     # AVX2: the legacy 7 x 16 int64 tile would spill; the word default does not, and a baseline calibrated for
     # the legacy kernel (stores written before) is not reused for it
+    # the legacy kernel (stores written before) is not reused for it; nor one calibrated before the byte sign
+    # stage (x86 with AVX)
     assert reference_schedule(avx2) == AVX2_X86
-    assert reference_key(avx2) == f"{REFERENCE_LAYER.key()} @{AVX2_X86.fingerprint()}"
-    assert (reference_schedule(avx512), reference_key(avx512)) == (LEGACY_X86, REFERENCE_LAYER.key())
+    assert reference_key(avx2) == f"{REFERENCE_LAYER.key()} @{AVX2_X86.fingerprint()} +sign8"
+    assert (reference_schedule(avx512), reference_key(avx512)) == (LEGACY_X86, f"{REFERENCE_LAYER.key()} +sign8")
     assert (reference_schedule(arm), reference_key(arm)) == (LEGACY_ARM, REFERENCE_LAYER.key())
+    old_x86 = resolve_target({"kind": "llvm", "mcpu": "x86-64"})   # no AVX: the 64-bit sign loop, as before
+    assert reference_key(old_x86) == f"{REFERENCE_LAYER.key()} @{AVX2_X86.fingerprint()}"
     assert reference_schedule(resolve_target("cuda-sm80")) is None
 
 
@@ -274,13 +278,13 @@ def test_profiling_under_the_reference_protocol_stores_reference_units(tmp_path)
         assert t[cfgs[1].key()] > t[cfgs[0].key()]
 
 
-def _tir(cfg: LayerConfig, schedule=None) -> str:
+def _tir(cfg: LayerConfig, schedule=None, target="local") -> str:
     import tvm
     from tvm import te
 
     from nasbnn_hw.deploy.kernels import layer as L
     from nasbnn_hw.deploy.kernels.targets import resolve_target
-    spec = resolve_target("local")
+    spec = resolve_target(target)
     x = te.placeholder(L.layer_input_shape(cfg), "float32", name="x")
     ph, out = L.layer_te(cfg, x, "l0", spec, schedule)
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func([x, *ph.values(), out])}))
@@ -299,10 +303,18 @@ def test_narrow_groups_pack_only_their_own_bits():
     import re
 
     from nasbnn_hw.deploy.kernels.schedule import LEGACY_X86   # a bit-packing strategy on every x86 CPU
-    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 16, 16, 3, 1, 1, 8), LEGACY_X86))
+    plain = {"kind": "llvm", "mcpu": "x86-64"}                  # no AVX: the 64-bit sign loop
+    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 16, 16, 3, 1, 1, 8), LEGACY_X86, plain))
     assert loops and loops[0].split(",")[-1].strip() == "16"   # 16 channels: a 16-iteration bit loop, not 64
-    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 96, 96, 3, 1, 1, 8), LEGACY_X86))
+    loops = re.findall(r"l0_rb in T\.grid\(([\d, ]+)\)", _tir(LayerConfig("bconv", 96, 96, 3, 1, 1, 8), LEGACY_X86, plain))
     assert loops and loops[0].split(",")[-1].strip() == "64"   # 96 channels: two words of 64 bits
+    # AVX: one compare + vmovmskps per 8 channels (the byte intrinsic), then words of the group's bytes only
+    avx = {"kind": "llvm", "mcpu": "haswell"}
+    for c, words in ((16, "2"), (96, "8")):
+        tir = _tir(LayerConfig("bconv", c, c, 3, 1, 1, 8), LEGACY_X86, avx)
+        assert "llvm.x86.avx.movmsk.ps.256" in tir and "l0_rb" not in tir
+        loops = re.findall(r"l0_rj in T\.(?:grid|serial)\(([\d, ]+)\)", tir)
+        assert loops and loops[0].split(",")[-1].strip() == words, loops
 
 
 def test_devices_check_noise_prints_one_line():

@@ -1,6 +1,7 @@
 """Tensor expressions of the binary half-block: sign + bit-pack, XOR/popcount conv, fused epilogue.
 
-Encoding. Activations are NHWC float. `sign_pack` writes bit 1 for `x + move >= 0` (+1) and bit 0 for -1,
+Encoding. Activations are NHWC float. `sign_pack` writes bit 1 for `x + move >= 0` (+1) and bit 0 for -1
+(on x86 with AVX through one byte per 8 channels, a vector compare and `vmovmskps` each: `sign_bytes`),
 64 channels of one group per uint64 word: word `w` of group `g` holds channels `g*Cg + 64*w + b`. When a
 group's channel count `Cg` is not a multiple of 64 the last word's spare bits are 0 in both activations
 and weights, so they XOR to 0 and never count. The dot product of `L` +-1 values is
@@ -213,12 +214,56 @@ def clear_spare_bits(words: np.ndarray, channels_per_group: int) -> np.ndarray:
     return words & mask[None, None, :, None]
 
 
-def sign_pack(x, move, groups: int, pad: int, name: str):
-    """x (N, H, W, C) float, move (C,) -> packed (N, H + 2 pad, W + 2 pad, groups, words) uint64."""
+def sign8_fits(channels: int, groups: int) -> bool:
+    """Whether `sign_pack(..., sign8=True)` applies: whole bytes of channels in every group."""
+    return channels % groups == 0 and (channels // groups) % 8 == 0
+
+
+def sign_bytes(x, move, groups: int, name: str):
+    """x (N, H, W, C) float, move (C,) -> (N, H, W, groups, bytes) uint8, bit i of byte b of group g the sign
+    bit of channel g*Cg + 8b + i (1 where x + move >= 0). Each byte is a sum of 8 shifted comparisons, which
+    the x86 schedule replaces by one vector compare and `vmovmskps` (`intrinsics.sign_bits8`)."""
+    from tvm import te
+    n_, h, w, c = (int(v) for v in x.shape)
+    cg = c // groups
+    i = te.reduce_axis((0, 8), name=f"{name}_ri8")
+    return te.compute((n_, h, w, groups, cg // 8), lambda n, y, xx, g, b: te.sum(
+        (x[n, y, xx, g * cg + b * 8 + i] + move[g * cg + b * 8 + i] >= 0).astype("uint8") << i.astype("uint8"),
+        axis=i), name=f"{name}_sign")
+
+
+def _words_of_bytes(bts, pad: int, name: str):
+    """Sign bytes (N, H, W, groups, bytes) -> packed words (N, H + 2 pad, W + 2 pad, groups, words) uint64,
+    byte b at bits 8(b % 8) of word b // 8, the padding and a group's spare bytes 0."""
+    import tvm
+    from tvm import te
+    n_, h, w, groups, nb = (int(v) for v in bts.shape)
+    nw = -(-nb // 8)
+    j = te.reduce_axis((0, min(8, nb)), name=f"{name}_rj")
+    zero = tvm.tirx.const(0, WORD_DTYPE)
+
+    def _word(n, y, xx, g, wd):
+        b = wd * 8 + j
+        conds = [y >= pad, y < h + pad, xx >= pad, xx < w + pad] if pad else []
+        if nb > 8 and nb % 8:
+            conds.append(b < nb)
+        v = bts[n, y - pad, xx - pad, g, b].astype(WORD_DTYPE) << (j * 8).astype(WORD_DTYPE)
+        if conds:
+            v = tvm.tirx.if_then_else(tvm.tirx.all(*conds), v, zero)
+        return te.sum(v, axis=j)   # disjoint bytes: the sum is an OR
+
+    return te.compute((n_, h + 2 * pad, w + 2 * pad, groups, nw), _word, name=f"{name}_pack")
+
+
+def sign_pack(x, move, groups: int, pad: int, name: str, sign8: bool = False):
+    """x (N, H, W, C) float, move (C,) -> packed (N, H + 2 pad, W + 2 pad, groups, words) uint64.
+    `sign8` (where `sign8_fits`): through `sign_bytes`, one byte per 8 channels, then words."""
     import tvm
     from tvm import te
     n_, h, w, c = (int(v) for v in x.shape)
     cg = c // groups
+    if sign8 and sign8_fits(c, groups):
+        return _words_of_bytes(sign_bytes(x, move, groups, name), pad, name)
     nw = words_per_group(cg)
     # a group narrower than a word packs only its own bits (no loop over spare bits that stay 0)
     rb = te.reduce_axis((0, min(WORD_BITS, cg)), name=f"{name}_rb")
@@ -444,11 +489,12 @@ def byte_popcount_conv(xb, wb, kernel: int, stride: int, out_hw: tuple[int, int]
 
 
 def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str,
-                   strategy: str):
-    """(weight placeholder, popcount sums) of the binary conv of sign(x + move) with `strategy`."""
+                   strategy: str, sign8: bool = False):
+    """(weight placeholder, popcount sums) of the binary conv of sign(x + move) with `strategy` (`sign8`: as
+    in `sign_pack`)."""
     from tvm import te
     cg = int(x.shape[3]) // groups
-    packed = sign_pack(x, move, groups, k // 2, name)
+    packed = sign_pack(x, move, groups, k // 2, name, sign8)
     nb = bytes_per_group(cg)
     if strategy == "nibble":
         weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight")
@@ -502,13 +548,15 @@ def rprelu(v, alpha, bias_after):
 
 
 def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, name: str,
-                      acc_dtype: str = "int64", strategy: str = "word", parallel_min: int | None = None):
+                      acc_dtype: str = "int64", strategy: str = "word", parallel_min: int | None = None,
+                      sign8: bool = False):
     """One half of a binary block, all fused into one output stage.
 
     out = rprelu(dot * mul + add + shortcut(x)) with mul = weight scale * BN scale, add = BN shift + move12.
     Returns (placeholders dict, output tensor). Placeholders: move_in (C_in,), weight (`weights_for` the
     strategy: (k, k, words, C_out) uint64 or (k, k, bytes, 2, C_out) uint8 nibbles), corr (rows, cols,
-    C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32.
+    C_out) int32 if k > 1, mul/add/alpha/bias2 (C_out,) float32. `sign8`: the sign stage in bytes
+    (`sign_pack`; x86 with AVX, `schedule.sign8_applies`).
     """
     from tvm import te
     if strategy in AMX_STRATEGIES:   # the epilogue runs inside the tile loop, on each block as it leaves the tiles
@@ -519,7 +567,7 @@ def binary_half_block(x, k: int, stride: int, groups: int, out_channels: int, na
         p["weight"], out, _ = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name, parallel_min, epi,
                                        sign_in_loop=strategy == "amxs")
         return {**p, **epi}, out
-    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min)
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min, sign8)
     for key in ("mul", "add", "alpha", "bias2"):
         p[key] = te.placeholder((out_channels,), "float32", name=f"{name}_{key}")
     sc = shortcut_value(x, stride, out_channels)
@@ -538,7 +586,7 @@ def _out_hw(x, k: int, stride: int) -> tuple[int, int]:
 
 
 def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str, strategy: str,
-              parallel_min: int | None = None):
+              parallel_min: int | None = None, sign8: bool = False):
     """(placeholders move_in, weight, corr; the exact +-1 conv value builder) of sign(x + move_in).
     `parallel_min`: the amx strategy's tile loop runs in parallel from that much work (its loop is built
     here, not by the schedule)."""
@@ -551,7 +599,8 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
         from nasbnn_hw.deploy.kernels.amx import amx_conv, amx_dot
         p["weight"], acc, geo = amx_conv(x, p["move_in"], k, stride, groups, out_channels, name, parallel_min)
         return p, amx_dot(acc, geo)
-    p["weight"], acc = _popcount_conv(x, p["move_in"], k, stride, groups, out_channels, name, acc_dtype, strategy)
+    p["weight"], acc = _popcount_conv(x, p["move_in"], k, stride, groups, out_channels, name, acc_dtype, strategy,
+                                      sign8)
     rows = cols = None
     if pad:
         rows, cols = border_classes(h, ho, k, stride, pad), border_classes(w, wo, k, stride, pad)
@@ -561,9 +610,9 @@ def _conv_dot(x, k: int, stride: int, groups: int, out_channels: int, name: str,
 
 
 def raw_binary_conv(x, k: int, stride: int, groups: int, out_channels: int, name: str, acc_dtype: str = "int64",
-                    strategy: str = "word", parallel_min: int | None = None):
+                    strategy: str = "word", parallel_min: int | None = None, sign8: bool = False):
     """The integer +-1 conv of sign(x) alone (no epilogue): for exactness tests and benchmarks."""
     from tvm import te
-    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min)
+    p, dot = _conv_dot(x, k, stride, groups, out_channels, name, acc_dtype, strategy, parallel_min, sign8)
     out = te.compute((int(x.shape[0]), *_out_hw(x, k, stride), out_channels), dot, name=f"{name}_out")
     return p, out

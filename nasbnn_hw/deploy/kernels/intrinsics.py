@@ -12,6 +12,11 @@ four shuffles where three 16-lane steps take six.
 `pair_lookup()`: one step of the pairs strategy (`binary.pairs_popcount_conv`) for 32 output channels, 16 of
 each group of a pair: the same two `vpshufb` and two adds, with the two groups' tables in the two 128-bit
 halves (one 32-byte load of `binary.pair_tables`) instead of one table broadcast.
+
+`sign_bits8()`: one byte of the sign stage (`binary.sign_bytes`): bit i = (x[i] + move[i] >= 0) for 8
+channels, as one 8-lane float add, one ordered >= compare (`vcmpps`, predicate GE_OQ: NaN gives 0, as the
+expression does) and `vmovmskps`, which gathers the 8 lanes' results into the byte; LLVM's own code for the
+same sum widened every comparison to 64-bit lanes (AVX).
 """
 from __future__ import annotations
 
@@ -29,6 +34,42 @@ def nibble_lookup(lanes: int) -> str:
 def pair_lookup() -> str:
     """The registered name of the pairs strategy's 32-lane lookup intrinsic."""
     return _registered("nasbnn_pair_lookup_32", _register_pairs)
+
+
+def sign_bits8() -> str:
+    """The registered name of the sign stage's byte intrinsic (x86 with AVX)."""
+    return _registered("nasbnn_sign_bits8", _register_sign8)
+
+
+def _register_sign8(name: str) -> None:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(C: T.Buffer((1,), "uint8", offset_factor=1), A: T.Buffer((8,), "float32", offset_factor=1),  # noqa: N803
+             M: T.Buffer((8,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:8], M[0:8])
+            T.writes(C[0:1])
+            for i in T.serial(8):
+                with T.sblock("update"):
+                    vi = T.axis.remap("R", [i])
+                    C[0] = C[0] + T.shift_left(T.Cast("uint8", T.float32(0) <= A[vi] + M[vi]), T.Cast("uint8", vi))
+
+    cmp = T.llvm_lookup_intrinsic_id("llvm.x86.avx.cmp.ps.256")
+    movmsk = T.llvm_lookup_intrinsic_id("llvm.x86.avx.movmsk.ps.256")
+
+    @T.prim_func(s_tir=True)
+    def impl(C: T.Buffer((1,), "uint8", offset_factor=1), A: T.Buffer((8,), "float32", offset_factor=1),  # noqa: N803
+             M: T.Buffer((8,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1], A[0:8], M[0:8])
+            T.writes(C[0:1])
+            C[0] = C[0] + T.Cast("uint8", T.call_llvm_pure_intrin(
+                "int32", movmsk, T.call_llvm_pure_intrin("float32x8", cmp, A.vload([0], "float32x8") + M.vload([0], "float32x8"),
+                                                         T.Broadcast(T.float32(0), 8), T.int8(29))))   # 29: _CMP_GE_OQ
+
+    TensorIntrin.register(name, desc, impl, override=True)
 
 
 def _registered(name: str, register) -> str:

@@ -75,11 +75,12 @@ def layer_te(cfg: LayerConfig, x, name: str, spec: TargetSpec | None = None, sch
     if cfg.kind == "stem":
         return float_ops.stem_conv(x, cfg.out_channels, cfg.kernel, cfg.stride, name)
     if cfg.kind == "bconv":
+        from nasbnn_hw.deploy.kernels.schedule import sign8_applies
         sched = layer_schedule(cfg, spec, schedule)
         return binary.binary_half_block(x, cfg.kernel, cfg.stride, cfg.groups, cfg.out_channels, name,
                                         "int32" if sched is None else sched.acc_dtype,
                                         "word" if sched is None else sched.strategy,
-                                        None if sched is None else sched.parallel_min)
+                                        None if sched is None else sched.parallel_min, sign8_applies(spec))
     return float_ops.pool_classifier(x, cfg.out_channels, name)
 
 
@@ -235,7 +236,7 @@ def build_binary_conv(in_channels: int, out_channels: int, kernel: int, groups: 
     acc = "int32" if spec.is_gpu else tile_cfg["acc_dtype"]
     strategy = "word" if spec.is_gpu else tile_cfg.get("strategy", "word")
     placeholders, out = binary.raw_binary_conv(x, kernel, stride, groups, out_channels, "l0", acc, strategy,
-                                               tile_cfg.get("parallel_min"))
+                                               tile_cfg.get("parallel_min"), schedule.sign8_applies(spec))
     data = random_params(cfg, placeholders, np.random.default_rng(seed), x)
 
     def _sched(sch):

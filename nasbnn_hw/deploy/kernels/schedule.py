@@ -417,9 +417,26 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
         sch.decompose_reduction(acc, (red or inner)[0])
 
 
+def sign8_applies(spec) -> bool:
+    """Whether binary layers for `spec` take the byte sign stage (`binary.sign_bytes`, `vmovmskps`): x86 CPU
+    targets with AVX."""
+    return spec is not None and not spec.is_gpu and target_family(spec) == "x86" and has_feature(spec, "avx")
+
+
 def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
-    """Rows in parallel (when large enough); the 64-bit loop stays a loop: LLVM vectorises it (compare ->
-    mask -> word), about 7x faster than unrolling it into scalar shifts."""
+    """Rows in parallel (when large enough). With a byte sign stage (`binary.sign_bytes`, x86 with AVX) each
+    byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), and the words gather 8 bytes each. Without
+    it, the 64-bit loop stays a loop: LLVM vectorises it (compare -> mask -> word), about 7x faster than
+    unrolling it into scalar shifts."""
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if f"{name}_sign" in names:
+        from nasbnn_hw.deploy.kernels.intrinsics import sign_bits8
+        sign = sch.get_sblock(f"{name}_sign")
+        loops = sch.get_loops(sign)
+        work = _iterations(sch, sign)
+        sch.decompose_reduction(sign, loops[-1])
+        sch.tensorize(loops[-1], sign_bits8())
+        _maybe_parallel(sch, work, loops[:2], tile_cfg)
     blk = sch.get_sblock(f"{name}_pack")
     loops = sch.get_loops(blk)
     _maybe_parallel(sch, _iterations(sch, blk), loops[:2], tile_cfg)
