@@ -545,11 +545,12 @@ def test_amx_applies_where_the_target_has_it_and_the_local_target_names_it():
 
 
 @pytest.mark.parametrize("shape", [(96, 96, 3, 1, 1, 9), (192, 192, 5, 2, 2, 10), (200, 200, 3, 1, 1, 5),
-                                   (24, 48, 1, 1, 1, 7), (16, 16, 3, 1, 1, 8)])
+                                   (24, 48, 1, 1, 1, 7), (16, 16, 3, 1, 1, 8),
+                                   (64, 64, 3, 1, 1, 56)])   # large enough for rows in parallel
 def test_byte_sign_stage_packs_the_same_bits(shape):
     """x86 with AVX packs signs a byte at a time (vector compare + vmovmskps): the integer conv equals the one
     of the 64-bit sign loop (a target without AVX) bit for bit, with exact zeros, -0.0 and NaN inputs, spare
-    bytes in a group's last word (200 channels) and narrow groups."""
+    bytes in a group's last word (200 channels), narrow groups and a stage large enough to run in parallel."""
     ci, co, k, g, stride, r = shape
     avx = build_binary_conv(ci, co, k, g, stride, r, target={"kind": "llvm", "mcpu": "haswell"}, seed=2,
                             tile=S.AVX2_X86.tile())

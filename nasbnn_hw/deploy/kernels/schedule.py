@@ -432,11 +432,10 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
     if f"{name}_sign" in names:
         from nasbnn_hw.deploy.kernels.intrinsics import sign_bits8
         sign = sch.get_sblock(f"{name}_sign")
-        loops = sch.get_loops(sign)
-        work = _iterations(sch, sign)
-        sch.decompose_reduction(sign, loops[-1])
-        sch.tensorize(loops[-1], sign_bits8())
-        _maybe_parallel(sch, work, loops[:2], tile_cfg)
+        _maybe_parallel(sch, _iterations(sch, sign), sch.get_loops(sign)[:2], tile_cfg)  # before the reduction
+        bits = sch.get_loops(sign)[-1]                              # is tensorized (an opaque block after)
+        sch.decompose_reduction(sign, bits)
+        sch.tensorize(bits, sign_bits8())
     blk = sch.get_sblock(f"{name}_pack")
     loops = sch.get_loops(blk)
     _maybe_parallel(sch, _iterations(sch, blk), loops[:2], tile_cfg)
