@@ -142,7 +142,10 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     assert byte_weights(pack_weights(w, 1), 20)[0, 0, :, 1].tolist() == [255, 255, 0b1101]
     avx2, avx512 = resolve_target(HASWELL), resolve_target({"kind": "llvm", "mcpu": "icelake-server"})
     cfg = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
-    assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    assert S.default_schedule(avx2, cfg) == S.NIBBLE_X86_32 and S.default_schedule(avx512, cfg) == S.LEGACY_X86
+    zen3 = resolve_target({"kind": "llvm", "mcpu": "znver3"})   # Zen forwards spills: the 7 x 64 tile
+    assert S.default_schedule(zen3, cfg) == S.NIBBLE_X86 and not S.intel_core(zen3) and S.intel_core(avx2)
+    assert S.default_schedule(resolve_target({"kind": "llvm", "mcpu": "x86-64-v3"}), cfg) == S.NIBBLE_X86
     # 40: no 16 lanes; 3 x 40 bits of a kernel row fit 2 words dense, 3 per tap
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 3, 1, 1, 8)) == S.DENSE_AVX2
     assert S.default_schedule(avx2, LayerConfig("bconv", 40, 40, 1, 1, 1, 8)) == S.AVX2_X86  # 1x1: nothing to save
@@ -150,7 +153,8 @@ def test_nibble_weights_and_where_nibble_schedules_apply():
     assert S.NIBBLE_X86_48.tile_of(LayerConfig("bconv", 96, 96, 5, 2, 1, 8)) == (4, 48, 48)
     assert S.chunk_lanes(48, 32, "byte") == 16 and S.chunk_lanes(48, 32) == S.JOINED_LANES   # joined: nibble only
     assert S.default_schedule(avx2, LayerConfig("bconv", 48, 48, 3, 2, 1, 8)) == S.DENSE_AVX2  # 24: no 16 lanes
-    assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
+    assert S.default_schedule(avx2, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_32_WIDE
+    assert S.default_schedule(zen3, LayerConfig("bconv", 4096, 4096, 3, 1, 1, 2)) == S.NIBBLE_X86_WIDE
     rpi4 = resolve_target("rpi4")
     assert S.default_schedule(rpi4, cfg) == S.BYTE_ARM and S.default_schedule(rpi4, LayerConfig(
         "bconv", 40, 40, 3, 1, 1, 8)) == S.LEGACY_ARM

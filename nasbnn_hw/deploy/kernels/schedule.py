@@ -189,6 +189,14 @@ AVX2_X86 = CpuSchedule(7, 8, 8, "int64")
 # against AVX2_X86 in docs/measurements.md ("Nibble lookups").
 NIBBLE_X86 = CpuSchedule(7, 64, 32, "int16", strategy="nibble")
 NIBBLE_X86_WIDE = CpuSchedule(7, 64, 32, "int32", strategy="nibble")
+# Intel cores without AVX-512 (`intel_core`): 7 x 64 needs 14 byte accumulators + 4 weight vectors of the 16
+# registers, and LLVM spills accumulators to the stack, a load and a store per step each. Zen cores forward
+# such stack traffic almost for free (7 x 64 stayed best on Zen 4); on an Intel core (AVX2 code on a Sapphire
+# Rapids class Xeon) the spilled loop ran 0.90-1.00x as fast as its best from one stack offset to the next
+# (4K aliasing of the spill stores with the table loads) and 7 x 32, the same shuffles per binary MAC in 7
+# accumulators, 1.06-1.13x faster and flat (`tune` chose it on 4 of 6 layers; docs/measurements.md).
+NIBBLE_X86_32 = CpuSchedule(7, 32, 32, "int16", strategy="nibble")
+NIBBLE_X86_32_WIDE = CpuSchedule(7, 32, 32, "int32", strategy="nibble")
 # Groups of 48 channels (which 32-lane lookups cannot tile): 48-channel tiles, each step a 32- and a 16-lane
 # lookup. 96->96 5x5 g2 at 28x28: 1.41x the word schedule's speed (docs/measurements.md, "Nibble lookups").
 NIBBLE_X86_48 = CpuSchedule(7, 96, 32, "int16", strategy="nibble")
@@ -299,7 +307,8 @@ def default_schedule(spec, cfg=None) -> CpuSchedule:
     `LEGACY_X86`, tuned there, and where the target has AMX-INT8 the int8 tile products (`AMX_X86`) for the
     layers they build up to 56 x 56 pixels, large weights only where enough pixels reuse them
     (`amx_default_applies`; docs/measurements.md "AMX"), on 1x1 layers with the sign stage inside the tile
-    loop (`AMXS_X86`); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`) for layers
+    loop (`AMXS_X86`); x86 with AVX2 but no AVX-512: the nibble lookups (`NIBBLE_X86`; on Intel cores
+    `NIBBLE_X86_32`, which does not spill) for layers
     whose channel tile they cover in whole 32-lane lookups, paired groups (`PAIRS_X86`) for an even number
     of groups of 16 x odd channels, `NIBBLE_X86_48` for other groups of 48 channels (a 32- and a 16-lane
     lookup per step), else `AVX2_X86`, whose accumulators fit 16 registers (with 16-lane lookups
@@ -324,8 +333,24 @@ def target_defaults(spec) -> tuple[CpuSchedule, tuple[CpuSchedule, ...]]:
     if spec is None or has_feature(spec, "avx512f"):
         return LEGACY_X86, ((AMXS_X86, AMX_X86) if spec is not None and has_feature(spec, "amx-int8") else ()) + \
             (DENSE_X86,)
-    return AVX2_X86, ((NIBBLE_X86, NIBBLE_X86_WIDE, PAIRS_X86, PAIRS_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
+    nibble = (NIBBLE_X86_32, NIBBLE_X86_32_WIDE) if intel_core(spec) else (NIBBLE_X86, NIBBLE_X86_WIDE)
+    return AVX2_X86, ((*nibble, PAIRS_X86, PAIRS_X86_WIDE, NIBBLE_X86_48, NIBBLE_X86_48_WIDE)
                       if has_feature(spec, "avx2") else ()) + (DENSE_AVX2,)
+
+
+# LLVM CPU names of x86 cores that are not Intel's, or name no core (generic levels): `intel_core` is False.
+_NOT_INTEL = ("znver", "bdver", "btver", "amdfam", "athlon", "k8", "opteron", "barcelona", "x86-64", "generic",
+              "i686", "pentium4")
+
+
+def intel_core(spec) -> bool:
+    """Whether the target's LLVM CPU is an Intel core (haswell, skylake, alderlake, ...; not AMD's znver*, not
+    a generic level such as x86-64-v3, where the Zen-measured defaults stay)."""
+    try:
+        cpu = str(spec.tvm_target().attrs.get("mcpu", "") or "")
+    except Exception:  # noqa: BLE001 - a target without a CPU name
+        return False
+    return bool(cpu) and target_family(spec) == "x86" and not cpu.startswith(_NOT_INTEL)
 
 
 def candidate_schedules(spec, cfg) -> list[CpuSchedule]:
