@@ -22,10 +22,11 @@ it (TVM's `time_evaluator`: medians of `--repeat` samples) and PyTorch's cuDNN c
 every figure to `--out` (JSON). `--device cpu` runs the same on this machine's CPU (libraries prepared with
 `--target local`): how the tests check the kit without a GPU.
 
-The device check, in one call (the folder is ignored by git, so name it in `carry`):
+On a GPU machine that has the repository and a copy of the folder (`.gpu/` is ignored by git, so copy it
+beside the checkout), the whole check is one command:
 
-    python benchmarks/cuda_layers.py prepare .gpu --subnets
-    device run: carry [".gpu"], command "python3 benchmarks/cuda_layers.py run .gpu --out $OUT/cuda.json"
+    python benchmarks/cuda_layers.py prepare .gpu --subnets                  # here
+    python3 benchmarks/cuda_layers.py run .gpu --out cuda.json               # there, about 5 min
 """
 from __future__ import annotations
 
