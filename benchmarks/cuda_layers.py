@@ -26,7 +26,7 @@ On a GPU machine that has the repository and a copy of the folder (`.gpu/` is ig
 beside the checkout), the whole check is one command:
 
     python benchmarks/cuda_layers.py prepare .gpu --subnets                  # here
-    python3 benchmarks/cuda_layers.py run .gpu --out cuda.json               # there, about 5 min
+    python3 benchmarks/cuda_layers.py run .gpu --out cuda.json               # there (nvcc: minutes)
 """
 from __future__ import annotations
 
