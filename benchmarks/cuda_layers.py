@@ -43,14 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # nasbnn_hw, where it is not installed
 
-LAYERS = [  # (name, c_in, c_out, kernel, groups, resolution): benchmarks/tuned_layers.py's six
-    ("256->256 14x14 3x3", 256, 256, 3, 1, 14),
-    ("128->128 28x28 3x3", 128, 128, 3, 1, 28),
-    ("512->512 7x7 1x1", 512, 512, 1, 1, 7),
-    ("96->96 28x28 5x5 g2", 96, 96, 5, 2, 28),
-    ("768->768 7x7 3x3 g8", 768, 768, 3, 8, 7),
-    ("192->384 14x14 1x1", 192, 384, 1, 1, 14),
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tuned_layers import CASES as LAYERS  # noqa: E402 - the same six layers: (name, c_in, c_out, kernel, groups, resolution)
 RTOL = 1e-4   # float epilogues: the GPU contracts multiply-adds into FMAs, the CPU code may not
 
 
@@ -203,7 +197,7 @@ def _load_cuda_runtime(folder: Path) -> None:
              "/usr/local/cuda*")
 
 
-def _register_nvcc(tvm) -> str:
+def _register_nvcc() -> str:
     """Compile the libraries' CUDA source with nvcc for this GPU when they are loaded (TVM's runtime calls
     back into Python)."""
     import tvm_ffi
@@ -253,37 +247,26 @@ def _torch_times(item: dict, device: str, repeat: int, number: int) -> dict:
     """PyTorch on the same device: the fp32 convolution alone (layers) or the whole network (subnets),
     fp32 NCHW and fp16 channels-last (fp16 on a GPU only)."""
     import torch
-    import torch.nn.functional as F
     torch.backends.cudnn.benchmark = True
-    out = {}
     if item["kind"] == "layer":
         c = item["config"]
+        net = torch.nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel"], c["stride"], c["kernel"] // 2,
+                              groups=c["groups"], bias=False)
         x = torch.randn(1, c["in_channels"], c["resolution"], c["resolution"], device=device)
-        w = torch.randn(c["out_channels"], c["in_channels"] // c["groups"], c["kernel"], c["kernel"], device=device)
-
-        def make(x, w):
-            return lambda: F.conv2d(x, w, stride=c["stride"], padding=c["kernel"] // 2, groups=c["groups"])
     else:
         from nasbnn_hw.core.arch import Arch
         from nasbnn_hw.core.space import get_space
         from nasbnn_hw.nn.supernet import SuperBNN, extract_subnet
-        space = get_space(item["space"])
-        net = extract_subnet(SuperBNN(space), Arch.from_json(item["arch"])).eval().to(device)
+        net = extract_subnet(SuperBNN(get_space(item["space"])), Arch.from_json(item["arch"]))
         x = torch.randn(1, 3, 224, 224, device=device)
-
-        def make(x, w):
-            return lambda: net(x)
-        w = None
+    net = net.eval().to(device)
+    out = {}
     with torch.no_grad():
-        out["torch_fp32_s"] = _time_torch(make(x, w), device, repeat, number)
+        out["torch_fp32_s"] = _time_torch(lambda: net(x), device, repeat, number)
         if device == "cuda":
+            net = net.half().to(memory_format=torch.channels_last)
             x16 = x.half().to(memory_format=torch.channels_last)
-            if item["kind"] == "layer":
-                w16 = w.half().to(memory_format=torch.channels_last)
-            else:
-                net.half().to(memory_format=torch.channels_last)
-                w16 = None
-            out["torch_fp16_s"] = _time_torch(make(x16, w16), device, repeat, number)
+            out["torch_fp16_s"] = _time_torch(lambda: net(x16), device, repeat, number)
     return out
 
 
@@ -294,7 +277,7 @@ def run(folder: Path, device: str, repeat: int, out_json: Path | None) -> int:
     tvm = _import_runtime(folder)
     if device == "cuda":
         _load_cuda_runtime(folder)
-    arch = _register_nvcc(tvm) if device == "cuda" else "cpu"
+    arch = _register_nvcc() if device == "cuda" else "cpu"
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
     if not dev.exist:
         sys.exit(f"error: no {device} device here")
