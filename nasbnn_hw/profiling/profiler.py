@@ -464,15 +464,16 @@ def subnet_reference_of(space, spec, book) -> tuple[str, Callable]:
     (seeded draw, seeded weights) built like the items. Timed beside whole subnets under
     `TimingSettings.subnet_reference`, it has their working set, so a neighbour on the shared cache that slows
     the items slows it too (docs/measurements.md). The key names the space (its definition and resolution),
-    the arch and its schedules (and the byte sign stage where it applies), so its baseline in the store means
+    the arch and its schedules (and `schedule.kernel_revision`), so its baseline in the store means
     one compiled subnet."""
     import hashlib
     from nasbnn_hw.deploy.tvm_net import compile_random_subnet
     space = get_space(space)
     arch = random_subnets(space, 1, REFERENCE_SUBNET_SEED)[0]
-    from nasbnn_hw.deploy.kernels.schedule import sign8_applies
-    ident = json.dumps([space.to_dict(), space.resolution, subnet_key(arch, space, book)]
-                       + (["sign8"] if sign8_applies(spec) else []), sort_keys=True)
+    from nasbnn_hw.deploy.kernels.schedule import kernel_revision
+    rev = kernel_revision(spec)
+    ident = json.dumps([space.to_dict(), space.resolution, subnet_key(arch, space, book)] + ([rev] if rev else []),
+                       sort_keys=True)
     key = f"subnet:{space.name}@{space.resolution}:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
     def build(tmp: Path):

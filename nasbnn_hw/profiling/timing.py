@@ -143,14 +143,15 @@ def reference_schedule(spec):
 
 def reference_key(spec) -> str:
     """The reference kernel's name in the store's `reference` table: `REFERENCE_LAYER`'s key, with its
-    schedule where that is not the legacy tile, and `+sign8` where its sign stage is the byte one
-    (`schedule.sign8_applies`: x86 with AVX; baselines calibrated before it timed the older, slower stage),
+    schedule where that is not the legacy tile, and `+<revision>` (`schedule.kernel_revision`: `+sign8` where
+    the sign stage is the byte one; baselines calibrated before it timed the older, slower stage),
     so a baseline calibrated for one kernel never serves another."""
-    from nasbnn_hw.deploy.kernels.schedule import legacy_schedule, sign8_applies
+    from nasbnn_hw.deploy.kernels.schedule import kernel_revision, legacy_schedule
     sched = reference_schedule(spec)
     key = REFERENCE_LAYER.key() if sched in (None, legacy_schedule(spec)) else \
         f"{REFERENCE_LAYER.key()} @{sched.fingerprint()}"
-    return f"{key} +sign8" if sign8_applies(spec) else key
+    rev = kernel_revision(spec)
+    return f"{key} +{rev}" if rev else key
 
 
 def reference_library(workdir: Path, target) -> tuple[Path, list[ArgSpec]]:

@@ -448,6 +448,12 @@ def sign8_applies(spec) -> bool:
     return spec is not None and not spec.is_gpu and target_family(spec) == "x86" and has_feature(spec, "avx")
 
 
+def kernel_revision(spec) -> str:
+    """What the kernels for `spec` compute differently from what their schedules name, for the keys of
+    calibrated references ('' where nothing): "sign8" where the sign stage is the byte one."""
+    return "sign8" if sign8_applies(spec) else ""
+
+
 def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
     """Rows in parallel (when large enough). With a byte sign stage (`binary.sign_bytes`, x86 with AVX) each
     byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), and the words gather 8 bytes each. Without
