@@ -85,7 +85,7 @@ def _register_pairs(name: str) -> None:
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(C: T.Buffer((32,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+    def desc(C: T.Buffer((32,), "uint8", offset_factor=1),  # noqa: N803
              W: T.Buffer((2, 32), "uint8", offset_factor=1), X: T.Buffer((2, 2, 16), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:32], W[0:2, 0:32], X[0:2, 0:2, 0:16])
@@ -105,7 +105,7 @@ def _register_pairs(name: str) -> None:
                              dtype="uint8x32")
 
     @T.prim_func(s_tir=True)
-    def impl(C: T.Buffer((32,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+    def impl(C: T.Buffer((32,), "uint8", offset_factor=1),  # noqa: N803
              W: T.Buffer((2, 32), "uint8", offset_factor=1), X: T.Buffer((2, 2, 16), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:32], W[0:2, 0:32], X[0:2, 0:2, 0:16])
@@ -120,7 +120,7 @@ def _register(VL: int, name: str) -> None:  # noqa: N803 - the TVMScript bodies 
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def desc(C: T.Buffer((VL,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+    def desc(C: T.Buffer((VL,), "uint8", offset_factor=1),  # noqa: N803
              W: T.Buffer((2, VL), "uint8", offset_factor=1), X: T.Buffer((2, 16), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:VL], W[0:2, 0:VL], X[0:2, 0:16])
@@ -142,7 +142,7 @@ def _register(VL: int, name: str) -> None:  # noqa: N803 - the TVMScript bodies 
         return one(0) + one(1)
 
     @T.prim_func(s_tir=True)
-    def impl(C: T.Buffer((VL,), "uint8", offset_factor=1, scope="local"),  # noqa: N803
+    def impl(C: T.Buffer((VL,), "uint8", offset_factor=1),  # noqa: N803
              W: T.Buffer((2, VL), "uint8", offset_factor=1), X: T.Buffer((2, 16), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(C[0:VL], W[0:2, 0:VL], X[0:2, 0:16])
