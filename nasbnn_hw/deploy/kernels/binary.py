@@ -383,8 +383,11 @@ def nibble_tables(packed, nbytes: int, name: str):
     n_, h, w, groups, _ = (int(v) for v in packed.shape)
 
     def _table(n, y, xx, g, b, half, i):
-        nib = ((_byte_of(packed, n, y, xx, g, b) >> (half * 4).astype(WORD_DTYPE)) & tvm.tirx.const(15, WORD_DTYPE))
-        return tvm.tirx.popcount(nib.astype("uint8") ^ i.astype("uint8")).astype("uint8")
+        byte = (_byte_of(packed, n, y, xx, g, b) & tvm.tirx.const(255, WORD_DTYPE)).astype("uint8")
+        # both nibbles from one byte, picked by `half`: a byte's two tables (32 lanes) are then one vector
+        # (two broadcasts and a blend) rather than two 16-lane ones each shifting the word again
+        nib = tvm.tirx.Select(half == 0, byte & tvm.tirx.const(15, "uint8"), byte >> tvm.tirx.const(4, "uint8"))
+        return tvm.tirx.popcount(nib ^ i.astype("uint8")).astype("uint8")
 
     return te.compute((n_, h, w, groups, nbytes, 2, 16), _table, name=f"{name}_table")
 

@@ -513,8 +513,8 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     inp = sch.get_sblock(f"{name}_table" if nibble else f"{name}_bytes")
     il = sch.get_loops(inp)
-    if nibble:
-        sch.vectorize(il[-1])
+    if nibble:   # nibble: a byte's two tables as one 32-lane vector (`binary.nibble_tables`)
+        sch.vectorize(il[-1] if pairs else sch.fuse(il[-2], il[-1]))
     # rows in parallel exactly when the conv's rows are: each thread then reads mostly the tables it wrote
     # (16 bytes per input nibble: 32x the packed input; built by one thread, half of them crossed cores)
     _maybe_parallel(sch, work, il[:2], tile_cfg)
