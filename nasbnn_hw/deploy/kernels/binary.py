@@ -364,46 +364,70 @@ def _byte_of(packed, n, y, xx, g, b):
     return (packed[n, y, xx, g, b // 8] >> ((b % 8) * 8).astype(WORD_DTYPE))
 
 
-def input_bytes(packed, nbytes: int, name: str):
-    """Packed words (N, H, W, groups, words) -> their first `nbytes` bytes, (N, H, W, groups, nbytes) uint8."""
+def input_byte_source(x, move, groups: int, pad: int, name: str, sign8: bool = False):
+    """The sign bytes of the zero-padded input, for the strategies that read bytes (nibble, pairs, byte):
+    (shape (N, H + 2 pad, W + 2 pad, groups), `byte(n, y, xx, g, b)` the uint8 of channels 8b..8b+7 of group g
+    at padded position (y, xx), 0 in the padding). With `sign8` where it fits (`sign8_fits`) the bytes come
+    straight from the sign stage (`sign_bytes`), the padding by a condition: no words are packed. Otherwise
+    they are the bytes of the packed words (`sign_pack`)."""
     import tvm
-    from tvm import te
-    n_, h, w, groups, _ = (int(v) for v in packed.shape)
-    return te.compute((n_, h, w, groups, nbytes),
-                      lambda n, y, xx, g, b: (_byte_of(packed, n, y, xx, g, b) & tvm.tirx.const(255, WORD_DTYPE))
-                      .astype("uint8"), name=f"{name}_bytes")
+    n_, h, w, c = (int(v) for v in x.shape)
+    shape = (n_, h + 2 * pad, w + 2 * pad, groups)
+    if sign8 and sign8_fits(c, groups):
+        bts = sign_bytes(x, move, groups, name)
+        zero = tvm.tirx.const(0, "uint8")
+
+        def byte(n, y, xx, g, b):
+            if not pad:
+                return bts[n, y, xx, g, b]
+            inside = tvm.tirx.all(y >= pad, y < h + pad, xx >= pad, xx < w + pad)
+            return tvm.tirx.if_then_else(inside, bts[n, y - pad, xx - pad, g, b], zero)
+        return shape, byte
+    packed = sign_pack(x, move, groups, pad, name, sign8)
+
+    def word_byte(n, y, xx, g, b):
+        return (_byte_of(packed, n, y, xx, g, b) & tvm.tirx.const(255, WORD_DTYPE)).astype("uint8")
+    return shape, word_byte
 
 
-def nibble_tables(packed, nbytes: int, name: str):
-    """Packed words (N, H, W, groups, words) -> the lookup tables of each input nibble of the first
-    `nbytes` bytes, (N, H, W, groups, nbytes, 2, 16) uint8 with `t[..., b, h, i] = popcount(nibble h of
-    byte b ^ i)`."""
+def input_bytes(source, nbytes: int, name: str):
+    """An `input_byte_source` -> its first `nbytes` bytes per group, (N, H, W, groups, nbytes) uint8."""
+    from tvm import te
+    shape, byte = source
+    return te.compute((*shape, nbytes), byte, name=f"{name}_bytes")
+
+
+def _nibble(byte, half):
+    """Nibble `half` (0: bits 0-3, 1: bits 4-7) of a uint8 expression, as uint8."""
+    import tvm
+    return tvm.tirx.Select(half == 0, byte & tvm.tirx.const(15, "uint8"), byte >> tvm.tirx.const(4, "uint8"))
+
+
+def nibble_tables(source, nbytes: int, name: str):
+    """An `input_byte_source` -> the lookup tables of each input nibble of the first `nbytes` bytes,
+    (N, H, W, groups, nbytes, 2, 16) uint8 with `t[..., b, h, i] = popcount(nibble h of byte b ^ i)`. Both
+    nibbles come from one byte, picked by `h`: a byte's two tables (32 lanes) are one vector (two broadcasts
+    and a blend) rather than two 16-lane ones."""
     import tvm
     from tvm import te
-    n_, h, w, groups, _ = (int(v) for v in packed.shape)
+    shape, byte = source
 
     def _table(n, y, xx, g, b, half, i):
-        byte = (_byte_of(packed, n, y, xx, g, b) & tvm.tirx.const(255, WORD_DTYPE)).astype("uint8")
-        # both nibbles from one byte, picked by `half`: a byte's two tables (32 lanes) are then one vector
-        # (two broadcasts and a blend) rather than two 16-lane ones each shifting the word again
-        nib = tvm.tirx.Select(half == 0, byte & tvm.tirx.const(15, "uint8"), byte >> tvm.tirx.const(4, "uint8"))
-        return tvm.tirx.popcount(nib ^ i.astype("uint8")).astype("uint8")
+        return tvm.tirx.popcount(_nibble(byte(n, y, xx, g, b), half) ^ i.astype("uint8")).astype("uint8")
 
-    return te.compute((n_, h, w, groups, nbytes, 2, 16), _table, name=f"{name}_table")
+    return te.compute((*shape, nbytes, 2, 16), _table, name=f"{name}_table")
 
 
-def pair_tables(packed, nbytes: int, name: str):
+def pair_tables(source, nbytes: int, name: str):
     """`nibble_tables` with the two groups of each pair side by side: (N, H, W, groups / 2, nbytes, 2, 2,
     16) uint8, `t[..., j, b, h, s, i]` the table of nibble h of byte b of group 2j + s, so one 32-byte load
     holds the tables of both halves of a pairs step."""
     import tvm
     from tvm import te
-    n_, h, w, groups, _ = (int(v) for v in packed.shape)
+    (n_, h, w, groups), byte = source
 
     def _table(n, y, xx, j, b, half, s, i):
-        nib = ((_byte_of(packed, n, y, xx, j * 2 + s, b) >> (half * 4).astype(WORD_DTYPE))
-               & tvm.tirx.const(15, WORD_DTYPE))
-        return tvm.tirx.popcount(nib.astype("uint8") ^ i.astype("uint8")).astype("uint8")
+        return tvm.tirx.popcount(_nibble(byte(n, y, xx, j * 2 + s, b), half) ^ i.astype("uint8")).astype("uint8")
 
     return te.compute((n_, h, w, groups // 2, nbytes, 2, 2, 16), _table, name=f"{name}_table")
 
@@ -497,20 +521,21 @@ def _popcount_conv(x, move, k: int, stride: int, groups: int, out_channels: int,
     in `sign_pack`)."""
     from tvm import te
     cg = int(x.shape[3]) // groups
-    packed = sign_pack(x, move, groups, k // 2, name, sign8)
     nb = bytes_per_group(cg)
-    if strategy == "nibble":
-        weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight")
-        tables = nibble_tables(packed, nb, name)
-        return weight, nibble_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
-    if strategy == "pairs":   # the weights in `pair_source` order; the name tells `layer.kernel_params`
+    if strategy in ("nibble", "pairs", "byte"):
+        src = input_byte_source(x, move, groups, k // 2, name, sign8)
+        out_hw = _out_hw(x, k, stride)
+        if strategy == "byte":
+            weight = te.placeholder((k, k, nb, out_channels), "uint8", name=f"{name}_weight")
+            return weight, byte_popcount_conv(input_bytes(src, nb, name), weight, k, stride, out_hw, name, acc_dtype)
+        if strategy == "nibble":
+            weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight")
+            return weight, nibble_popcount_conv(nibble_tables(src, nb, name), weight, k, stride, out_hw, name,
+                                                acc_dtype)
+        # pairs: the weights in `pair_source` order; the name tells `layer.kernel_params`
         weight = te.placeholder((k, k, nb, 2, out_channels), "uint8", name=f"{name}_weight_pairs")
-        tables = pair_tables(packed, nb, name)
-        return weight, pairs_popcount_conv(tables, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
-    if strategy == "byte":
-        weight = te.placeholder((k, k, nb, out_channels), "uint8", name=f"{name}_weight")
-        xb = input_bytes(packed, nb, name)
-        return weight, byte_popcount_conv(xb, weight, k, stride, _out_hw(x, k, stride), name, acc_dtype)
+        return weight, pairs_popcount_conv(pair_tables(src, nb, name), weight, k, stride, out_hw, name, acc_dtype)
+    packed = sign_pack(x, move, groups, k // 2, name, sign8)
     if strategy == "dense":
         weight = te.placeholder((k, dense_words(cg, k), out_channels), WORD_DTYPE, name=f"{name}_weight")
         out_hw = _out_hw(x, k, stride)

@@ -474,9 +474,9 @@ def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
         bits = sch.get_loops(sign)[-1]                              # is tensorized (an opaque block after)
         sch.decompose_reduction(sign, bits)
         sch.tensorize(bits, sign_bits8())
-    blk = sch.get_sblock(f"{name}_pack")
-    loops = sch.get_loops(blk)
-    _maybe_parallel(sch, _iterations(sch, blk), loops[:2], tile_cfg)
+    if f"{name}_pack" in names:   # the byte strategies read the sign bytes (`binary.input_byte_source`)
+        blk = sch.get_sblock(f"{name}_pack")
+        _maybe_parallel(sch, _iterations(sch, blk), sch.get_loops(blk)[:2], tile_cfg)
 
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
@@ -513,7 +513,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     work = _iterations(sch, acc8) // (128 if nibble else 8)  # in 64-bit words, as `_tile_conv` counts
     inp = sch.get_sblock(f"{name}_table" if nibble else f"{name}_bytes")
     il = sch.get_loops(inp)
-    if nibble:   # nibble: a byte's two tables as one 32-lane vector (`binary.nibble_tables`)
+    if nibble:   # nibble: a byte's two tables as one 32-lane vector (`binary.nibble_tables`); pairs: 16
         sch.vectorize(il[-1] if pairs else sch.fuse(il[-2], il[-1]))
     # rows in parallel exactly when the conv's rows are: each thread then reads mostly the tables it wrote
     # (16 bytes per input nibble: 32x the packed input; built by one thread, half of them crossed cores)
