@@ -440,7 +440,8 @@ def byte_chunk(kernel: int, nbytes: int) -> int:
 def _chunked_conv(step, kernel: int, nbytes: int, shape: tuple, name: str, acc_dtype: str, inner=()):
     """Sums of `step(n, y, x, o, ky, kx, byte)` (uint8, at most 8 each) over taps and bytes: stage
     `{name}_acc8` sums one chunk (all taps x `byte_chunk` bytes, and the `inner` axes) in uint8, stage
-    `{name}_acc` widens the chunks to `acc_dtype` and sums them. `shape`: (N, Ho, Wo, F)."""
+    `{name}_acc` widens the chunks to `acc_dtype` and sums them (where there is one chunk, it only widens it
+    and the schedule folds it into the epilogue). `shape`: (N, Ho, Wo, F)."""
     from tvm import te
     chunk = byte_chunk(kernel, nbytes)
     ky = te.reduce_axis((0, kernel), name=f"{name}_ky")
@@ -450,6 +451,8 @@ def _chunked_conv(step, kernel: int, nbytes: int, shape: tuple, name: str, acc_d
     acc8 = te.compute((n_, ho, wo, nbytes // chunk, f),
                       lambda n, y, x, bo, o: te.sum(step(n, y, x, o, ky, kx, bo * chunk + bi), axis=[ky, kx, bi, *inner]),
                       name=f"{name}_acc8")
+    if nbytes == chunk:   # one chunk (1x1 layers up to 248 channels per group): no sum, the schedule inlines
+        return te.compute(shape, lambda n, y, x, o: acc8[n, y, x, 0, o].astype(acc_dtype), name=f"{name}_acc")
     rbo = te.reduce_axis((0, nbytes // chunk), name=f"{name}_rbo")
     return te.compute(shape, lambda n, y, x, o: te.sum(acc8[n, y, x, rbo, o].astype(acc_dtype), axis=rbo),
                       name=f"{name}_acc")

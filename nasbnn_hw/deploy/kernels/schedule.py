@@ -532,12 +532,17 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     xo, xi = sch.split(x, [None, xt])
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
-    sch.compute_at(acc, fo)
-    own = sch.get_loops(acc)[4:]
-    n_red = _reduction_loops(sch, acc)
-    sp, red = own[:len(own) - n_red], own[len(own) - n_red:]
-    if red:
-        sch.reorder(*red, *sp)
+    single = sch.get(acc).init is None   # one chunk: the epilogue widens the 8-bit sums (`binary._chunked_conv`)
+    sp = red = []
+    if single:
+        sch.compute_inline(acc)
+    else:
+        sch.compute_at(acc, fo)
+        own = sch.get_loops(acc)[4:]
+        n_red = _reduction_loops(sch, acc)
+        sp, red = own[:len(own) - n_red], own[len(own) - n_red:]
+        if red:
+            sch.reorder(*red, *sp)
     sch.compute_at(acc8, red[0] if red else fo)   # both "global": see "Tile buffers" above
     loops8 = sch.get_loops(acc8)
     n_red8, n_sp8 = _reduction_loops(sch, acc8), (2 if xt > 1 else 1)
@@ -558,9 +563,10 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
     sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
     sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1], [None, vec])[1])
-    widen = sch.split(sp[-1], [None, max(8, wide // {"int16": 2, "int32": 4, "int64": 8}[tile_cfg["acc_dtype"]])])
-    sch.vectorize(widen[1])
-    sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
+    if not single:
+        widen = sch.split(sp[-1], [None, max(8, wide // {"int16": 2, "int32": 4, "int64": 8}[tile_cfg["acc_dtype"]])])
+        sch.vectorize(widen[1])
+        sch.decompose_reduction(acc, (red or sp[:-1] or widen)[0])
     if nibble:
         sch.tensorize(fv8, pair_lookup() if pairs else nibble_lookup(lanes))
 
