@@ -143,8 +143,8 @@ def reference_schedule(spec):
 
 def reference_key(spec) -> str:
     """The reference kernel's name in the store's `reference` table: `REFERENCE_LAYER`'s key, with its
-    schedule where that is not the legacy tile, and `+<revision>` (`schedule.kernel_revision`: `+sign8` where
-    the sign stage is the byte one; baselines calibrated before it timed the older, slower stage),
+    schedule where that is not the legacy tile, and `+<revision>` (`schedule.kernel_revision`: `+sign8+stack`
+    on x86 with AVX, `+stack` on other CPUs; baselines calibrated before timed older, slower kernels),
     so a baseline calibrated for one kernel never serves another."""
     from nasbnn_hw.deploy.kernels.schedule import kernel_revision, legacy_schedule
     sched = reference_schedule(spec)

@@ -406,9 +406,11 @@ def _channel_tile(per_group: int, total: int, tile_cfg: dict) -> tuple[int, int]
 # Tile buffers. The accumulators of a CPU tile (and the head's sums) keep TVM's default "global" scope. TVM
 # 0.27 lowers an allocation of any other scope (they were "local") to a `TVMBackendAllocWorkspace` and
 # `TVMBackendFreeWorkspace` call on each pass of the loop that holds it: a pair per buffer per tile row of a
-# conv, 125 pairs per 1000-class head. A "global" buffer under 1 KiB becomes a stack slot (`alloca`) that LLVM
-# keeps in registers where it can. Whole layers ran 2-11 % faster for it (benchmarks/commit_layers.py, AMD
-# EPYC Zen 4, the Zen 4 and the Zen 3 kernels). GPU kernels keep "local" (registers).
+# conv (seen in the disassembly of a 1x1 layer). A "global" buffer under 1 KiB becomes a stack slot
+# (`alloca`) that LLVM keeps in registers where it can. With the Zen 3 kernels on an AMD EPYC Zen 4, the six
+# layers of benchmarks/tuned_layers.py ran 1.02-1.09x and whole imagenet subnets 1.11-1.13x as fast
+# (benchmarks/commit_layers.py, 3 rounds). GPU kernels keep "local" (registers). Calibrated references say
+# so in their keys (`kernel_revision`).
 
 
 def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int | None = None, n_reduce: int = 3,
@@ -456,9 +458,13 @@ def sign8_applies(spec) -> bool:
 
 
 def kernel_revision(spec) -> str:
-    """What the kernels for `spec` compute differently from what their schedules name, for the keys of
-    calibrated references ('' where nothing): "sign8" where the sign stage is the byte one."""
-    return "sign8" if sign8_applies(spec) else ""
+    """What the kernels for `spec` do differently from what their schedules name, for the keys of calibrated
+    references ('' where nothing): "sign8" where the sign stage is the byte one, "stack" on every CPU target
+    (tile accumulators on the stack: "Tile buffers" above; baselines calibrated before timed slower kernels),
+    joined by "+"."""
+    if spec is None or spec.is_gpu:
+        return ""
+    return "+".join((["sign8"] if sign8_applies(spec) else []) + ["stack"])
 
 
 def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
@@ -533,7 +539,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     fo, fi = sch.split(f, [None, ft])
     sch.reorder(n, y, xo, fo, xi, fi)
     single = sch.get(acc).init is None   # one chunk: the epilogue widens the 8-bit sums (`binary._chunked_conv`)
-    sp = red = []
+    sp, red = [], []
     if single:
         sch.compute_inline(acc)
     else:
