@@ -219,25 +219,34 @@ def sign8_fits(channels: int, groups: int) -> bool:
     return channels % groups == 0 and (channels // groups) % 8 == 0
 
 
-def sign_bytes(x, move, groups: int, name: str):
-    """x (N, H, W, C) float, move (C,) -> (N, H, W, groups, bytes) uint8, bit i of byte b of group g the sign
-    bit of channel g*Cg + 8b + i (1 where x + move >= 0). Each byte is a sum of 8 shifted comparisons, which
-    the x86 schedule replaces by one vector compare and `vmovmskps` (`intrinsics.sign_bits8`)."""
+def sign_bytes(x, move, groups: int, name: str, pad: int = 0):
+    """x (N, H, W, C) float, move (C,) -> (N, H + 2 pad, W, groups, bytes) uint8, bit i of byte b of group g
+    the sign bit of channel g*Cg + 8b + i (1 where x + move >= 0) at padded row y, column xx. Each byte is a
+    sum of 8 shifted comparisons, which the x86 schedule replaces by one vector compare and `vmovmskps`
+    (`intrinsics.sign_bits8`). Rows are padded like the readers' (the padding rows' bytes are those of the
+    nearest input row, a clamped read: readers replace them by 0), so a row of them can be computed inside a
+    reader's row loop (`schedule.sign_at`)."""
+    import tvm
     from tvm import te
     n_, h, w, c = (int(v) for v in x.shape)
     cg = c // groups
     i = te.reduce_axis((0, 8), name=f"{name}_ri8")
-    return te.compute((n_, h, w, groups, cg // 8), lambda n, y, xx, g, b: te.sum(
-        (x[n, y, xx, g * cg + b * 8 + i] + move[g * cg + b * 8 + i] >= 0).astype("uint8") << i.astype("uint8"),
-        axis=i), name=f"{name}_sign")
+
+    def row(y):
+        return tvm.tirx.max(tvm.tirx.min(y - pad, h - 1), 0) if pad else y
+
+    return te.compute((n_, h + 2 * pad, w, groups, cg // 8), lambda n, y, xx, g, b: te.sum(
+        (x[n, row(y), xx, g * cg + b * 8 + i] + move[g * cg + b * 8 + i] >= 0).astype("uint8")
+        << i.astype("uint8"), axis=i), name=f"{name}_sign")
 
 
 def _words_of_bytes(bts, pad: int, name: str):
-    """Sign bytes (N, H, W, groups, bytes) -> packed words (N, H + 2 pad, W + 2 pad, groups, words) uint64,
-    byte b at bits 8(b % 8) of word b // 8, the padding and a group's spare bytes 0."""
+    """Sign bytes (N, H + 2 pad, W, groups, bytes) (`sign_bytes`) -> packed words (N, H + 2 pad, W + 2 pad,
+    groups, words) uint64, byte b at bits 8(b % 8) of word b // 8, the padding and a group's spare bytes 0."""
     import tvm
     from tvm import te
-    n_, h, w, groups, nb = (int(v) for v in bts.shape)
+    n_, hp, w, groups, nb = (int(v) for v in bts.shape)
+    h, wp = hp - 2 * pad, w + 2 * pad
     nw = -(-nb // 8)
     j = te.reduce_axis((0, min(8, nb)), name=f"{name}_rj")
     zero = tvm.tirx.const(0, WORD_DTYPE)
@@ -247,12 +256,12 @@ def _words_of_bytes(bts, pad: int, name: str):
         conds = [y >= pad, y < h + pad, xx >= pad, xx < w + pad] if pad else []
         if nb > 8 and nb % 8:
             conds.append(b < nb)
-        v = bts[n, y - pad, xx - pad, g, b].astype(WORD_DTYPE) << (j * 8).astype(WORD_DTYPE)
+        v = bts[n, y, xx - pad, g, b].astype(WORD_DTYPE) << (j * 8).astype(WORD_DTYPE)
         if conds:
             v = tvm.tirx.if_then_else(tvm.tirx.all(*conds), v, zero)
         return te.sum(v, axis=j)   # disjoint bytes: the sum is an OR
 
-    return te.compute((n_, h + 2 * pad, w + 2 * pad, groups, nw), _word, name=f"{name}_pack")
+    return te.compute((n_, hp, wp, groups, nw), _word, name=f"{name}_pack")
 
 
 def sign_pack(x, move, groups: int, pad: int, name: str, sign8: bool = False):
@@ -263,7 +272,7 @@ def sign_pack(x, move, groups: int, pad: int, name: str, sign8: bool = False):
     n_, h, w, c = (int(v) for v in x.shape)
     cg = c // groups
     if sign8 and sign8_fits(c, groups):
-        return _words_of_bytes(sign_bytes(x, move, groups, name), pad, name)
+        return _words_of_bytes(sign_bytes(x, move, groups, name, pad), pad, name)
     nw = words_per_group(cg)
     # a group narrower than a word packs only its own bits (no loop over spare bits that stay 0)
     rb = te.reduce_axis((0, min(WORD_BITS, cg)), name=f"{name}_rb")
@@ -374,14 +383,14 @@ def input_byte_source(x, move, groups: int, pad: int, name: str, sign8: bool = F
     n_, h, w, c = (int(v) for v in x.shape)
     shape = (n_, h + 2 * pad, w + 2 * pad, groups)
     if sign8 and sign8_fits(c, groups):
-        bts = sign_bytes(x, move, groups, name)
+        bts = sign_bytes(x, move, groups, name, pad)
         zero = tvm.tirx.const(0, "uint8")
 
         def byte(n, y, xx, g, b):
             if not pad:
                 return bts[n, y, xx, g, b]
             inside = tvm.tirx.all(y >= pad, y < h + pad, xx >= pad, xx < w + pad)
-            return tvm.tirx.if_then_else(inside, bts[n, y - pad, xx - pad, g, b], zero)
+            return tvm.tirx.if_then_else(inside, bts[n, y, xx - pad, g, b], zero)
         return shape, byte
     packed = sign_pack(x, move, groups, pad, name, sign8)
 

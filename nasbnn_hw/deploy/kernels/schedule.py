@@ -467,22 +467,34 @@ def kernel_revision(spec) -> str:
     return "+".join((["sign8"] if sign8_applies(spec) else []) + ["stack"])
 
 
-def cpu_pack(sch, name: str, tile_cfg: dict | None = None):
+def cpu_pack(sch, name: str, tile_cfg: dict | None = None, work: int | None = None):
     """Rows in parallel (when large enough). With a byte sign stage (`binary.sign_bytes`, x86 with AVX) each
-    byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), and the words gather 8 bytes each. Without
-    it, the 64-bit loop stays a loop: LLVM vectorises it (compare -> mask -> word), about 7x faster than
-    unrolling it into scalar shifts."""
-    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-    if f"{name}_sign" in names:
-        from nasbnn_hw.deploy.kernels.intrinsics import sign_bits8
-        sign = sch.get_sblock(f"{name}_sign")
-        _maybe_parallel(sch, _iterations(sch, sign), sch.get_loops(sign)[:2], tile_cfg)  # before the reduction
-        bits = sch.get_loops(sign)[-1]                              # is tensorized (an opaque block after)
-        sch.decompose_reduction(sign, bits)
-        sch.tensorize(bits, sign_bits8())
-    if f"{name}_pack" in names:   # the byte strategies read the sign bytes (`binary.input_byte_source`)
+    byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), a row of them computed inside the pack's row
+    loop (`sign_at`), and the words gather 8 bytes each. Without it, the 64-bit loop stays a loop: LLVM
+    vectorises it (compare -> mask -> word), about 7x faster than unrolling it into scalar shifts."""
+    if f"{name}_pack" in _block_names(sch):   # (the byte strategies read the sign bytes: `sign_at` there)
         blk = sch.get_sblock(f"{name}_pack")
-        _maybe_parallel(sch, _iterations(sch, blk), sch.get_loops(blk)[:2], tile_cfg)
+        _maybe_parallel(sch, _iterations(sch, blk) if work is None else work, sch.get_loops(blk)[:2], tile_cfg)
+        sign_at(sch, name, sch.get_loops(blk)[0])
+
+
+def _block_names(sch) -> set:
+    return {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+
+
+def sign_at(sch, name: str, loop) -> None:
+    """The byte sign stage (`binary.sign_bytes`), where the layer has one, computed inside `loop` (the
+    padded-row loop of the stage that reads it: the pack's words, the byte strategies' tables or bytes) and
+    tensorized (`intrinsics.sign_bits8`): the sign and its reader share one parallel region (a launch less
+    per layer), and a row of sign bytes is still in L1 when it is read."""
+    if f"{name}_sign" not in _block_names(sch):
+        return
+    from nasbnn_hw.deploy.kernels.intrinsics import sign_bits8
+    sign = sch.get_sblock(f"{name}_sign")
+    sch.compute_at(sign, loop)     # before the reduction is tensorized (an opaque block after)
+    bits = sch.get_loops(sign)[-1]
+    sch.decompose_reduction(sign, bits)
+    sch.tensorize(bits, sign_bits8())
 
 
 def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
@@ -490,7 +502,9 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
         from nasbnn_hw.deploy.kernels.amx import schedule_amx
         schedule_amx(sch, name, tile_cfg)
         return
-    cpu_pack(sch, name, tile_cfg)
+    # the pack's rows in parallel exactly when the conv's are (its work, 64-bit words, decides): a serial
+    # pack is the part of a layer a second thread cannot share
+    cpu_pack(sch, name, tile_cfg, _iterations(sch, sch.get_sblock(f"{name}_acc")))
     if (tile_cfg or {}).get("strategy") == "dense":
         win = sch.get_sblock(f"{name}_windows")
         loops = sch.get_loops(win)
@@ -524,6 +538,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     # rows in parallel exactly when the conv's rows are: each thread then reads mostly the tables it wrote
     # (16 bytes per input nibble: 32x the packed input; built by one thread, half of them crossed cores)
     _maybe_parallel(sch, work, il[:2], tile_cfg)
+    sign_at(sch, name, sch.get_loops(inp)[0])
     out = sch.get_sblock(f"{name}_out")
     n, y, x, f = sch.get_loops(out)
     xt = _divisor_at_most(int(sch.get(x).extent), tile_cfg["pixels"])
