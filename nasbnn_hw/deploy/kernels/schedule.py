@@ -387,6 +387,19 @@ def _maybe_parallel(sch, work: int, loops, tile_cfg: dict | None) -> None:
         sch.parallel(fused)
 
 
+# A conv's tiles run in parallel over pixel rows and pixel tiles, and over the channel tiles as well where the
+# pixels give fewer than this many tasks: TVM splits a parallel loop into equal contiguous ranges, one per
+# thread, so the 7 rows of a 7 x 7 layer run 4 + 3 on 2 threads (at most 1.75x).
+PARALLEL_TASKS = 64
+
+
+def _tile_tasks(sch, pixel_loops, fo) -> list:
+    tasks = 1
+    for lp in pixel_loops:
+        tasks *= int(sch.get(lp).extent)
+    return [*pixel_loops, fo] if tasks < PARALLEL_TASKS else list(pixel_loops)
+
+
 def cpu_tile(spec) -> dict:
     """The default register tile for a target (a `TargetSpec`), as the dict the schedule functions take."""
     return default_schedule(spec).tile()
@@ -446,7 +459,7 @@ def _tile_conv(sch, acc_name: str, out_name: str, per_group: int, pixel_cap: int
         sch.unroll(red[-1])
     fi_o, fi_i = sch.split(fi, [None, vec])
     sch.vectorize(fi_i)
-    _maybe_parallel(sch, work, [n, y, xo], tile_cfg)
+    _maybe_parallel(sch, work, _tile_tasks(sch, [n, y, xo], fo), tile_cfg)
     if red or inner:
         sch.decompose_reduction(acc, (red or inner)[0])
 
@@ -581,7 +594,7 @@ def _tile_chunked_conv(sch, name: str, per_group: int, tile_cfg: dict):
     # pairs: the epilogue in 16-lane vectors too (each reads 16 consecutive accumulators, `binary.pair_source`)
     vec, wide = (16, 32) if lanes == JOINED_LANES or pairs else (lanes, lanes)
     sch.vectorize(sch.split(fi, [None, vec])[1])
-    _maybe_parallel(sch, work, [n, y, xo], tile_cfg)  # before the reductions are decomposed
+    _maybe_parallel(sch, work, _tile_tasks(sch, [n, y, xo], fo), tile_cfg)  # before the reductions are decomposed
     sch.decompose_reduction(acc8, (steps or [*sp8[:-1], fo8])[0])
     sch.vectorize(sch.split(sch.get_loops(sch.get_sblock(f"{name}_acc8_init"))[-1], [None, vec])[1])
     if not single:
