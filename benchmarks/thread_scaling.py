@@ -4,8 +4,8 @@
 
 Each of the six layers of `tuned_layers.py` is built once (the target's default schedule, or `--schedule`
 where it builds the layer) and timed alternately with TVM's thread pool at 1 thread and at `--threads`
-(`runtime.config_threadpool` between samples, a warm-up call after each switch; samples of at least 10 ms at
-rotating stack depths). A pair is one sample of each, taken back to back, so a machine whose speed drifts
+(TVM_NUM_THREADS and `runtime.config_threadpool` set between samples as `LocalRunner` sets them, a warm-up
+call after each switch; samples of at least 10 ms at rotating stack depths). A pair is one sample of each, taken back to back, so a machine whose speed drifts
 (a shared host) moves both alike; cross-process comparisons of the same build spread 0.6-1.5x on such a host.
 Printed per layer: the medians, the median of the per-pair speed-ups 1 thread / N threads and their 10th-90th
 percentile range. Add the CPU model (`lscpu`) to any figure you quote.
@@ -31,7 +31,6 @@ def main() -> int:
     a = ap.parse_args()
     if a.threads < 2 or a.repeat < 1:
         ap.error(f"--threads {a.threads} / --repeat {a.repeat}: need at least 2 threads and 1 pair")
-    # the pool's size is fixed when it starts: start it at the larger count, then switch between the two
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
     import numpy as np
     import tvm
@@ -42,6 +41,7 @@ def main() -> int:
     from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     spec = resolve_target(_target(a.mcpu))
     pool = tvm.get_global_func("runtime.config_threadpool")
+    pool(1, a.threads)     # the pool is made here, at N threads (one made at 1 stays at 1)
     dev = tvm.cpu(0)
     print(f"1 thread against {a.threads}, {a.repeat} pairs per layer, target {a.mcpu or 'this CPU'}")
     print(f"{'layer':22s} {'1T ms':>8s} {f'{a.threads}T ms':>8s} {'speed-up':>9s}  pairs 10-90 %   schedule")
@@ -57,6 +57,9 @@ def main() -> int:
         got: dict[int, list[float]] = {1: [], a.threads: []}
         for j in range(a.repeat):
             for th in ((1, a.threads) if j % 2 == 0 else (a.threads, 1)):
+                # as `LocalRunner` sets threads: TVM runs a parallel loop inline only where TVM_NUM_THREADS
+                # (read at each launch) is 1; a 1-thread pool alone hands every launch off
+                os.environ["TVM_NUM_THREADS"] = str(th)
                 pool(1, th)
                 f(*args)
                 got[th].append(at_stack_depth(j % STACK_DEPTHS, lambda: f(*args)).results[0])
