@@ -32,38 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tuned_layers import CASES, _cfg, _target  # noqa: E402 - the same six layers
 
 
-def worker(repeat: int, mcpu: str | None, subnets: bool) -> dict:
-    import numpy as np
-    import tvm
-
-    from nasbnn_hw.deploy.kernels.layer import build_layer
-    from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
-    dev = tvm.cpu(0)
-    fns = {}
-    for name, *shape in CASES:
-        lay = build_layer(_cfg(*shape), _target(mcpu))
-        t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
-             for a in lay.args]
-        fns[name] = (lay.executable.mod.time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=10), t)
-    if subnets:
-        from nasbnn_hw.core.sampling import largest, smallest
-        from nasbnn_hw.core.space import get_space
-        from nasbnn_hw.deploy.tvm_net import compile_random_subnet
-        space = get_space("imagenet")
-        for which, arch in (("smallest", smallest(space)), ("largest", largest(space))):
-            net = compile_random_subnet(arch, space, _target(mcpu))
-            t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
-                 for a in net.arg_specs()]
-            fns[f"{which} subnet"] = (net.executable.mod.time_evaluator("main", dev, number=1, repeat=1,
-                                                                        min_repeat_ms=50), t)
-    out = {}
-    for name, (f, t) in fns.items():
-        f(*t)
-        out[name] = float(np.median([at_stack_depth(j % STACK_DEPTHS, lambda: f(*t)).results[0]
-                                     for j in range(repeat)]))
-    return out
-
-
 def _timed_cases(mcpu: str | None, subnets: bool):
     """(name, compiled object with `export`, argument specs) of the six layers and, with `subnets`, the
     smallest and largest imagenet subnets, as every build without a tuned store makes them."""
@@ -79,6 +47,32 @@ def _timed_cases(mcpu: str | None, subnets: bool):
         for which, arch in (("smallest", smallest(space)), ("largest", largest(space))):
             net = compile_random_subnet(arch, space, _target(mcpu))
             yield f"{which} subnet", net, net.arg_specs()
+
+
+def worker(repeat: int, mcpu: str | None, subnets: bool) -> dict:
+    import numpy as np
+    import tvm
+
+    from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
+    dev = tvm.cpu(0)
+    fns = {}
+    for name, obj, specs in _timed_cases(mcpu, subnets):
+        t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
+             for a in specs]
+        fns[name] = (obj.executable.mod.time_evaluator("main", dev, **_sampling(name)), t)
+    out = {}
+    for name, (f, t) in fns.items():
+        f(*t)
+        out[name] = float(np.median([at_stack_depth(j % STACK_DEPTHS, lambda: f(*t)).results[0]
+                                     for j in range(repeat)]))
+    return out
+
+
+def _sampling(name: str) -> dict:
+    """time_evaluator's arguments per case: whole subnets one call per run of >= 50 ms, layers 20 of >= 10 ms."""
+    if "subnet" in name:
+        return {"number": 1, "repeat": 1, "min_repeat_ms": 50}
+    return {"number": 20, "repeat": 1, "min_repeat_ms": 10}
 
 
 def build_worker(out: Path, mcpu: str | None, subnets: bool) -> None:
@@ -119,8 +113,7 @@ def paired_worker(dirs: list[Path], repeat: int, first: int) -> dict:
                     args.append(tvm.runtime.empty(tuple(shape), dtype, dev))
                 else:
                     args.append(tvm.runtime.tensor(next(ins), dev))
-            f = mod.time_evaluator("main", dev, number=1 if "subnet" in case["name"] else 20, repeat=1,
-                                   min_repeat_ms=50 if "subnet" in case["name"] else 10)
+            f = mod.time_evaluator("main", dev, **_sampling(case["name"]))
             f(*args)
             fns.append((f, args))
         pairs = []

@@ -569,3 +569,44 @@ def test_byte_sign_stage_packs_the_same_bits(shape):
     got, ref = avx.run({"x": x}), plain.run({"x": x})
     np.testing.assert_array_equal(got, ref)
     assert np.abs(ref).max() > 0
+
+
+def _parallel_loops(cfg, target) -> list[tuple[int, set]]:
+    """(extent, names of the blocks inside) of each parallel loop of binary layer `cfg` as scheduled for
+    `target` (default schedule)."""
+    import tvm
+    from tvm import te
+
+    from nasbnn_hw.deploy.kernels.layer import layer_input_shape, layer_te, schedule_layer
+    spec = resolve_target(target)
+    x = te.placeholder(layer_input_shape(cfg), "float32", name="x")
+    ph, out = layer_te(cfg, x, "l0", spec)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, *ph.values(), out]))
+    schedule_layer(sch, cfg, "l0", spec)
+    found: list[tuple[object, set]] = []     # (For node, block names under it)
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        for lp in sch.get_loops(blk):
+            loop = sch.get(lp)
+            if loop.kind == tvm.tirx.ForKind.PARALLEL:
+                hit = next((f for f in found if f[0].same_as(loop)), None)
+                if hit is None:
+                    hit = (loop, set())
+                    found.append(hit)
+                hit[1].add(sch.get(blk).name_hint)
+    return [(int(loop.extent), names) for loop, names in found]
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "znver3", "icelake-server"])
+def test_sign_bytes_share_their_readers_parallel_region(mcpu):
+    """The byte sign stage runs inside the row loop of the stage that reads it (the pack's words, or the
+    nibble tables): a layer large enough for every stage to run in parallel has two parallel regions, the
+    sign's reader (with the sign inside) and the conv; a 7 x 7 layer's conv runs its channel tiles in
+    parallel too (7 rows alone split 4 + 3 on 2 threads)."""
+    target = {"kind": "llvm", "mcpu": mcpu}
+    loops = _parallel_loops(LayerConfig("bconv", 64, 64, 3, 1, 1, 56), target)
+    assert len(loops) == 2, loops
+    reader = [names for _, names in loops if "l0_sign_init" in names]
+    assert len(reader) == 1 and reader[0] & {"l0_pack", "l0_table"}, loops
+    small = LayerConfig("bconv", 512, 512, 1, 1, 1, 7)
+    tile = S.default_schedule(resolve_target(target), small).tile_of(small)[1]
+    assert max(e for e, _ in _parallel_loops(small, target)) == 7 * (512 // tile)
