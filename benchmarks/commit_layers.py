@@ -32,13 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tuned_layers import CASES, _cfg, _target  # noqa: E402 - the same six layers
 
 
+# time_evaluator's arguments: a layer 20 calls per sample of >= 10 ms, a whole subnet one call per >= 50 ms
+LAYER_SAMPLING = {"number": 20, "repeat": 1, "min_repeat_ms": 10}
+SUBNET_SAMPLING = {"number": 1, "repeat": 1, "min_repeat_ms": 50}
+
+
 def _timed_cases(mcpu: str | None, subnets: bool):
-    """(name, compiled object with `export`, argument specs) of the six layers and, with `subnets`, the
-    smallest and largest imagenet subnets, as every build without a tuned store makes them."""
+    """(name, compiled object with `executable` and `export`, argument specs, time_evaluator arguments) of the
+    six layers and, with `subnets`, the smallest and largest imagenet subnets, as every build without a tuned
+    store makes them."""
     from nasbnn_hw.deploy.kernels.layer import build_layer
     for name, *shape in CASES:
         lay = build_layer(_cfg(*shape), _target(mcpu))
-        yield name, lay, lay.args
+        yield name, lay, lay.args, LAYER_SAMPLING
     if subnets:
         from nasbnn_hw.core.sampling import largest, smallest
         from nasbnn_hw.core.space import get_space
@@ -46,20 +52,20 @@ def _timed_cases(mcpu: str | None, subnets: bool):
         space = get_space("imagenet")
         for which, arch in (("smallest", smallest(space)), ("largest", largest(space))):
             net = compile_random_subnet(arch, space, _target(mcpu))
-            yield f"{which} subnet", net, net.arg_specs()
+            yield f"{which} subnet", net, net.arg_specs(), SUBNET_SAMPLING
 
 
 def worker(repeat: int, mcpu: str | None, subnets: bool) -> dict:
     import numpy as np
     import tvm
 
+    from nasbnn_hw.profiling.runners.inputs import input_arrays
     from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     dev = tvm.cpu(0)
     fns = {}
-    for name, obj, specs in _timed_cases(mcpu, subnets):
-        t = [tvm.runtime.empty(a.shape, a.dtype, dev) if a.is_output else tvm.runtime.tensor(a.data, dev)
-             for a in specs]
-        fns[name] = (obj.executable.mod.time_evaluator("main", dev, **_sampling(name)), t)
+    for name, obj, specs, sampling in _timed_cases(mcpu, subnets):
+        fns[name] = (obj.executable.mod.time_evaluator("main", dev, **sampling),
+                     [tvm.runtime.tensor(a, dev) for a in input_arrays(specs)])
     out = {}
     for name, (f, t) in fns.items():
         f(*t)
@@ -68,59 +74,41 @@ def worker(repeat: int, mcpu: str | None, subnets: bool) -> dict:
     return out
 
 
-def _sampling(name: str) -> dict:
-    """time_evaluator's arguments per case: whole subnets one call per run of >= 50 ms, layers 20 of >= 10 ms."""
-    if "subnet" in name:
-        return {"number": 1, "repeat": 1, "min_repeat_ms": 50}
-    return {"number": 20, "repeat": 1, "min_repeat_ms": 10}
-
-
 def build_worker(out: Path, mcpu: str | None, subnets: bool) -> None:
-    """Export each case's kernel to `out/<i>.so`, its inputs to `out/<i>.npz`, and the case list to
-    `out/cases.json` (--paired: built in the side's own tree, timed elsewhere)."""
+    """--paired, in the side's own tree: each case's kernel to `out/<i>.so`, its arguments (`input_arrays`,
+    as the local runner makes them) to `out/<i>.npz`, the names and sampling to `out/cases.json`."""
     import numpy as np
-    rng = np.random.default_rng(0)
+
+    from nasbnn_hw.profiling.runners.inputs import input_arrays
     cases = []
-    for i, (name, obj, specs) in enumerate(_timed_cases(mcpu, subnets)):
+    for i, (name, obj, specs, sampling) in enumerate(_timed_cases(mcpu, subnets)):
         obj.export(out / f"{i}.so")
-        arrays = {f"a{j}": (a.data if a.data is not None else rng.standard_normal(a.shape).astype(a.dtype))
-                  for j, a in enumerate(specs) if not a.is_output}
-        np.savez(out / f"{i}.npz", **arrays)
-        cases.append({"name": name, "outputs": [[list(a.shape), a.dtype] for a in specs if a.is_output],
-                      "order": [bool(a.is_output) for a in specs]})
+        np.savez(out / f"{i}.npz", *input_arrays(specs))
+        cases.append({"name": name, "sampling": sampling})
     (out / "cases.json").write_text(json.dumps(cases))
 
 
 def paired_worker(dirs: list[Path], repeat: int, first: int) -> dict:
-    """Load both sides' libraries and time each case in pairs (`first` side first in even samples); per case
-    the list of [base s, this s] pairs."""
+    """Load both sides' libraries (`build_worker`) and time each case in pairs, side `first` first in even
+    pairs, at the same stack depth; per case the list of [base s, this s] pairs."""
     import numpy as np
     import tvm
 
     from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     dev = tvm.cpu(0)
-    cases = [json.loads((d / "cases.json").read_text()) for d in dirs]
     out = {}
-    for i, case in enumerate(cases[0]):
+    for i, case in enumerate(json.loads((dirs[0] / "cases.json").read_text())):
         fns = []
-        for d, side_cases in zip(dirs, cases):
-            mod = tvm.runtime.load_module(str(d / f"{i}.so"))
+        for d in dirs:
             data = np.load(d / f"{i}.npz")
-            ins, outs, args = iter(data[k] for k in sorted(data.files, key=lambda k: int(k[1:]))), iter(side_cases[i]["outputs"]), []
-            for is_out in side_cases[i]["order"]:
-                if is_out:
-                    shape, dtype = next(outs)
-                    args.append(tvm.runtime.empty(tuple(shape), dtype, dev))
-                else:
-                    args.append(tvm.runtime.tensor(next(ins), dev))
-            f = mod.time_evaluator("main", dev, **_sampling(case["name"]))
+            args = [tvm.runtime.tensor(data[f"arr_{j}"], dev) for j in range(len(data.files))]
+            f = tvm.runtime.load_module(str(d / f"{i}.so")).time_evaluator("main", dev, **case["sampling"])
             f(*args)
             fns.append((f, args))
         pairs = []
         for j in range(repeat):
-            order = (first, 1 - first) if j % 2 == 0 else (1 - first, first)
             got = {}
-            for side in order:
+            for side in ((first, 1 - first) if j % 2 == 0 else (1 - first, first)):
                 f, args = fns[side]
                 got[side] = at_stack_depth(j % STACK_DEPTHS, lambda: f(*args)).results[0]
             pairs.append([got[0], got[1]])

@@ -480,14 +480,15 @@ def kernel_revision(spec) -> str:
     return "+".join((["sign8"] if sign8_applies(spec) else []) + ["stack"])
 
 
-def cpu_pack(sch, name: str, tile_cfg: dict | None = None, work: int | None = None):
-    """Rows in parallel (when large enough). With a byte sign stage (`binary.sign_bytes`, x86 with AVX) each
-    byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), a row of them computed inside the pack's row
-    loop (`sign_at`), and the words gather 8 bytes each. Without it, the 64-bit loop stays a loop: LLVM
-    vectorises it (compare -> mask -> word), about 7x faster than unrolling it into scalar shifts."""
+def cpu_pack(sch, name: str, work: int, tile_cfg: dict | None = None):
+    """The pack's rows in parallel exactly when the conv's are (`work`: the conv's 64-bit words; a serial pack
+    is the part of a layer a second thread cannot share). With a byte sign stage (`binary.sign_bytes`, x86
+    with AVX) each byte is one compare + `vmovmskps` (`intrinsics.sign_bits8`), a row of them computed inside
+    the pack's row loop (`sign_at`), and the words gather 8 bytes each. Without it, the 64-bit loop stays a
+    loop: LLVM vectorises it (compare -> mask -> word), about 7x faster than unrolling it into scalar shifts."""
     if f"{name}_pack" in _block_names(sch):   # (the byte strategies read the sign bytes: `sign_at` there)
         blk = sch.get_sblock(f"{name}_pack")
-        _maybe_parallel(sch, _iterations(sch, blk) if work is None else work, sch.get_loops(blk)[:2], tile_cfg)
+        _maybe_parallel(sch, work, sch.get_loops(blk)[:2], tile_cfg)
         sign_at(sch, name, sch.get_loops(blk)[0])
 
 
@@ -515,9 +516,7 @@ def cpu_binary_half(sch, name: str, groups: int, tile_cfg: dict | None = None):
         from nasbnn_hw.deploy.kernels.amx import schedule_amx
         schedule_amx(sch, name, tile_cfg)
         return
-    # the pack's rows in parallel exactly when the conv's are (its work, 64-bit words, decides): a serial
-    # pack is the part of a layer a second thread cannot share
-    cpu_pack(sch, name, tile_cfg, _iterations(sch, sch.get_sblock(f"{name}_acc")))
+    cpu_pack(sch, name, _iterations(sch, sch.get_sblock(f"{name}_acc")), tile_cfg)
     if (tile_cfg or {}).get("strategy") == "dense":
         win = sch.get_sblock(f"{name}_windows")
         loops = sch.get_loops(win)
