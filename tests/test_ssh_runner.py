@@ -105,6 +105,15 @@ def test_cost_per_measurement_ssh_vs_local(ssh_board, ssh_client_key, ssh_known_
     assert res["ssh"][0] < 5.0 and res["ssh"][1] < 1e-3 and res["local"][1] < 1e-3
 
 
+def test_output_after_the_exit_status_is_read(ssh_board, ssh_client_key, ssh_known_hosts):
+    """OpenSSH sends a program's exit status when it is reaped, possibly before the last of its output (seen
+    as a harness whose samples went missing): the runner reads to the end of the stream. Here the output
+    comes from a child that outlives the shell, so the status is certain to arrive first."""
+    with get_runner(profile_for(ssh_board, ssh_client_key, ssh_known_hosts)) as r:
+        rc, out, err = r.run("sh -c '(sleep 0.5; echo late; echo late-err >&2) & echo early'")
+    assert rc == 0 and out.split() == ["early", "late"] and err.strip() == "late-err"
+
+
 def test_emulated_aarch64_board(ssh_board, ssh_client_key, ssh_known_hosts, tmp_path):
     need(shutil.which(ARM_CC) and shutil.which("qemu-aarch64"), "gcc-aarch64-linux-gnu and qemu-user are needed")
     libs = {k: rk.build_xor_popcount(*SHAPES[k], ARM_TARGET, tmp_path / f"{k}-aarch64.so", cc=ARM_CC)

@@ -342,6 +342,18 @@ class SSHRunner(ClosingRunner):
                 if remaining <= 0:
                     self._on_timeout(chan, bytes(out), command, timeout)
                 chan.status_event.wait(min(0.05, max(remaining, 0.001)))
+            # the exit status may arrive before the last output (OpenSSH sends it when the program is reaped,
+            # while its pipes may still hold data): read on to the end of the stream
+            while not (chan.eof_received or chan.closed):
+                _drain(chan, out, err)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._on_timeout(chan, bytes(out), command, timeout)
+                chan.settimeout(min(0.05, max(remaining, 0.001)))
+                try:
+                    out += chan.recv(65536)
+                except socket.timeout:
+                    pass
             _drain(chan, out, err)
             rc = chan.exit_status
         finally:
