@@ -24,7 +24,8 @@ samples every estimator is computed, so they are compared on equal data:
 streams 2 MB of weights per call, `subnet` a fixed subnet of the same space; each gets its own campaigns. `--mcpu haswell` compiles everything for AVX2 (runs on an AVX-512 CPU too, showing the AVX2 path).
 
 Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
-second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns.
+second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns;
+`--competitor amx` the same with an AMX layer (x86 with AMX-INT8), `amx-steady` an AMX layer without pauses.
 Each (space, competitor, rounds) case runs in its own process. Prints a table, then a JSON line.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 
-def _burn(stop, seed: int) -> None:
+def _burn(stop, seed: int, _steady: bool = False) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
         end = time.perf_counter() + rng.uniform(0.5, 2.0)
@@ -49,6 +50,31 @@ def _burn(stop, seed: int) -> None:
         while time.perf_counter() < end:
             x += 1
         stop.wait(rng.uniform(0.5, 2.0))
+
+
+def _burn_amx(stop, seed: int, steady: bool = False) -> None:
+    """As `_burn` (`steady`: without pauses), but the bursts run an AMX layer (256->256 3x3 at 14x14, int8 tile products): a neighbour
+    on the core's other hardware thread, which shares its AMX unit (on a 2-vCPU Xeon guest the two vCPUs
+    did: an AMX layer ran 2.8x slower beside it, a word-kernel layer 1.17x)."""
+    import os
+    os.environ["TVM_NUM_THREADS"] = "1"
+    import tvm
+
+    from nasbnn_hw.core.layers import LayerConfig
+    from nasbnn_hw.deploy.kernels.layer import build_layer
+    from nasbnn_hw.deploy.kernels.schedule import AMX_X86
+    lay = build_layer(LayerConfig("bconv", 256, 256, 3, 1, 1, 14), "local", schedule=AMX_X86)
+    dev = tvm.cpu(0)
+    args = [tvm.runtime.empty(x.shape, x.dtype, dev) if x.is_output else tvm.runtime.tensor(x.data, dev)
+            for x in lay.args]
+    f = lay.executable.mod["main"]
+    rng = random.Random(seed)
+    while not stop.is_set():
+        end = time.perf_counter() + rng.uniform(0.5, 2.0)
+        while time.perf_counter() < end:
+            f(*args)
+        if not steady:
+            stop.wait(rng.uniform(0.5, 2.0))
 
 
 def _space(spec: str):
@@ -72,7 +98,7 @@ def _compiled(arch, space, i: int, where, space_spec: str, target="local", tag: 
     return lib, [ArgSpec(tuple(sh), dt, out) for sh, dt, out in json.loads(spec.read_text())]
 
 
-def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool, repeat: int,
+def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, repeat: int,
            raw_dir: str | None = None, references: tuple[str, ...] = ("layer",), rounds: int = 1,
            cache_dir: str | None = None, mcpu: str | None = None, precision: float = 0.0,
            max_rounds: int = 0, campaign_file: str | None = None, baselines_from: str | None = None) -> dict:
@@ -110,8 +136,10 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: bool,
         for i, a in enumerate(archs):
             libs.append(_compiled(a, space, i, Path(cache_dir) if cache_dir else Path(d), space_spec, target,
                                   f"-{mcpu}" if mcpu else ""))
-        stop = mp.Event()
-        burner = mp.Process(target=_burn, args=(stop, 5), daemon=True) if competitor else None
+        ctx = mp.get_context("spawn")   # the AMX burner builds its own kernel (no TVM state forked)
+        stop = ctx.Event()
+        burner = ctx.Process(target=_burn if competitor == "on" else _burn_amx,
+                             args=(stop, 5, competitor == "amx-steady"), daemon=True) if competitor != "off" else None
         if burner:
             burner.start()
         try:
@@ -150,7 +178,7 @@ def _read_campaign(path: str) -> tuple[dict, dict]:
                                              m["number"]) for m in v] for v in c] for k, c in d["campaigns"].items()}
 
 
-def score(space_spec: str, competitor: bool, threads: int, rounds: int, baselines: dict, campaigns: dict,
+def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines: dict, campaigns: dict,
           raw_dir: str | None = None, mcpu: str | None = None) -> dict:
     """Campaign B against campaign A, per reference and estimator."""
     from cost_models.metrics import kendall_tau, within
@@ -179,7 +207,7 @@ def score(space_spec: str, competitor: bool, threads: int, rounds: int, baseline
     if raw_dir:
         from dataclasses import asdict
         Path(raw_dir).mkdir(parents=True, exist_ok=True)
-        (Path(raw_dir) / f"{space_spec}{'-' + mcpu if mcpu else ''}-{'on' if competitor else 'off'}-r{rounds}.json").write_text(json.dumps(
+        (Path(raw_dir) / f"{space_spec}{'-' + mcpu if mcpu else ''}-{competitor}-r{rounds}.json").write_text(json.dumps(
             {"baselines": baselines, "rounds": rounds,
              "campaigns": {k: [[[asdict(m) for m in v] for v in c] for c in cs]
                                                    for k, cs in campaigns.items()}}))
@@ -193,7 +221,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
-    ap.add_argument("--competitor", nargs="+", choices=["off", "on"], default=["off", "on"])
+    ap.add_argument("--competitor", nargs="+", choices=["off", "on", "amx", "amx-steady"],
+                    default=["off", "on"],
+                    help="on: a process keeping a core busy half of the time; amx: the same with an AMX layer "
+                         "(x86 with AMX: the other hardware thread's neighbour competing for the core's AMX unit); "
+                         "amx-steady: an AMX layer all the time")
     ap.add_argument("--reference", nargs="+", choices=["layer", "memory", "subnet"], default=["layer"],
                     help="the reference timed beside each item: the protocol's reference layer (64->64 3x3 at "
                          "8x8, in L1), a memory-bound layer (4096->4096 1x1 at 1x1: 2 MB of weights per call), "
@@ -220,7 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baselines-from", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1] == "on", a.repeat,
+        print(json.dumps(worker(a.worker[0], a.subnets, a.threads, a.chunks, a.worker[1], a.repeat,
                                 a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu, a.precision,
                                 a.max_rounds, a.campaign_file, a.baselines_from)))
         return 0
@@ -245,7 +277,7 @@ def main(argv=None) -> int:
                     return p.returncode
             if a.processes == "two":
                 (base, ca), (_, cb) = _read_campaign(files[0]), _read_campaign(files[1])
-                r = score(sp, comp == "on", a.threads, rounds, base, {k: [ca[k], cb[k]] for k in ca}, a.raw, a.mcpu)
+                r = score(sp, comp, a.threads, rounds, base, {k: [ca[k], cb[k]] for k in ca}, a.raw, a.mcpu)
             else:
                 r = json.loads(p.stdout.strip().splitlines()[-1])
         results.append(r)
