@@ -25,7 +25,8 @@ streams 2 MB of weights per call, `subnet` a fixed subnet of the same space; eac
 
 Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
 second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns;
-`--competitor amx` the same with an AMX layer (x86 with AMX-INT8), `amx-steady` an AMX layer without pauses.
+`--competitor amx` the same with an AMX layer (x86 with AMX-INT8), `amx-steady` an AMX layer without pauses,
+`amx-steady-b` that during campaign B only (one process: the baselines and campaign A are quiet).
 Each (space, competitor, rounds) case runs in its own process. Prints a table, then a JSON line.
 """
 from __future__ import annotations
@@ -139,8 +140,10 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, 
         ctx = mp.get_context("spawn")   # the AMX burner builds its own kernel (no TVM state forked)
         stop = ctx.Event()
         burner = ctx.Process(target=_burn if competitor == "on" else _burn_amx,
-                             args=(stop, 5, competitor == "amx-steady"), daemon=True) if competitor != "off" else None
-        if burner:
+                             args=(stop, 5, competitor.startswith("amx-steady")), daemon=True) \
+            if competitor != "off" else None
+        only_b = competitor.endswith("-b")   # quiet baselines and campaign A, the neighbour during B only
+        if burner and not only_b:
             burner.start()
         try:
             if baselines_from:   # the store's baseline, calibrated once, is what a later process uses too
@@ -148,7 +151,10 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, 
             else:
                 baselines = {k: proto.calibrate_reference(runner, r) for k, r in refs.items()}
             campaigns = {k: [] for k in refs}
-            for _ in range(1 if campaign_file else 2):  # campaign A with every reference, then B with every one
+            for c in range(1 if campaign_file else 2):  # campaign A with every reference, then B with every one
+                if burner and only_b and c == 1:
+                    burner.start()
+                    time.sleep(5)   # its kernel built and running
                 for k, r in refs.items():
                     # per subnet: its visits; with --precision a subnet whose kept value is not yet that precise
                     # is visited again, up to max_rounds, as the profiler does (`TimingSettings.precision`)
@@ -160,7 +166,7 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, 
                                 per[j].append(proto.measure(runner, lib, args, r))
                     campaigns[k].append(per)
         finally:
-            if burner:
+            if burner and burner.is_alive():
                 stop.set()
                 burner.join()
     if campaign_file:
@@ -221,11 +227,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunks", type=int, default=5, help="bursts per item")
     ap.add_argument("--repeat", type=int, default=5, help="samples per burst")
-    ap.add_argument("--competitor", nargs="+", choices=["off", "on", "amx", "amx-steady"],
+    ap.add_argument("--competitor", nargs="+", choices=["off", "on", "amx", "amx-steady", "amx-steady-b"],
                     default=["off", "on"],
                     help="on: a process keeping a core busy half of the time; amx: the same with an AMX layer "
                          "(x86 with AMX: the other hardware thread's neighbour competing for the core's AMX unit); "
-                         "amx-steady: an AMX layer all the time")
+                         "amx-steady: an AMX layer all the time; amx-steady-b: that during campaign B only (the "
+                         "baselines and campaign A quiet: does the reference take the slowdown out?)")
     ap.add_argument("--reference", nargs="+", choices=["layer", "memory", "subnet"], default=["layer"],
                     help="the reference timed beside each item: the protocol's reference layer (64->64 3x3 at "
                          "8x8, in L1), a memory-bound layer (4096->4096 1x1 at 1x1: 2 MB of weights per call), "

@@ -6,8 +6,10 @@ subnet measured a minute apart moved by 20-40 %. Two things take that out:
 1. A fixed *reference kernel* timed right beside the item. A runner that can interleave
    (`LocalRunner.time_interleaved`) alternates single samples, so each item sample is bracketed by two
    reference samples taken within about a millisecond of it; other runners time a reference burst before
-   each item burst. Each item sample is divided by the mean of its two neighbouring reference samples and
-   multiplied by `baseline`, the reference's time on that device, measured once (`calibrate_reference`) and
+   each item burst. Each item sample is divided by the median of the reference samples around it (the two
+   beside it and one more on each side: one disturbed reference sample, which would make the item read
+   fast, is ignored; bursts: by the mean of the reference burst medians before and after it) and multiplied
+   by `baseline`, the reference's time on that device, measured once (`calibrate_reference`) and
    kept with the measurements (`MeasurementStore.reference_baseline`): every item of a device is in the same
    units whenever it was measured, and the machine's speed of that millisecond cancels.
 2. *Rounds*: the profiler visits every item of a campaign several times, round by round, taking a few
@@ -21,7 +23,8 @@ subnet measured a minute apart moved by 20-40 %. Two things take that out:
    its time is the median), so the kept value is the item's, not one process's offset.
 
 The value kept is the 20th percentile of all the item's normalised samples, pooled over its rounds
-(`pooled_estimate`): disturbances only ever add time, so a low quantile keeps the undisturbed machine.
+(`pooled_estimate`): disturbances only ever add time, so a low quantile keeps the undisturbed machine (as
+long as a disturbed reference sample cannot divide an item sample down: hence the median above).
 Which estimator holds best was measured side by side on the same samples (`benchmarks/self_agreement.py`,
 docs/measurements.md).
 """
@@ -50,8 +53,9 @@ __all__ = ["REFERENCE_LAYER", "Protocol", "ItemTiming", "estimate", "pooled_esti
 REFERENCE_LAYER = LayerConfig("bconv", 64, 64, 3, 1, 1, 8)
 ESTIMATORS = ("median", "min", "reference", "bracket", "low", "bracket-low")
 LOW_QUANTILE = 20
-# What the profiler stores: the 20th percentile of the item's samples, each against the mean of the reference
-# samples just before and after it (bracket-low); over several rounds (visits spread over the campaign) the
+# What the profiler stores: the 20th percentile of the item's samples, each against the reference samples
+# around it (the two just before and after it and one more on each side, their median: `ItemTiming._refs`;
+# bracket-low); over several rounds (visits spread over the campaign) the
 # same percentile of every round's samples pooled (`pooled_estimate`). A disturbed sample only ever runs
 # slower, so a low quantile keeps the undisturbed machine; the median of few samples follows whichever phase
 # the visit fell in. Chosen from benchmarks/self_agreement.py on Zen 3 and Zen 4 VMs (docs/measurements.md).
@@ -76,8 +80,15 @@ class ItemTiming:
 
     def _refs(self, bracket: bool) -> list[float]:
         r = list(self.reference_s)
-        if bracket and len(r) > len(self.bursts):  # the reference before and after each burst
-            return [(a + b) / 2 for a, b in zip(r, r[1:])]
+        if bracket and len(r) > len(self.bursts):
+            if any(len(x) > 1 for x in self.reference):   # bursts of samples: each already their median
+                return [(a + b) / 2 for a, b in zip(r, r[1:])]
+            # single samples (interleaved): sample i lies between reference samples i and i + 1; the median
+            # of those two and one more on each side (up to four). A disturbed reference sample runs slow,
+            # and divided by it an item sample reads fast: the low quantile the profiler keeps would pick
+            # exactly those (with the mean of the two beside it, 69 % too fast beside an AMX neighbour,
+            # docs/measurements.md); the median ignores one such sample and still follows a drift.
+            return [float(np.median(r[max(0, i - 1):i + 3])) for i in range(len(self.bursts))]
         return r[:len(self.bursts)]
 
     def ratios(self, bracket: bool = False) -> list[float]:
@@ -235,7 +246,7 @@ class Protocol:
         """Time `lib`; with a reference, each burst times the reference right before the item (and once
         more after the last). A runner that can interleave (`time_interleaved`) alternates single samples
         of the reference and the item instead: every burst is then one sample, bracketed by two reference
-        samples taken just before and after it; on a runner with call depths (`LocalRunner.stack_depths`) each
+        samples taken just before and after it (`ItemTiming._refs` normalises by those and their neighbours); on a runner with call depths (`LocalRunner.stack_depths`) each
         call of `measure` for an item takes the next depth, the reference always its own (`_reference_depth`)."""
         args = _plain(args)
         n = self._number(runner, lib, args)
