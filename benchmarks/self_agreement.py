@@ -54,9 +54,9 @@ def _burn(stop, seed: int, _steady: bool = False) -> None:
 
 
 def _burn_amx(stop, seed: int, steady: bool = False) -> None:
-    """As `_burn` (`steady`: without pauses), but the bursts run an AMX layer (256->256 3x3 at 14x14, int8 tile products): a neighbour
-    on the core's other hardware thread, which shares its AMX unit (on a 2-vCPU Xeon guest the two vCPUs
-    did: an AMX layer ran 2.8x slower beside it, a word-kernel layer 1.17x)."""
+    """As `_burn` (`steady`: without pauses), but the bursts run an AMX layer (256->256 3x3 at 14x14, int8
+    tile products): a neighbour on the core's other hardware thread, which shares its AMX unit (on a 2-vCPU
+    Xeon guest the two vCPUs did: an AMX layer ran 2.8x slower beside it, a word-kernel layer 1.17x)."""
     import os
     os.environ["TVM_NUM_THREADS"] = "1"
     import tvm

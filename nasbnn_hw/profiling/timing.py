@@ -246,8 +246,9 @@ class Protocol:
         """Time `lib`; with a reference, each burst times the reference right before the item (and once
         more after the last). A runner that can interleave (`time_interleaved`) alternates single samples
         of the reference and the item instead: every burst is then one sample, bracketed by two reference
-        samples taken just before and after it (`ItemTiming._refs` normalises by those and their neighbours); on a runner with call depths (`LocalRunner.stack_depths`) each
-        call of `measure` for an item takes the next depth, the reference always its own (`_reference_depth`)."""
+        samples taken just before and after it (`ItemTiming._refs` normalises by those and their neighbours);
+        on a runner with call depths (`LocalRunner.stack_depths`) each call of `measure` for an item takes the
+        next depth, the reference always its own (`_reference_depth`)."""
         args = _plain(args)
         n = self._number(runner, lib, args)
         if reference is not None and hasattr(runner, "time_interleaved"):
