@@ -26,7 +26,8 @@ streams 2 MB of weights per call, `subnet` a fixed subnet of the same space; eac
 Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
 second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns;
 `--competitor amx` the same with an AMX layer (x86 with AMX-INT8), `amx-steady` an AMX layer without pauses,
-`amx-steady-b` that during campaign B only (one process: the baselines and campaign A are quiet).
+`amx-steady-b` that during campaign B only (one process: the baselines and campaign A are quiet); run under
+`taskset -c 0` and the AMX neighbour takes the other CPUs.
 Each (space, competitor, rounds) case runs in its own process. Prints a table, then a JSON line.
 """
 from __future__ import annotations
@@ -59,6 +60,9 @@ def _burn_amx(stop, seed: int, steady: bool = False) -> None:
     Xeon guest the two vCPUs did: an AMX layer ran 2.8x slower beside it, a word-kernel layer 1.17x)."""
     import os
     os.environ["TVM_NUM_THREADS"] = "1"
+    others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+    if others:   # the measurement pinned (`taskset -c 0 python ...`): the neighbour on the other CPUs
+        os.sched_setaffinity(0, others)
     import tvm
 
     from nasbnn_hw.core.layers import LayerConfig
