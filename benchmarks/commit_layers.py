@@ -143,6 +143,29 @@ def paired(args, base_dir: Path, tmp: Path, env: dict) -> dict:
     return pairs
 
 
+def unpaired(args, base_dir: Path, tmp: Path, env: dict) -> dict:
+    """Without --paired: `args.rounds` rounds of one worker process per side (alternating which goes first)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--repeat", str(args.repeat),
+           *(["--mcpu", args.mcpu] if args.mcpu else []), *(["--subnets"] if args.subnets else [])]
+    runs = {"base": [], "this": []}
+    for rnd in range(args.rounds):
+        for side in (("base", "this") if rnd % 2 == 0 else ("this", "base")):
+            root = base_dir if side == "base" else ROOT
+            out = _run(cmd, side, cwd=tmp, env=dict(env, PYTHONPATH=str(root)))
+            runs[side].append(json.loads(out.strip().splitlines()[-1]))
+        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    return runs
+
+
+def _print_unpaired(runs: dict) -> None:
+    print(f"{'case':22s} {'base ms':>9s} {'this ms':>9s} {'base/this':>10s}  per-round range")
+    for name in runs["this"][0]:
+        b = statistics.median(r[name] for r in runs["base"])
+        t = statistics.median(r[name] for r in runs["this"])
+        per = [rb[name] / rt[name] for rb, rt in zip(runs["base"], runs["this"])]
+        print(f"{name:22s} {b * 1e3:9.3f} {t * 1e3:9.3f} {b / t:9.2f}x  {min(per):.2f}-{max(per):.2f}")
+
+
 def _print_paired(pairs: dict) -> None:
     import numpy as np
     print(f"{'case':22s} {'base ms':>9s} {'this ms':>9s} {'base/this':>10s}  pairs 10-90 %")
@@ -181,38 +204,17 @@ def main() -> int:
     if rev.returncode:
         sys.exit(f"--base {args.base!r}: not a revision of {ROOT} ({rev.stderr.strip().splitlines()[-1]})")
     env = dict(os.environ, TVM_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--repeat", str(args.repeat),
-           *(["--mcpu", args.mcpu] if args.mcpu else []), *(["--subnets"] if args.subnets else [])]
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = Path(tmp) / "base"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base_dir), args.base],
                        check=True)
         try:
-            if args.paired:
-                pairs = paired(args, base_dir, Path(tmp), env)
-            runs = {"base": [], "this": []}
-            for rnd in range(0 if args.paired else args.rounds):
-                for side in (("base", "this") if rnd % 2 == 0 else ("this", "base")):
-                    root = base_dir if side == "base" else ROOT
-                    r = subprocess.run(cmd, cwd=tmp, env=dict(env, PYTHONPATH=str(root)), capture_output=True,
-                                       text=True)
-                    if r.returncode:
-                        sys.exit(f"{side} worker failed: {(r.stderr.strip() or str(r.returncode)).splitlines()[-1]}")
-                    runs[side].append(json.loads(r.stdout.strip().splitlines()[-1]))
-                print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+            result = (paired if args.paired else unpaired)(args, base_dir, Path(tmp), env)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], check=False)
     print(f"\n{args.threads} thread(s), {args.rounds} rounds, target {args.mcpu or 'this CPU'}; base {args.base} "
           f"({rev.stdout.strip()}) against this tree; default schedules{'; paired in one process' if args.paired else ''}")
-    if args.paired:
-        _print_paired(pairs)
-        return 0
-    print(f"{'case':22s} {'base ms':>9s} {'this ms':>9s} {'base/this':>10s}  per-round range")
-    for name in runs["this"][0]:
-        b = statistics.median(r[name] for r in runs["base"])
-        t = statistics.median(r[name] for r in runs["this"])
-        per = [rb[name] / rt[name] for rb, rt in zip(runs["base"], runs["this"])]
-        print(f"{name:22s} {b * 1e3:9.3f} {t * 1e3:9.3f} {b / t:9.2f}x  {min(per):.2f}-{max(per):.2f}")
+    (_print_paired if args.paired else _print_unpaired)(result)
     return 0
 
 

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 
-def _burn(stop, seed: int, _steady: bool = False) -> None:
+def _burn(stop, seed: int) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
         end = time.perf_counter() + rng.uniform(0.5, 2.0)
@@ -143,9 +143,9 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, 
                                   f"-{mcpu}" if mcpu else ""))
         ctx = mp.get_context("spawn")   # the AMX burner builds its own kernel (no TVM state forked)
         stop = ctx.Event()
-        burner = ctx.Process(target=_burn if competitor == "on" else _burn_amx,
-                             args=(stop, 5, competitor.startswith("amx-steady")), daemon=True) \
-            if competitor != "off" else None
+        burner = None if competitor == "off" else \
+            ctx.Process(target=_burn, args=(stop, 5), daemon=True) if competitor == "on" else \
+            ctx.Process(target=_burn_amx, args=(stop, 5, competitor.startswith("amx-steady")), daemon=True)
         only_b = competitor.endswith("-b")   # quiet baselines and campaign A, the neighbour during B only
         if burner and not only_b:
             burner.start()

@@ -38,6 +38,7 @@ def main() -> int:
     from nasbnn_hw.deploy.kernels.layer import build_layer
     from nasbnn_hw.deploy.kernels.schedule import AMX_X86, AMXS_X86, default_schedule, target_defaults
     from nasbnn_hw.deploy.kernels.targets import resolve_target
+    from nasbnn_hw.profiling.runners.inputs import input_arrays
     from nasbnn_hw.profiling.runners.local import STACK_DEPTHS, at_stack_depth
     spec = resolve_target(_target(a.mcpu))
     pool = tvm.get_global_func("runtime.config_threadpool")
@@ -51,8 +52,7 @@ def main() -> int:
         if sched is None or not sched.fits(cfg):
             sched = default_schedule(spec, cfg)
         lay = build_layer(cfg, spec, schedule=sched)
-        args = [tvm.runtime.empty(x.shape, x.dtype, dev) if x.is_output else tvm.runtime.tensor(x.data, dev)
-                for x in lay.args]
+        args = [tvm.runtime.tensor(x, dev) for x in input_arrays(lay.args)]
         f = lay.executable.mod.time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=10)
         got: dict[int, list[float]] = {1: [], a.threads: []}
         for j in range(a.repeat):

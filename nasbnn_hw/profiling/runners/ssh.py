@@ -336,24 +336,22 @@ class SSHRunner(ClosingRunner):
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
-            while not chan.status_event.is_set():
+            # until the exit status and the end of the stream: OpenSSH may send the status before the last
+            # output (it is sent when the program is reaped, while its pipes may still hold data)
+            while not (chan.status_event.is_set() and (chan.eof_received or chan.closed)):
                 _drain(chan, out, err)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._on_timeout(chan, bytes(out), command, timeout)
-                chan.status_event.wait(min(0.05, max(remaining, 0.001)))
-            # the exit status may arrive before the last output (OpenSSH sends it when the program is reaped,
-            # while its pipes may still hold data): read on to the end of the stream
-            while not (chan.eof_received or chan.closed):
-                _drain(chan, out, err)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._on_timeout(chan, bytes(out), command, timeout)
-                chan.settimeout(min(0.05, max(remaining, 0.001)))
-                try:
-                    out += chan.recv(65536)
-                except socket.timeout:
-                    pass
+                wait = min(0.05, max(remaining, 0.001))
+                if chan.eof_received or chan.closed:
+                    chan.status_event.wait(wait)
+                else:   # returns as soon as output (or the end of it) arrives
+                    chan.settimeout(wait)
+                    try:
+                        out += chan.recv(65536)
+                    except socket.timeout:
+                        pass
             _drain(chan, out, err)
             rc = chan.exit_status
         finally:
