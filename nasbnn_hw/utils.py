@@ -12,13 +12,29 @@ LOG_PROGRESS_INTERVAL_S = 30.0
 
 
 def progress_bar(iterable=None, **kw):
-    """tqdm with this project's defaults: dynamic width; outside a terminal, a line every 30 s at most."""
+    """tqdm with this project's defaults: dynamic width; outside a terminal, a line every 30 s at most, the
+    redraws that tqdm forces (`set_postfix`, `refresh` after a change of `total`) included; the last state is
+    still written when the bar closes."""
     import sys
+    import time
 
     from tqdm import tqdm
+
+    class LogBar(tqdm):
+        _log_last = -float("inf")
+
+        def refresh(self, nolock=False, lock_args=None):
+            now = time.monotonic()
+            if now - self._log_last < self.mininterval:
+                return False
+            self._log_last = now
+            return super().refresh(nolock=nolock, lock_args=lock_args)
+
     kw.setdefault("dynamic_ncols", True)
-    if not sys.stderr.isatty():
+    stream = kw.get("file") or sys.stderr
+    if not stream.isatty():
         kw.setdefault("mininterval", LOG_PROGRESS_INTERVAL_S)
+        return LogBar(iterable, **kw)
     return tqdm(iterable, **kw)
 
 

@@ -337,7 +337,15 @@ def test_progress_bars_in_a_log_redraw_at_most_every_30_s(monkeypatch):
         monkeypatch.setattr("sys.stderr", stream)
         with progress_bar(total=1000, desc="x", file=stream) as bar:
             assert bar.mininterval == interval
-            for _ in range(1000):
+            for i in range(1000):
                 bar.update(1)
-        if interval == LOG_PROGRESS_INTERVAL_S:   # the first and the last line only
-            assert stream.getvalue().count("x:") <= 3
+                bar.set_postfix(step=i)          # tqdm forces a redraw here
+                if i % 100 == 0:
+                    bar.total += 1               # as the profiler does when an item gets more rounds
+                    bar.refresh()
+        text = stream.getvalue()
+        if interval == LOG_PROGRESS_INTERVAL_S:   # the first and the last line only, the last one complete
+            assert text.count("x:") <= 3, text.count("x:")
+            assert "step=999" in text and "1000/1010" in text
+        else:
+            assert text.count("x:") > 100
