@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 
 # A progress bar written to a file or a CI log (stderr not a terminal) redraws at most this often: a
@@ -25,7 +26,7 @@ def progress_bar(iterable=None, **kw):
 
         def refresh(self, nolock=False, lock_args=None):
             now = time.monotonic()
-            if now - self._log_last < self.mininterval:
+            if self.disable or now - self._log_last < self.mininterval:
                 return False
             self._log_last = now
             return super().refresh(nolock=nolock, lock_args=lock_args)
@@ -112,3 +113,39 @@ class WorkDir(tempfile.TemporaryDirectory):
         sweep_orphans(prefix, dir)
         super().__init__(prefix=prefix, dir=dir)
         Path(self.name, OWNER_FILE).write_text(f"{os.getpid()}\n")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)   # hard links
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: dict[str, str | Path], inputs: Iterable[tuple[str, str | Path]] = (),
+                  force: bool = False, error: type[Exception] | None = None) -> None:
+    """Refuse output paths ({role: path}) that would destroy a file: one of the `inputs` ((role, path)
+    pairs; None paths are skipped), another output, an existing directory, or (unless `force`) any existing
+    file. Raises `error` (default NasBnnError) with one line naming the path. Call it before the work that
+    produces the output starts."""
+    if error is None:
+        from nasbnn_hw.errors import NasBnnError as error
+    seen = [(r, Path(p), False) for r, p in inputs if p is not None]
+    for role, out in outputs.items():
+        out = Path(out)
+        if out.is_dir():
+            raise error(f"output {role} {str(out)!r} is an existing directory; give a file path")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise error(f"output {role} {str(out)!r}: {str(out.parent)!r} is not a directory")
+        for other_role, other, is_output in seen:
+            if _same_file(out, other):
+                raise error(
+                    f"output {role} {str(out)!r} would be the same file as the {other_role}; give an output path "
+                    f"not ending in {out.suffix}" if is_output else
+                    f"output {role} {str(out)!r} is the same file as the {other_role} {str(other)!r}; writing it "
+                    f"would destroy that file (choose another output path)")
+        if out.exists() and not force:
+            raise error(f"output {role} {str(out)!r} exists already; pass --force to overwrite it")
+        seen.append((role, out, True))

@@ -344,7 +344,7 @@ def test_cli_fit_and_compare(store, tmp_path, capsys):
     assert main(["compare", "--device", "simdev", "--store", str(store.path), "--subnets", "5", "--out",
                  str(tmp_path / "rep2"), "--predictor", str(out)]) == 0
     assert main(["fit", "--device", "nodev", "--store", str(store.path), "--out", str(out)]) == 2
-    assert "exists; pass --force" in capsys.readouterr().err       # refused before fitting anything
+    assert "exists already; pass --force" in capsys.readouterr().err       # refused before fitting anything
     assert main(["fit", "--device", "nodev", "--store", str(store.path), "--out", str(out), "--force"]) == 2
     assert "no measurements for device 'nodev'" in capsys.readouterr().err
 

@@ -71,21 +71,46 @@ def _cli(argv, capsys) -> tuple[int, str]:
     (["search", "--checkpoint", "x", "--out", "FILE"], "is an existing file"),
     (["search", "--checkpoint", "x", "--out", "OUT", "--population", "0"], "--population: 0"),
     (["fit", "--device", "local", "--store", "s.db", "--out", "DIR"], "is a directory; expected a file"),
-    (["fit", "--device", "local", "--store", "s.db", "--out", "FILE"], "exists; pass --force"),
+    (["fit", "--device", "local", "--store", "s.db", "--out", "FILE"], "exists already; pass --force"),
+    (["fit", "--device", "local", "--store", "FILE", "--out", "FILE", "--force"], "same file as the measurement store"),
+    (["convert-official", "--checkpoint", "FILE", "--out", "OLD"], "exists already; pass --force"),
+    (["convert-official", "--checkpoint", "FILE", "--out", "FILE", "--force"], "same file as the official"),
+    (["import-official-search", "FILE", "--out", "OLD"], "exists already; pass --force"),
+    (["import-official-search", "FILE", "--out", "FILE", "--force"], "same file as the official search"),
+    (["finetune", "--checkpoint", "FILE", "--arch", "largest", "--out", "OLD"], "exists already; pass --force"),
+    (["finetune", "--checkpoint", "FILE", "--arch", "largest", "--out", "FILE", "--force"],
+     "same file as the supernet checkpoint"),
     (["fit", "--device", "local", "--store", "s.db", "--out", "OUT/x/p.json"], "does not exist"),
     (["compare", "--device", "local", "--store", "s.db", "--out", "OUT", "--remeasure", "-2"], "--remeasure: -2"),
     (["quickstart", "--threads", "0"], "--threads: 0 is not allowed"),
 ])
 def test_bad_counts_and_paths_end_in_one_line_before_any_work(tmp_path, capsys, argv, needle):
     (tmp_path / "FILE").write_text("keep me\n")
+    (tmp_path / "OLD").write_text("an earlier output\n")
     (tmp_path / "DIR").mkdir()
     argv = [a.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "DIR"))
-            .replace("OUT", str(tmp_path / "out")) for a in argv]
+            .replace("OUT", str(tmp_path / "out")).replace("OLD", str(tmp_path / "OLD")) for a in argv]
     t0 = time.monotonic()
     rc, err = _cli(argv, capsys)
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert time.monotonic() - t0 < 5, "refused only after doing work"
     assert (tmp_path / "FILE").read_text() == "keep me\n" and not (tmp_path / "out").exists()
+    assert (tmp_path / "OLD").read_text() == "an earlier output\n"
+
+
+def test_every_option_of_every_command_says_what_it_does(capsys):
+    """`nasbnn-hw COMMAND --help` explains every option and argument, and renders (a stray % in a help
+    text would make argparse fail there)."""
+    import argparse
+
+    from nasbnn_hw.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
+            for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert not bare, f"options without a help text: {bare}"
+    for name in sub.choices:
+        assert main([name, "--help"]) == 0
+        assert "usage: nasbnn-hw " + name in capsys.readouterr().out
 
 
 # --- space files -----------------------------------------------------------------------------------
@@ -343,6 +368,9 @@ def test_progress_bars_in_a_log_redraw_at_most_every_30_s(monkeypatch):
                 if i % 100 == 0:
                     bar.total += 1               # as the profiler does when an item gets more rounds
                     bar.refresh()
+        with progress_bar(total=10, disable=True, file=stream) as bar:   # --quiet
+            bar.set_postfix(step=1)
+            bar.refresh()
         text = stream.getvalue()
         if interval == LOG_PROGRESS_INTERVAL_S:   # the first and the last line only, the last one complete
             assert text.count("x:") <= 3, text.count("x:")

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import random
 
-from nasbnn_hw.cli.args import POSITIVE, SEED
+from nasbnn_hw.cli.args import POSITIVE, SEED, output_file
 from nasbnn_hw.core.arch import Arch, validate
 from nasbnn_hw.errors import ArchError
 from nasbnn_hw.core.layers import count_ops
 from nasbnn_hw.core.sampling import largest, sample_uniform, smallest
 from nasbnn_hw.core.space import BUILTIN_SPACES, get_space
+from nasbnn_hw.utils import check_outputs
+
+SPACE_HELP = "built-in space name (nasbnn-hw spaces) or TOML file (default %(default)s)"
 
 
 def resolve_archs(spec: str | None, space, official_cand: str | None = None, seed: int = 0) -> list[Arch]:
@@ -68,6 +71,7 @@ def cmd_sample(args) -> int:
 
 def cmd_convert_official(args) -> int:
     from nasbnn_hw.nn.checkpoint import load_supernet, save_supernet
+    check_outputs({"checkpoint": args.out}, [("official checkpoint", args.checkpoint)], force=args.force)
     ck = load_supernet(args.checkpoint, space=args.space)
     save_supernet(args.out, ck.supernet, source=str(args.checkpoint))
     print(f"wrote {args.out} (space {ck.supernet.space.name}, "
@@ -77,6 +81,8 @@ def cmd_convert_official(args) -> int:
 
 def cmd_import_official_search(args) -> int:
     from nasbnn_hw.nn.checkpoint import import_official_search
+    if args.out:
+        check_outputs({"arch list": args.out}, [("official search file", args.file)], force=args.force)
     space = get_space(args.space)
     recs = import_official_search(args.file, space)
     rows = [{"arch": r.arch.to_dict()["stages"], "acc": r.acc, "ops_recorded": r.ops,
@@ -92,7 +98,7 @@ def cmd_import_official_search(args) -> int:
 
 
 def add_arch_args(p) -> None:
-    p.add_argument("--space", default="small", help="built-in space name or TOML file (default: small)")
+    p.add_argument("--space", default="small", help=SPACE_HELP)
     p.add_argument("--arch", help="arch JSON file, largest, smallest or random:N; comma-separated for several")
     p.add_argument("--official-cand", help="official NAS-BNN candidate (tensor/list of [stage, block, "
                    "channels, kernel, groups1, groups2] rows) saved with torch.save or as JSON")
@@ -105,17 +111,20 @@ def register(sub) -> None:
     p = sub.add_parser("spaces", help="list the built-in search spaces")
     p.set_defaults(func=cmd_spaces)
     p = sub.add_parser("sample", help="print N random archs (uniform under the ND constraint)")
-    p.add_argument("--space", default="small")
-    p.add_argument("-n", type=POSITIVE, default=5)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--space", default="small", help=SPACE_HELP)
+    p.add_argument("-n", type=POSITIVE, default=5, help="how many archs (default 5)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("convert-official", help="convert an official NAS-BNN supernet checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--space", default="imagenet")
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", required=True, help="the official supernet checkpoint (.pth.tar), read "
+                   "without unpickling code")
+    p.add_argument("--space", default="imagenet", help="the space it was trained on (default imagenet)")
+    p.add_argument("--out", required=True, type=output_file, help="this project's supernet checkpoint to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_convert_official)
     p = sub.add_parser("import-official-search", help="list the archs of an official info.pth.tar as JSON lines")
-    p.add_argument("file")
-    p.add_argument("--space", default="imagenet")
-    p.add_argument("--out")
+    p.add_argument("file", help="the official search's info.pth.tar")
+    p.add_argument("--space", default="imagenet", help="the space it searched (default imagenet)")
+    p.add_argument("--out", type=output_file, help="JSON lines file to write (default: print them)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_import_official_search)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from nasbnn_hw.cli.args import NON_NEGATIVE, POSITIVE, SEED, float_range, int_range, output_dir, output_file
 from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.utils import check_outputs
 
 
 def cmd_fit(args) -> int:
     from cost_models.compare import format_metrics
     from cost_models.learned import fit_predictor
-    if Path(args.out).exists() and not args.force:
-        raise NasBnnError(f"--out {args.out!r} exists; pass --force to replace it, or choose another path")
+    check_outputs({"predictor": args.out}, [("measurement store", args.store)], force=args.force)
     p = fit_predictor(args.store, args.device, test_fraction=args.test_fraction, seed=args.seed,
                       n_estimators=args.n_estimators, target=args.target, tvm_version=args.tvm_version)
     p.save(args.out)
@@ -94,8 +94,11 @@ def cmd_compare(args) -> int:
     return 0
 
 
+ESTIMATORS_HELP = "trees of the predictor's random forest (default %(default)s)"
+
+
 def _add_store_args(p) -> None:
-    p.add_argument("--device", required=True)
+    p.add_argument("--device", required=True, help="device name the measurements were taken on")
     p.add_argument("--store", required=True, help="measurement store (SQLite)")
     p.add_argument("--target", help="TVM target string, when the device was measured under several")
     p.add_argument("--tvm-version", help="TVM version, when the device was measured under several")
@@ -107,8 +110,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=output_file, help="predictor file to write (.json)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--test-fraction", type=float_range(0, 1, hi_open=True), default=0.2, help="held out for the quality figures (default 0.2)")
-    p.add_argument("--n-estimators", type=int_range(1, 10_000), default=48)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--n-estimators", type=int_range(2, 10_000), default=48, help=ESTIMATORS_HELP)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the split and the trees (default 0)")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("compare", help="OPs, FLOPs, lookup table and predictor vs measured subnets: a report")
     _add_store_args(p)
@@ -122,6 +125,6 @@ def register(sub) -> None:
     p.add_argument("--remeasure", type=NON_NEGATIVE, default=0, metavar="K",
                    help="measure K of the compared subnets again on the device and report how well the device "
                         "agrees with itself: the measurement noise that bounds every model's score (default 0: off)")
-    p.add_argument("--n-estimators", type=int_range(1, 10_000), default=48)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--n-estimators", type=int_range(2, 10_000), default=48, help=ESTIMATORS_HELP)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_compare)

@@ -235,7 +235,8 @@ def cmd_run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a subnet of a supernet checkpoint (TVM library, ONNX, or a bundle "
                        "that runs on the device with only its C library)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (nasbnn-hw train) or static "
+                   "subnet file (nasbnn-hw finetune)")
     p.add_argument("--space", help="space of the checkpoint (default: the one stored in it)")
     p.add_argument("--arch", help="arch JSON file (e.g. search/best/budget0.json), largest or smallest")
     p.add_argument("--official-cand", help="official NAS-BNN candidate file instead of --arch")

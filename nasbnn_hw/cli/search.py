@@ -66,34 +66,41 @@ def register(sub) -> None:
     p.add_argument("--constraint", action="append", help="e.g. 'latency@local <= 2ms', 'ops <= 100M' (repeatable)")
     p.add_argument("--searcher", default="evolutionary", help="evolutionary | random | a plug-in name")
     p.add_argument("--budget", type=POSITIVE, help="maximum number of evaluated archs")
-    p.add_argument("--population", type=POSITIVE)
-    p.add_argument("--generations", type=POSITIVE)
-    p.add_argument("--mutations", type=NON_NEGATIVE)
-    p.add_argument("--crossovers", type=NON_NEGATIVE)
+    p.add_argument("--population", type=POSITIVE, help="evolutionary: population size (default 512); random: "
+                   "archs to sample")
+    p.add_argument("--generations", type=POSITIVE, help="evolutionary: generations (default 20)")
+    p.add_argument("--mutations", type=NON_NEGATIVE, help="evolutionary: children by mutation per generation "
+                   "(default 128)")
+    p.add_argument("--crossovers", type=NON_NEGATIVE, help="evolutionary: children by crossover per generation "
+                   "(default 128)")
     p.add_argument("--store", help="measurement store (for lut@/latency@ cost models)")
     p.add_argument("--predictor", help="latency predictor JSON (nasbnn-hw fit)")
     p.add_argument("--budgets", type=budgets_arg, default=[], help="write the best arch under each of these costs, e.g. '1ms,2ms,3ms'")
     p.add_argument("--data", help="override the data recorded in the checkpoint")
     p.add_argument("--val-limit", type=POSITIVE, help="evaluate on the first N validation images only")
-    p.add_argument("--calib-batches", type=POSITIVE, default=4)
-    p.add_argument("--calib-batch-size", type=POSITIVE, default=256)
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--out", required=True, type=output_dir)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--calib-batches", type=POSITIVE, default=4, help="training batches that recalibrate BN "
+                   "before each arch is scored (default %(default)s)")
+    p.add_argument("--calib-batch-size", type=POSITIVE, default=256, help="default %(default)s")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=output_dir, help="run directory: the Pareto front, the picks "
+                   "under --budgets, the search's state (a killed search resumes from it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_args(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("quickstart", help="the whole journey on the embedded default data: train, profile, "
                        "fit, search, export, report")
-    p.add_argument("--out", default="runs/quickstart", type=output_dir)
+    p.add_argument("--out", default="runs/quickstart", type=output_dir, help="run directory (default "
+                   "%(default)s); a finished step found there is reused")
     p.add_argument("--data", help="default: Fashion-MNIST if installed, else scikit-learn digits")
-    p.add_argument("--space", default="small16")
-    p.add_argument("--epochs", type=POSITIVE, default=3)
-    p.add_argument("--steps-per-epoch", type=POSITIVE, default=100)
+    p.add_argument("--space", default="small16", help="search space (default %(default)s)")
+    p.add_argument("--epochs", type=POSITIVE, default=3, help="supernet training epochs (default %(default)s)")
+    p.add_argument("--steps-per-epoch", type=POSITIVE, default=100, help="default %(default)s")
     p.add_argument("--subnets", type=int_range(4), default=24, help="whole subnets to measure for the predictor")
     p.add_argument("--budget-fraction", type=float_range(0, 1, lo_open=True), default=0.5,
                    help="latency budget as a fraction of the largest subnet's predicted latency")
-    p.add_argument("--threads", type=THREADS, default=2)
+    p.add_argument("--threads", type=THREADS, default=2, help="PyTorch's CPU threads for training and "
+                   "search (default %(default)s)")
     p.add_argument("--device", default="cpu", help="where the supernet trains and the search evaluates: auto | cpu "
                    "| cuda[:N] (latency is always measured on this machine's CPU)")
     p.set_defaults(func=cmd_quickstart)

@@ -7,11 +7,16 @@ from pathlib import Path
 import torch
 
 from nasbnn_hw.cli.args import (FRACTION, NON_NEGATIVE, POSITIVE, RESOLUTION, SEED, THREADS, add_device_args, float_range,
-                                output_dir)
-from nasbnn_hw.cli.core import resolve_archs
+                                output_dir, output_file)
+from nasbnn_hw.cli.core import SPACE_HELP, resolve_archs
 from nasbnn_hw.errors import NasBnnError
 from nasbnn_hw.train.device import resolve_device
 from nasbnn_hw.core.space import get_space
+from nasbnn_hw.utils import check_outputs
+
+THREADS_HELP = "PyTorch's CPU threads (default: PyTorch's choice)"
+QUIET_HELP = "no progress bars"
+MAX_STEPS_HELP = "end each epoch after this many steps (default 0: the whole epoch)"
 
 
 def _threads(args):
@@ -95,6 +100,8 @@ def cmd_finetune(args) -> int:
     from nasbnn_hw.nn.subnet_io import data_for_checkpoint, save_subnet
     from nasbnn_hw.train.trainer import finetune
     _threads(args)
+    check_outputs({"subnet file": args.out}, [("supernet checkpoint", args.checkpoint)]
+                  + ([("arch file", args.arch)] if Path(args.arch).is_file() else []), force=args.force)
     ck = load_supernet(args.checkpoint)
     net, space = ck.supernet.to(resolve_device(args.device)), ck.supernet.space
     archs = resolve_archs(args.arch, space, seed=args.seed)
@@ -117,26 +124,32 @@ COMPILE_HELP = ("compile the element-wise chains around each binary conv with To
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a supernet (Bi-Teacher sandwich rule); runs under torchrun too")
-    p.add_argument("--space", default="small")
+    p.add_argument("--space", default="small", help=SPACE_HELP)
     p.add_argument("--resolution", type=RESOLUTION, help="override the space's input resolution")
     p.add_argument("--data", default="fashion-mnist", help="digits | fashion-mnist | cifar10:DIR | imagefolder:DIR | idx:DIR")
-    p.add_argument("--epochs", type=POSITIVE, default=10)
-    p.add_argument("--out", required=True, type=output_dir)
-    p.add_argument("--batch-size", type=POSITIVE, default=128)
-    p.add_argument("--lr", type=float_range(0, lo_open=True), default=2.5e-3)
-    p.add_argument("--weight-decay", type=float_range(0), default=5e-6)
-    p.add_argument("--label-smoothing", type=float_range(0, 1, hi_open=True), default=0.1)
+    p.add_argument("--epochs", type=POSITIVE, default=10, help="default %(default)s")
+    p.add_argument("--out", required=True, type=output_dir, help="run directory: checkpoints and the "
+                   "training log; --resume continues the run found there")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, help="images per step (default %(default)s; "
+                   "under torchrun per process)")
+    p.add_argument("--lr", type=float_range(0, lo_open=True), default=2.5e-3, help="peak learning rate "
+                   "(default %(default)s)")
+    p.add_argument("--weight-decay", type=float_range(0), default=5e-6, help="default %(default)s")
+    p.add_argument("--label-smoothing", type=float_range(0, 1, hi_open=True), default=0.1,
+                   help="of the teacher's cross-entropy (default %(default)s)")
     p.add_argument("--num-random", type=NON_NEGATIVE, default=2, help="random students per step")
     p.add_argument("--no-bi-teacher", action="store_true", help="teacher = largest subnet with binary weights")
-    p.add_argument("--no-bi-transformation", action="store_true")
-    p.add_argument("--no-weight-norm", action="store_true")
+    p.add_argument("--no-bi-transformation", action="store_true", help="ablation: train without "
+                   "Bi-Transformation")
+    p.add_argument("--no-weight-norm", action="store_true", help="ablation: train without weight "
+                   "normalisation")
     p.add_argument("--weight-distill", type=float_range(0), nargs="?", const=0.1, default=0.0, metavar="COEF",
                    help="add COEF x the weight-distillation MSE (binary vs FP weight) to each student's loss "
                         "(flag alone: 0.1; default off, as in the official recipe)")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=0, metavar="K", help="also checkpoint every K steps")
-    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0)
+    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0, help=MAX_STEPS_HELP)
     p.add_argument("--limit-train", type=POSITIVE, help="use only the first N training images")
     p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="held out for the search's fitness "
                    "(in-memory sets; an image folder holds out 50 training images per class, as officially)")
@@ -147,35 +160,38 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image (naming "
                    "it) instead of skipping and counting it")
-    p.add_argument("--threads", type=THREADS)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=THREADS, help=THREADS_HELP)
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="recalibrate BN and report top-1/top-5 of subnets")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (nasbnn-hw train)")
     p.add_argument("--arch", default="largest,smallest", help="FILE | largest | smallest | random:N, comma-separated")
     p.add_argument("--data", help="override the data recorded in the checkpoint")
-    p.add_argument("--split", choices=("val", "test"), default="test")
+    p.add_argument("--split", choices=("val", "test"), default="test", help="val: the held-out training "
+                   "images the search scores on; test: the test set (default)")
     p.add_argument("--calib-batches", type=POSITIVE, default=10,
                    help="training batches that recalibrate BN before each arch is evaluated (>= 1)")
     add_device_args(p)
-    p.add_argument("--calib-batch-size", type=POSITIVE, default=256)
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--threads", type=THREADS)
+    p.add_argument("--calib-batch-size", type=POSITIVE, default=256, help="default %(default)s")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed: random:N archs, calibration batches "
+                   "(default 0)")
+    p.add_argument("--threads", type=THREADS, help=THREADS_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("finetune", help="fine-tune one subnet and save it as a static subnet file")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--data")
-    p.add_argument("--epochs", type=POSITIVE, default=25)
-    p.add_argument("--lr", type=float_range(0, lo_open=True), default=1e-5)
-    p.add_argument("--batch-size", type=POSITIVE, default=128)
-    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0)
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--threads", type=THREADS)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--checkpoint", required=True, help="supernet checkpoint (nasbnn-hw train)")
+    p.add_argument("--arch", required=True, help="the subnet: arch JSON file, largest, smallest or random:N")
+    p.add_argument("--out", required=True, type=output_file, help="static subnet file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--data", help="override the data recorded in the checkpoint")
+    p.add_argument("--epochs", type=POSITIVE, default=25, help="default %(default)s")
+    p.add_argument("--lr", type=float_range(0, lo_open=True), default=1e-5, help="default %(default)s")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, help="default %(default)s")
+    p.add_argument("--max-steps-per-epoch", type=NON_NEGATIVE, default=0, help=MAX_STEPS_HELP)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=THREADS, help=THREADS_HELP)
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     add_device_args(p)
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.set_defaults(func=cmd_finetune)

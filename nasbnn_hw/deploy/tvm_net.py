@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from nasbnn_hw.errors import NasBnnError
+from nasbnn_hw.utils import check_outputs as _check_outputs
 from nasbnn_hw.core.layers import LayerConfig, arch_layers
 from nasbnn_hw.profiling.runners.base import ArgSpec
 
@@ -34,36 +35,10 @@ class DeployError(NasBnnError):
     """A model that cannot be compiled or a deployment file that cannot be loaded."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)   # hard links
-    except OSError:
-        return False
-
-
 def check_outputs(outputs: dict[str, str | Path], inputs: Iterable[tuple[str, str | Path]] = (),
                   force: bool = False) -> None:
-    """Refuse output paths ({role: path}) that would destroy a file: one of the `inputs` ((role, path)
-    pairs), another output, an existing directory, or (unless `force`) any existing file."""
-    seen = [(r, Path(p), False) for r, p in inputs]
-    for role, out in outputs.items():
-        out = Path(out)
-        if out.is_dir():
-            raise DeployError(f"output {role} {str(out)!r} is an existing directory; give a file path")
-        if out.parent.exists() and not out.parent.is_dir():
-            raise DeployError(f"output {role} {str(out)!r}: {str(out.parent)!r} is not a directory")
-        for other_role, other, is_output in seen:
-            if _same_file(out, other):
-                raise DeployError(
-                    f"output {role} {str(out)!r} would be the same file as the {other_role}; give an output path "
-                    f"not ending in {out.suffix}" if is_output else
-                    f"output {role} {str(out)!r} is the same file as the {other_role} {str(other)!r}; writing it "
-                    f"would destroy that file (choose another output path)")
-        if out.exists() and not force:
-            raise DeployError(f"output {role} {str(out)!r} exists already; pass --force to overwrite it")
-        seen.append((role, out, True))
+    """`nasbnn_hw.utils.check_outputs`, raising DeployError."""
+    _check_outputs(outputs, inputs, force, error=DeployError)
 
 
 def _check_batch(batch) -> int:
