@@ -72,6 +72,75 @@ def test_idx_and_cifar_and_imagefolder_loaders(tmp_path):
     assert s.train.num_classes == 2 and len(s.train) + len(s.val) == 6
 
 
+def _small_idx_and_cifar(tmp_path):
+    """(IDX directory, CIFAR directory) of a few random images each, in the standard file layouts."""
+    import gzip
+    import pickle
+    import struct
+
+    import numpy as np
+    rng = np.random.default_rng(1)
+    d = tmp_path / "idx"
+    d.mkdir()
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        (d / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+            struct.pack(">HBBIII", 0, 8, 3, n, 8, 8) + rng.integers(0, 255, (n, 8, 8), dtype=np.uint8).tobytes()))
+        (d / f"{prefix}-labels-idx1-ubyte").write_bytes(   # one of them uncompressed: both forms are read
+            struct.pack(">HBBI", 0, 8, 1, n) + rng.integers(0, 10, n, dtype=np.uint8).tobytes())
+    c = tmp_path / "cifar-10-batches-py"
+    c.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (c / name).write_bytes(pickle.dumps({b"batch_label": b"x", b"labels": [0, 1, 2],
+                                             b"data": rng.integers(0, 255, (3, 3072), dtype=np.uint8)}))
+    return d, c
+
+
+def test_corrupt_idx_and_cifar_files_are_one_data_error(tmp_path):
+    """Truncated, byte-flipped and mistyped IDX and CIFAR files end in one DataError line naming the file,
+    never a traceback from numpy, gzip or pickle (seeded fuzz)."""
+    import gzip
+    import pickle
+    import random
+
+    import numpy as np
+
+    from _fuzz import byte_variants
+    d, c = _small_idx_and_cifar(tmp_path)
+    load_splits(str(d), 8, 1)
+    load_splits(f"cifar10:{c}", 8, 3)
+    rng, errors, tried = random.Random(5), 0, 0
+
+    def attempt(source, path, data):
+        nonlocal errors, tried
+        good = path.read_bytes()
+        path.write_bytes(data)
+        tried += 1
+        try:
+            load_splits(source, 8, 1)
+        except DataError as e:
+            assert "\n" not in str(e) and path.name in str(e), str(e)
+            errors += 1
+        finally:
+            path.write_bytes(good)
+    for path in sorted(d.iterdir()):
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for _, v in byte_variants(raw, rng, 25):
+            attempt(str(d), path, gzip.compress(v) if path.suffix == ".gz" else v)
+        for _, v in byte_variants(path.read_bytes(), rng, 8):   # the compressed stream itself
+            attempt(str(d), path, v)
+    for _, v in byte_variants((c / "data_batch_2").read_bytes(), rng, 40):
+        attempt(f"cifar10:{c}", c / "data_batch_2", v)
+    mistyped = [{b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]},       # not 32 x 32 x 3
+                {b"data": np.zeros((3, 3072), np.float32), b"labels": [0, 1, 2]},    # not bytes
+                {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]},         # one label short
+                {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, -1, 2]},     # a negative class
+                {b"data": np.zeros((3, 3072), np.uint8), b"labels": ["a", "b", "c"]},
+                {b"data": np.zeros((3, 3072), np.uint8)}, [1, 2, 3], "text"]
+    for doc in mistyped:
+        attempt(f"cifar10:{c}", c / "test_batch", pickle.dumps(doc))
+    assert errors >= len(mistyped) + 60 and tried > errors / 2
+
+
 def _killed_then_resumed(make, kill_at: int) -> SupernetTrainer:
     """Train with `make()`'s trainer until it is killed (^C) at global step `kill_at`; return a new trainer
     resumed from its last checkpoint, not yet fitted."""

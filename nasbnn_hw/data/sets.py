@@ -8,6 +8,7 @@ directory), `imagefolder:DIR` (class-per-folder images read with Pillow), or a b
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,14 +68,33 @@ class Splits:
     class_names: tuple[str, ...] | None = None
 
 
+IDX_MAX_DIMS = 4
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-        data = f.read()
+    """An unsigned-byte IDX array (MNIST's format: a 4-byte magic, one 32-bit big-endian size per dimension,
+    the bytes); a truncated, corrupt or foreign file is a DataError naming it."""
+    import zlib
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot be read ({' '.join(str(e).split())[:100]})") from None
+    if len(data) < 4:
+        raise DataError(f"{path} is not an IDX file: {len(data)} bytes, shorter than its header")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if zero != 0 or dtype != 0x08 or not 1 <= ndim <= IDX_MAX_DIMS:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (magic bytes {data[:4].hex()}; expected "
+                        f"0000 08 and 1 to {IDX_MAX_DIMS} dimensions)")
+    head = 4 + 4 * ndim
+    if len(data) < head:
+        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, {head} needed)")
+    shape = struct.unpack(">" + "I" * ndim, data[4:head])
+    size = math.prod(shape)
+    if len(data) - head != size:
+        raise DataError(f"{path}: the header says {' x '.join(map(str, shape))} = {size} bytes of data, the file "
+                        f"holds {len(data) - head} (truncated or corrupt)")
+    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(shape)
 
 
 def _find_idx(d: Path, stem: str) -> Path:
@@ -87,10 +107,23 @@ def _find_idx(d: Path, stem: str) -> Path:
 def load_idx_dir(d: Path, name: str):
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = _read_idx(_find_idx(d, f"{prefix}-images-idx3-ubyte"))
-        y = _read_idx(_find_idx(d, f"{prefix}-labels-idx1-ubyte"))
+        xp, yp = _find_idx(d, f"{prefix}-images-idx3-ubyte"), _find_idx(d, f"{prefix}-labels-idx1-ubyte")
+        x, y = _read_idx(xp), _read_idx(yp)
+        if x.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{xp if x.ndim != 3 else yp}: {x.ndim if x.ndim != 3 else y.ndim} dimensions; "
+                            "expected images N x H x W and labels N")
+        _check_pairs(x, y, f"{xp.name} / {yp.name} in {d}", split)
         out[split] = (x[:, None].astype(np.float32) / 255.0, y.astype(np.int64))
     return out
+
+
+def _check_pairs(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
+    if len(x) != len(y):
+        raise DataError(f"{where}: {len(x)} images but {len(y)} labels")
+    if split == "train" and not len(y):
+        raise DataError(f"{where}: no training images")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{where}: images of shape {x.shape[1:]}")
 
 
 def load_digits_arrays():
@@ -117,10 +150,24 @@ def load_cifar_dir(d: Path):
         p = d / name
         if not p.exists():
             raise DataError(f"{d} lacks {name} (expected a cifar-10-batches-py directory: data_batch_1..5, test_batch)")
-        with open(p, "rb") as f:
-            b = _NumpyOnly(f, encoding="bytes").load()
-        return (np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0,
-                np.asarray(b[b"labels"], dtype=np.int64))
+        try:
+            with open(p, "rb") as f:
+                b = _NumpyOnly(f, encoding="bytes").load()
+            data, labels = b[b"data"], b[b"labels"]
+            x = np.asarray(data)
+            y = np.asarray(labels)
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+                raise DataError(f"{p}: data of {x.dtype} {x.shape}; expected uint8 N x 3072 (32 x 32 RGB)")
+            if y.ndim != 1 or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+                raise DataError(f"{p}: labels of {y.dtype} {y.shape}; expected N class indices >= 0")
+        except DataError:
+            raise
+        except (pickle.UnpicklingError, EOFError, OSError, KeyError, TypeError, ValueError, IndexError,
+                AttributeError, MemoryError, RecursionError) as e:
+            raise DataError(f"{p} is not a CIFAR-10 python batch (a dict with b'data' and b'labels'): "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:100]}") from None
+        _check_pairs(x, y, str(p), "train" if name != "test_batch" else "test")
+        return x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y.astype(np.int64)
     parts = [read(f"data_batch_{i}") for i in range(1, 6)]
     return {"train": (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
             "test": read("test_batch")}
