@@ -269,16 +269,22 @@ static int read_npy(const char* name, FILE* f, Image* im, float** raw, int64_t w
   int nd = 0;
   char* p = strchr(sh, '(');
   if (!p) fail(2, "%s: bad .npy shape", name);
-  for (++p; *p && *p != ')' && nd < 8;) {
+  for (++p;;) {
     while (*p == ' ' || *p == ',') ++p;
     if (*p == ')') break;
+    if (nd == 8) fail(2, "%s: .npy of more than 8 dimensions", name);
     char* end;
     dims[nd++] = strtoll(p, &end, 10);
     if (end == p) fail(2, "%s: bad .npy shape", name);
     p = end;
   }
+  /* sizes are bounded before they are multiplied: a product that overflows must not pass for a small one */
   int64_t n = 1;
-  for (int i = 0; i < nd; ++i) n *= dims[i];
+  for (int i = 0; i < nd; ++i) {
+    if (dims[i] < 0 || dims[i] > (1LL << 28) || (dims[i] && n > (1LL << 28) / dims[i]))
+      fail(2, "%s: .npy shape of more than 2^28 values or a negative size", name);
+    n *= dims[i];
+  }
   if (is_f32) {
     if (n != want) fail(2, "%s: float32 .npy of %lld values; the model takes %lld x %lld x %lld = %lld", name,
                         (long long)n, (long long)chw[0], (long long)chw[1], (long long)chw[2], (long long)want);
