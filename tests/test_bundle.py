@@ -242,6 +242,32 @@ def test_runner_survives_hostile_inputs(local_bundle, tmp_path):
     assert n_ok >= len(valid)
 
 
+def test_mistyped_manifest_is_one_deploy_error(local_bundle, tmp_path):
+    """A hand-edited manifest.json (values of another type, keys dropped) ends in one DeployError line, never
+    a traceback (seeded fuzz through `run_bundle`)."""
+    import json
+    import random
+
+    from _fuzz import value_variants
+    _, out = local_bundle
+    b = tmp_path / "b"
+    shutil.copytree(out, b)
+    good = json.loads((b / "manifest.json").read_text())
+    x = tmp_path / "x.raw"
+    np.zeros(256, np.float32).tofile(x)
+    n_err = 0
+    for what, doc in value_variants(good, random.Random(11), 120):
+        (b / "manifest.json").write_text(json.dumps(doc))
+        try:
+            run_bundle(b, [x])
+        except DeployError as e:
+            assert "\n" not in str(e), f"{what}: {e}"
+            n_err += 1
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            raise AssertionError(f"{what}: {type(e).__name__}: {e}") from e
+    assert n_err > 10
+
+
 def test_emulated_aarch64_bundle_agrees_with_pytorch(small16, tmp_path):
     need(emulator_for("aarch64") is not None and shutil.which("aarch64-linux-gnu-gcc") is not None,
          "qemu-user, libc6-dev-arm64-cross and gcc-aarch64-linux-gnu are needed")

@@ -313,6 +313,10 @@ def open_bundle(path: str | Path) -> dict:
     for key in ("arch", "device", "target"):
         if not isinstance(manifest.get(key), str):
             raise DeployError(f"{mf}: '{key}' must be a string")
+    for key, n in (("input_shape", 4), ("output_shape", 2)):
+        v = manifest.get(key)
+        if not (isinstance(v, list) and len(v) == n and all(type(d) is int and 1 <= d <= 1 << 24 for d in v)):
+            raise DeployError(f"{mf}: '{key}' must be a list of {n} sizes from 1 to {1 << 24}, not {v!r:.60}")
     return manifest
 
 

@@ -175,7 +175,7 @@ static void read_params(const char* path, Params* P) {
     uint64_t n = t->dtype.bits / 8;
     for (int d = 0; d < t->ndim; ++d) {
       int64_t v = (int64_t)rd64(e + 8 + 8 * d);
-      if (v < 0 || v > (1LL << 40)) fail(3, "%s: tensor %u has a bad shape", path, i);
+      if (v < 0 || v > (1LL << 40) || (v && n > (1ULL << 40) / (uint64_t)v)) fail(3, "%s: tensor %u has a bad shape", path, i);
       P->shapes[i][d] = v;
       n *= (uint64_t)v;
     }
