@@ -23,7 +23,8 @@ samples every estimator is computed, so they are compared on equal data:
 `--reference`: `layer` is the protocol's reference (a 64->64 3x3 layer that lives in L1), `memory` one that
 streams 2 MB of weights per call, `subnet` a fixed subnet of the same space; each gets its own campaigns. `--mcpu haswell` compiles everything for AVX2 (runs on an AVX-512 CPU too, showing the AVX2 path).
 
-Scores of B against A: Kendall tau, the share within +-10 %, the median deviation. `--competitor on` runs a
+Scores of B against A: Kendall tau, the largest swap (the largest difference, by A, between two subnets that
+B orders the other way), the share within +-10 %, the median deviation. `--competitor on` runs a
 second process that keeps one core busy half of the time (0.5-2 s bursts at random) during both campaigns;
 `--competitor amx` the same with an AMX layer (x86 with AMX-INT8), `amx-steady` an AMX layer without pauses,
 `amx-steady-b` that during campaign B only (one process: the baselines and campaign A are quiet); run under
@@ -191,7 +192,7 @@ def _read_campaign(path: str) -> tuple[dict, dict]:
 def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines: dict, campaigns: dict,
           raw_dir: str | None = None, mcpu: str | None = None) -> dict:
     """Campaign B against campaign A, per reference and estimator."""
-    from cost_models.metrics import kendall_tau, within
+    from cost_models.metrics import kendall_tau, largest_swap, within
     from nasbnn_hw.profiling.timing import ESTIMATORS, estimate, pooled_estimate
     refs = list(campaigns)
     out = {"space": space_spec, "competitor": competitor, "threads": threads, "protocols": {}}
@@ -207,7 +208,8 @@ def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines
                         for c in campaigns[k])
             dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
             label = name if k == "layer" or name in ("median", "min") else f"{name}/{k}"
-            out["protocols"][label] = {"kendall_tau": kendall_tau(a, b), "acc10": within(a, b, 0.10),
+            out["protocols"][label] = {"kendall_tau": kendall_tau(a, b), "largest_swap": largest_swap(b, a),
+                                       "acc10": within(a, b, 0.10),
                                        "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
                                        "range_ms": [min(a) * 1e3, max(a) * 1e3]}
     out["rounds"] = rounds
@@ -270,8 +272,9 @@ def main(argv=None) -> int:
     results = []
     if any(r < 1 or a.chunks % r for r in a.rounds):
         ap.error(f"--rounds {a.rounds}: each must be >= 1 and divide --chunks {a.chunks}")
-    print("| space | competitor | rounds | protocol | Kendall tau | within ±10 % | median dev | worst dev | range ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| space | competitor | rounds | protocol | Kendall tau | largest swap | within ±10 % | median dev | worst dev "
+          "| range ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for sp, comp, rounds in ((sp, comp, r) for sp in a.spaces for comp in a.competitor for r in a.rounds):
         cmd = [sys.executable, __file__, "--worker", sp, comp, str(rounds), "--subnets", str(a.subnets),
                "--threads", str(a.threads), "--chunks", str(a.chunks), "--repeat", str(a.repeat),
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
         visits = [n for vs in r["visits"].values() for n in vs]
         shown = str(rounds) if max(visits) == rounds else f"{rounds}-{max(visits)} (mean {statistics.mean(visits):.1f})"
         for name, m in r["protocols"].items():
-            print(f"| {sp} | {comp} | {shown} | {name} | {m['kendall_tau']:.3f} | {100 * m['acc10']:.0f} % | "
+            print(f"| {sp} | {comp} | {shown} | {name} | {m['kendall_tau']:.3f} | {100 * m['largest_swap']:.1f} % | "
+                  f"{100 * m['acc10']:.0f} % | "
                   f"{100 * m['median_dev']:.1f} % | {100 * m['worst_dev']:.1f} % | "
                   f"{m['range_ms'][0]:.3f}-{m['range_ms'][1]:.3f} |", flush=True)
     print(json.dumps({"self_agreement": results}))

@@ -12,7 +12,7 @@ from nasbnn_hw.utils import atomic_write_text
 def format_metrics(name: str, m: dict) -> str:
     return (f"{name:9s} n={m['n']:4d}  ±10% {100 * m['acc10']:5.1f}%  ±5% {100 * m['acc5']:5.1f}%  "
             f"MAPE {m['mape']:6.2f}%  RMSE {1e3 * m['rmse']:.4f}ms  Kendall {m['kendall_tau']:.3f}  "
-            f"Spearman {m['spearman']:.3f}")
+            f"Spearman {m['spearman']:.3f}  largest swap {100 * m['largest_swap']:.1f}%")
 
 
 def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor=None, space: str | None = None,
@@ -76,7 +76,7 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
             for n, (m, sa) in enumerate(test)]
     sections, again = [], None
     if remeasure is not None and n_remeasure > 0:
-        again = _repeatability(remeasure, space, test[:n_remeasure], preds, device)
+        again = _repeatability(remeasure, space, test[:n_remeasure], preds, device, Path(out))
         sections = again.pop("markdown")
     metrics = write_report(out, rows, title=f"Cost models vs measured latency on {device} "
                                                  f"({space.name}, {len(rows)} subnets)", sections=sections)
@@ -90,7 +90,8 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
         log(format_metrics("measured again", again["remeasured"]) + "  (the device against itself)")
         st, own = open_store(store, readonly=False)
         try:
-            st.add_agreement(device, again["n"], again["remeasured"]["kendall_tau"], again["remeasured"]["acc10"])
+            st.add_agreement(device, again["n"], again["remeasured"]["kendall_tau"], again["remeasured"]["acc10"],
+                            again["remeasured"]["largest_swap"])
             warn = noise_warning(st, device)
         finally:
             if own:
@@ -102,9 +103,9 @@ def compare_measured(store, device: str, out, *, n_subnets: int = 100, predictor
     return metrics
 
 
-def _repeatability(remeasure, space, test, preds, device) -> dict:
+def _repeatability(remeasure, space, test, preds, device, out: Path) -> dict:
     """Measure `test` again; metrics of the second measurement and of the seconds-valued models against
-    the first, on the same subnets."""
+    the first, on the same subnets, and the second against the first as a plot in `out`."""
     import numpy as np
 
     from cost_models.errors import CostModelError
@@ -115,18 +116,29 @@ def _repeatability(remeasure, space, test, preds, device) -> dict:
     if second.shape != first.shape or not np.all(second > 0):
         raise CostModelError(f"re-measuring {len(archs)} subnets on {device} gave {second.tolist()!r}")
     res = {"n": len(archs), "remeasured": evaluate(second, first),
-           **{k: evaluate(np.asarray(v[:len(archs)]), first) for k, v in preds.items() if k in ("lut", "predictor")}}
+           **{k: evaluate(np.asarray(v[:len(archs)]), first) for k, v in preds.items() if k in ("lut", "predictor")},
+           "first_s": first.tolist(), "second_s": second.tolist()}
     md = ["## Measurement repeatability", "",
           f"{len(archs)} of these subnets measured a second time on {device}, independently (compiled and timed "
           "again), and scored against the first measurement beside the models on the same subnets. The second "
           "measurement carries the device's noise twice (once in each measurement), a perfect cost model once: "
           "a model that scores about as well as the second measurement, or better, is at the limit this "
           "device's noise allows; more or longer measurements, not a better model, would raise it.", "",
-          "| against the first measurement | ±10% | ±5% | MAPE (%) | Kendall tau | Spearman |", "|---|---|---|---|---|---|"]
+          "| against the first measurement | ±10% | ±5% | MAPE (%) | Kendall tau | Spearman | largest swap |",
+          "|---|---|---|---|---|---|---|"]
     for name, m in res.items():
-        if name != "n":
+        if isinstance(m, dict):
             md.append(f"| {'second measurement' if name == 'remeasured' else name} | {100 * m['acc10']:.1f}% | "
-                      f"{100 * m['acc5']:.1f}% | {m['mape']:.2f} | {m['kendall_tau']:.3f} | {m['spearman']:.3f} |")
+                      f"{100 * m['acc5']:.1f}% | {m['mape']:.2f} | {m['kendall_tau']:.3f} | {m['spearman']:.3f} | "
+                      f"{100 * m['largest_swap']:.1f}% |")
+    md += ["", "Largest swap: the largest difference, by the first measurement, between two subnets ordered the "
+           "other way. Kendall tau counts every swapped pair, however close, so it falls as the subnets' "
+           "latencies lie closer together; the largest swap says how far apart two subnets must be for the "
+           "ranking to hold.", "", "![second measurement](scatter_remeasured.png)"]
+    from cost_models.report import scatter
+    out.mkdir(parents=True, exist_ok=True)
+    scatter(out / "scatter_remeasured.png", first, second, res["remeasured"], "first measurement (ms)",
+            "second measurement (ms)", "second measurement")
     res["markdown"] = md + [""]
     return res
 

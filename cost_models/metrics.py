@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["within", "rmse", "mape", "kendall_tau", "spearman", "evaluate", "calibrate_linear"]
+__all__ = ["within", "rmse", "mape", "kendall_tau", "spearman", "largest_swap", "evaluate", "calibrate_linear"]
 
 
 def _pair(pred, meas):
@@ -42,11 +42,31 @@ def spearman(pred, meas) -> float:
     return float(spearmanr(p, m).statistic) if len(m) > 1 else float("nan")
 
 
+def largest_swap(pred, meas) -> float:
+    """The largest relative difference between two measured values, `max / min - 1`, of a pair that `pred`
+    orders the other way or ties; 0.0 when every pair is ordered as measured (or none differs).
+
+    Kendall tau counts swapped pairs however close they are, so it depends on how the sample is spread as
+    much as on the predictions: two subnets 1 % apart swap at any noise. This says how far apart subnets
+    must be for the predictions (or a second measurement) to order them reliably."""
+    p, m = _pair(pred, meas)
+    if len(m) < 2:
+        return 0.0
+    i, j = np.triu_indices(len(m), 1)
+    dm, dp = np.sign(m[i] - m[j]), np.sign(p[i] - p[j])
+    bad = (dm != 0) & (dp != dm)
+    if not bad.any():
+        return 0.0
+    hi, lo = np.maximum(m[i], m[j])[bad], np.minimum(m[i], m[j])[bad]
+    return float(np.max(hi / lo) - 1)
+
+
 def evaluate(pred, meas) -> dict:
-    """All metrics: acc10/acc5 (fractions), rmse (unit of the inputs), mape (%), kendall_tau, spearman."""
+    """All metrics: acc10/acc5 (fractions), rmse (unit of the inputs), mape (%), kendall_tau, spearman,
+    largest_swap (fraction)."""
     return {"n": len(np.asarray(meas)), "acc10": within(pred, meas, 0.10), "acc5": within(pred, meas, 0.05),
             "rmse": rmse(pred, meas), "mape": mape(pred, meas), "kendall_tau": kendall_tau(pred, meas),
-            "spearman": spearman(pred, meas)}
+            "spearman": spearman(pred, meas), "largest_swap": largest_swap(pred, meas)}
 
 
 def calibrate_linear(x, meas) -> tuple[float, float]:

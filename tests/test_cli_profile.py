@@ -90,7 +90,9 @@ def test_compare_measures_what_is_missing_then_reports(tmp_path, capsys):
     assert main(["compare", "--device", "local", "--store", str(db), "--space", str(space), "--subnets", "3",
                  "--remeasure", "2", "--out", str(out)]) == 0
     rep = json.loads((out / "repeatability.json").read_text())
-    assert rep["n"] == 2 and set(rep) == {"n", "remeasured", "lut", "predictor"}
+    assert rep["n"] == 2 and set(rep) == {"n", "remeasured", "lut", "predictor", "first_s", "second_s"}
+    assert len(rep["first_s"]) == len(rep["second_s"]) == 2 and min(rep["second_s"]) > 0
+    assert 0 <= rep["remeasured"]["largest_swap"] and (out / "scatter_remeasured.png").stat().st_size > 1000
     assert 0 <= rep["remeasured"]["mape"] < 100 and rep["remeasured"]["n"] == 2
     assert "## Measurement repeatability" in (out / "report.md").read_text()
     assert "measured again" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from cost_models import (CostModelError, IncompatibleArtifactError, LatencyPredi
 from cost_models._layers import LayerIndex, space_layer_configs
 from cost_models.active import active_profile, select_uncertain
 from cost_models.analytic import layer_params
-from cost_models.metrics import kendall_tau, mape, rmse, spearman, within
+from cost_models.metrics import evaluate, kendall_tau, largest_swap, mape, rmse, spearman, within
 from cost_models.report import write_report
 from cost_models.synthetic import SimulatedDevice
 from nasbnn_hw.core.arch import Arch, Block
@@ -272,6 +272,20 @@ def test_metrics_known_values():
     assert mape(pred, meas) == pytest.approx(100 * (0.04 + 0.15 + 0.1 / 3) / 4)
     assert kendall_tau(pred, meas) == 1.0 and spearman(pred, meas) == 1.0
     assert kendall_tau(pred[::-1], meas) == -1.0
+    assert largest_swap(pred, meas) == 0.0 and largest_swap(pred[::-1], meas) == pytest.approx(3.0)
+
+
+def test_largest_swap_sees_how_far_apart_the_swapped_subnets_are():
+    meas = np.array([10.0, 20.0, 30.0, 30.5, 31.0])
+    close = np.array([10.0, 20.0, 30.5, 31.0, 30.0])      # two near-ties swapped: a lower tau ...
+    far = np.array([20.0, 10.0, 30.0, 30.5, 31.0])        # ... than one pair 2x apart swapped
+    assert kendall_tau(close, meas) == pytest.approx(0.6) and kendall_tau(far, meas) == pytest.approx(0.8)
+    assert largest_swap(close, meas) == pytest.approx(31 / 30 - 1)
+    assert largest_swap(far, meas) == pytest.approx(1.0)
+    tied = np.array([10.0, 20.0, 30.0, 30.0, 31.0])       # a tie orders neither way: a swap
+    assert largest_swap(tied, meas) == pytest.approx(30.5 / 30 - 1)
+    assert largest_swap([3.0, 1.0], [2.0, 2.0]) == 0.0 and largest_swap([1.0], [1.0]) == 0.0
+    assert evaluate(far, meas)["largest_swap"] == pytest.approx(1.0)
 
 
 def test_select_uncertain_ranks_and_excludes():

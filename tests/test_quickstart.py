@@ -65,6 +65,8 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
         rec = st.agreement("local")
     assert rec is not None and rec["subnets"] == 5
     assert rec["kendall_tau"] == pytest.approx(again["remeasured"]["kendall_tau"])
+    assert rec["largest_swap"] == pytest.approx(again["remeasured"]["largest_swap"])
+    assert "largest swap" in text and (tmp_path / "qs" / "report" / "costs" / "scatter_remeasured.png").is_file()
     for png in ("training.png", "latency_vs_ops.png"):
         assert (tmp_path / "qs" / "report" / png).stat().st_size > 1000
     assert list((tmp_path / "qs" / "search").glob("pareto_*.png"))

@@ -13,7 +13,7 @@ import pytest
 from nasbnn_hw.core.layers import LayerConfig
 from nasbnn_hw.profiling.profiler import TimingSettings, profile_layers
 from nasbnn_hw.profiling.store import MeasurementStore
-from nasbnn_hw.profiling.timing import (ESTIMATORS, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
+from nasbnn_hw.profiling.timing import (ESTIMATORS, NOISE_SWAP, NOISE_TAU, REFERENCE_LAYER, ItemTiming, Protocol, estimate,
                                        noise_warning, pooled_estimate, reference_key, reference_schedule)
 
 
@@ -273,6 +273,32 @@ def test_store_keeps_the_first_baseline_and_old_stores_open(tmp_path):
         warn = noise_warning(st, "local")
         assert "noise-dominated" in warn and "local" in warn
         st.add_agreement("local", 8, 0.95, 1.0)
+        assert noise_warning(st, "local") is None
+        # the verdict is the largest swap where one is recorded: close swaps lower tau, not the verdict
+        st.add_agreement("local", 8, NOISE_TAU - 0.2, 1.0, largest_swap=NOISE_SWAP / 2)
+        assert noise_warning(st, "local") is None
+        st.add_agreement("local", 8, 0.95, 1.0, largest_swap=0.15)
+        warn = noise_warning(st, "local")
+        assert "15 % apart" in warn and "noise-dominated" in warn
+        assert st.agreement("local")["largest_swap"] == pytest.approx(0.15)
+
+
+def test_agreement_recorded_before_the_largest_swap_reads_and_gains_the_column(tmp_path):
+    old = tmp_path / "old.db"
+    with MeasurementStore(old) as st:
+        pass
+    db = sqlite3.connect(old)  # the agreement table as it was before the largest swap was recorded
+    db.executescript("""DROP TABLE agreement; CREATE TABLE agreement (device TEXT NOT NULL, subnets INTEGER NOT NULL,
+        kendall_tau REAL NOT NULL, acc10 REAL NOT NULL, created REAL NOT NULL);
+        INSERT INTO agreement VALUES ('local', 8, 0.5, 1.0, 1.0);""")
+    db.commit()
+    db.close()
+    with MeasurementStore(old, readonly=True) as st:
+        assert st.agreement("local")["largest_swap"] is None
+        assert "Kendall tau 0.50 < 0.8" in noise_warning(st, "local")
+    with MeasurementStore(old) as st:   # writing adds the column; the old row keeps its tau verdict
+        assert st.agreement("local")["largest_swap"] is None and noise_warning(st, "local")
+        st.add_agreement("local", 8, 0.5, 1.0, largest_swap=0.03)
         assert noise_warning(st, "local") is None
 
 

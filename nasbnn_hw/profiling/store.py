@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS agreement (
     subnets INTEGER NOT NULL,      -- how many subnets were measured twice
     kendall_tau REAL NOT NULL,     -- second measurement against the first
     acc10 REAL NOT NULL,           -- share within +-10 %
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    largest_swap REAL              -- cost_models.metrics.largest_swap (NULL: recorded before it was)
 );
 """
 
@@ -276,6 +277,8 @@ class MeasurementStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            if "largest_swap" not in self._columns("agreement"):   # a store written before the column
+                self._db.execute("ALTER TABLE agreement ADD COLUMN largest_swap REAL")
             self._db.execute("BEGIN IMMEDIATE")  # can it be written at all? (a read-only medium, a lock)
             self._db.execute("ROLLBACK")
         except sqlite3.Error as e:
@@ -283,6 +286,9 @@ class MeasurementStore:
         except UnicodeDecodeError:   # text of the schema itself damaged
             raise self._fail("is corrupt (its schema is not text); restore it from a copy or give a new "
                              "--store path") from None
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self._db.close()
@@ -438,18 +444,23 @@ class MeasurementStore:
         return out
 
     @_guard
-    def add_agreement(self, device: str, subnets: int, kendall_tau: float, acc10: float) -> None:
+    def add_agreement(self, device: str, subnets: int, kendall_tau: float, acc10: float,
+                      largest_swap: float | None = None) -> None:
         """Record how well `device` agreed with itself (`compare --remeasure`, the quickstart)."""
         with self._tx():
-            self._db.execute("INSERT INTO agreement VALUES (?,?,?,?,?)",
-                             (device, int(subnets), float(kendall_tau), float(acc10), time.time()))
+            self._db.execute("INSERT INTO agreement (device, subnets, kendall_tau, acc10, created, largest_swap) "
+                             "VALUES (?,?,?,?,?,?)", (device, int(subnets), float(kendall_tau), float(acc10),
+                                                      time.time(), None if largest_swap is None else float(largest_swap)))
 
     @_guard
     def agreement(self, device: str) -> dict | None:
-        """The latest recorded self-agreement of `device`, or None."""
-        row = self._db.execute("SELECT subnets, kendall_tau, acc10, created FROM agreement WHERE device=? "
-                               "ORDER BY created DESC LIMIT 1", (device,)).fetchone()
-        return None if row is None else dict(zip(("subnets", "kendall_tau", "acc10", "created"), row))
+        """The latest recorded self-agreement of `device` (subnets, kendall_tau, acc10, created, largest_swap:
+        None when recorded before it was), or None."""
+        keys = ("subnets", "kendall_tau", "acc10", "created")
+        swap = "largest_swap" in self._columns("agreement")   # a read-only store may predate it
+        row = self._db.execute(f"SELECT {', '.join(keys + (('largest_swap',) if swap else ()))} FROM agreement "
+                               "WHERE device=? ORDER BY created DESC LIMIT 1", (device,)).fetchone()
+        return None if row is None else {"largest_swap": None, **dict(zip(keys + ("largest_swap",), row))}
 
     def _insert(self, m: Measurement) -> bool:
         cur = self._db.execute(

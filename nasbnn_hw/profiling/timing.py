@@ -326,12 +326,30 @@ def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None =
             "speed_range": float(hi / lo), "reference_us": baseline * 1e6}
 
 
-NOISE_TAU = 0.8  # a device whose two measurements of the same subnets rank them below this is noise-dominated
+NOISE_SWAP = 0.10  # a device whose second measurement orders two subnets this far apart the other way is noisy
+NOISE_TAU = 0.8    # records without a largest swap (older stores): the Kendall tau below which it is noisy
+
+
+def self_disagreement(kendall_tau: float, largest_swap: float | None, subnets: int) -> str | None:
+    """Why two measurements of the same `subnets` subnets show the device noise-dominated, in words; None
+    when they agree. The verdict is the largest swap (`cost_models.metrics.largest_swap`): the second
+    measurement may swap subnets closer together than the device's noise (Kendall tau counts those too, so
+    it falls with how closely the sample's latencies lie, not only with the noise), never two more than
+    NOISE_SWAP apart. Without a largest swap (recorded by an older version) it is Kendall tau < NOISE_TAU."""
+    if largest_swap is None:
+        if kendall_tau >= NOISE_TAU:
+            return None
+        return f"Kendall tau {kendall_tau:.2f} < {NOISE_TAU} over {subnets} subnets measured twice"
+    if largest_swap <= NOISE_SWAP:
+        return None
+    return (f"two measurements of the same {subnets} subnets order a pair {100 * largest_swap:.0f} % apart "
+            f"differently, more than the {100 * NOISE_SWAP:.0f} % allowed; Kendall tau {kendall_tau:.2f}")
 
 
 def noise_warning(store, device: str) -> str | None:
     """A one-line warning when the latest recorded self-agreement of `device` in `store` (a path or a
-    MeasurementStore) is below NOISE_TAU; None when it is fine or was never measured."""
+    MeasurementStore) shows it noise-dominated (`self_disagreement`); None when it is fine or was never
+    measured."""
     from nasbnn_hw.profiling.store import MeasurementStore
     if store is None:
         return None
@@ -342,8 +360,8 @@ def noise_warning(store, device: str) -> str | None:
             return None
         with MeasurementStore(store, readonly=True) as st:
             rec = st.agreement(device)
-    if rec is None or rec["kendall_tau"] >= NOISE_TAU:
+    why = None if rec is None else self_disagreement(rec["kendall_tau"], rec.get("largest_swap"), rec["subnets"])
+    if why is None:
         return None
-    return (f"warning: device '{device}' does not agree with itself (Kendall tau {rec['kendall_tau']:.2f} < "
-            f"{NOISE_TAU} over {rec['subnets']} subnets measured twice): its latency is noise-dominated; see "
-            f"`nasbnn-hw devices check {device} --noise`")
+    return (f"warning: device '{device}' does not agree with itself ({why}): its latency is noise-dominated; "
+            f"see `nasbnn-hw devices check {device} --noise`")

@@ -131,7 +131,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from nasbnn_hw.train.evaluate import accuracy, calibration_batches, recalibrate_bn
     from nasbnn_hw.core.layers import count_ops
     from nasbnn_hw.profiling.devices import open_device, timing_for
-    from nasbnn_hw.profiling.timing import NOISE_TAU
+    from nasbnn_hw.profiling.timing import NOISE_SWAP, self_disagreement
     from nasbnn_hw.profiling.profiler import (measure_again, profile_layers, profile_subnets, subnet_key,
                                                uses_subnet_reference)
     from nasbnn_hw.core.sampling import largest, smallest
@@ -220,10 +220,9 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
                                 n_remeasure=report_n, log=lambda m: None)
     metrics = stages.run("cost models vs held-out subnets, measured twice", report_costs)
     again = metrics.pop("repeatability")
-    self_tau = again["remeasured"]["kendall_tau"]
-    if self_tau < NOISE_TAU:
-        _say(f"WARNING: this device does not agree with itself (Kendall tau {self_tau:.2f} < {NOISE_TAU} "
-             f"between two measurements): latency here is noise-dominated")
+    noisy = self_disagreement(again["remeasured"]["kendall_tau"], again["remeasured"]["largest_swap"], again["n"])
+    if noisy:
+        _say(f"WARNING: this device does not agree with itself ({noisy}): latency here is noise-dominated")
 
     # 4. search: latency-aware and OPs-aware, at three measured latency budgets -----------------------
     from cost_models.metrics import calibrate_linear
@@ -323,9 +322,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     total = time.time() - t_start
     m = again["remeasured"]
     lines = [f"# nasbnn-hw quickstart: {space.name} on {source}", ""]
-    if self_tau < NOISE_TAU:
-        lines += [f"**Warning: the device `{device}` does not agree with itself** (Kendall tau {self_tau:.3f} "
-                  f"< {NOISE_TAU} between two measurements of the same subnets): its latencies are "
+    if noisy:
+        lines += [f"**Warning: the device `{device}` does not agree with itself** ({noisy}): its latencies are "
                   "noise-dominated, and so is every latency-based figure below. Check "
                   f"`nasbnn-hw devices check {device} --noise`, close other work, or raise `rounds`.", ""]
     lines += [f"Device: `{device}` ({platform.machine()}, {_cpu_model()}), "
@@ -339,12 +337,20 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               "## 1. Does the device agree with itself?", "",
               f"{again['n']} held-out subnets measured a second time, independently (compiled and timed again in a fresh process), "
               "against the first measurement:", "",
-              "| | ±10% | Kendall tau | MAPE % |", "|---|---|---|---|",
-              f"| second measurement vs first | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} |",
+              "| | ±10% | Kendall tau | MAPE % | largest swap |", "|---|---|---|---|---|",
+              f"| second measurement vs first | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} | "
+              f"{100 * m['largest_swap']:.1f}% |", "",
+              "Largest swap: the largest difference between two subnets that the second measurement orders the "
+              "other way. Kendall tau counts every swapped pair, however close, so it also falls when the subnets "
+              "lie close together; a device is taken as agreeing with itself when it swaps no two subnets more "
+              f"than {100 * NOISE_SWAP:.0f} % apart.", "",
+              "![second measurement](costs/scatter_remeasured.png)",
               "", "## 2. Cost models on held-out subnets", "",
               f"Full report: [costs/report.md](costs/report.md); {next(iter(metrics.values()))['n']} held-out "
-              "subnets, never used to fit.", "", "| model | ±10% | Kendall tau | MAPE % |", "|---|---|---|---|"]
-    lines += [f"| {k} | {100 * v['acc10']:.1f}% | {v['kendall_tau']:.3f} | {v['mape']:.2f} |" for k, v in metrics.items()]
+              "subnets, never used to fit.", "", "| model | ±10% | Kendall tau | MAPE % | largest swap |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {k} | {100 * v['acc10']:.1f}% | {v['kendall_tau']:.3f} | {v['mape']:.2f} | "
+              f"{100 * v['largest_swap']:.1f}% |" for k, v in metrics.items()]
     lines += ["", "OPs and FLOPs are scored after the best linear fit to seconds.", "",
               "## 3. Latency-aware vs OPs-aware search at measured latency budgets", "",
               f"Two evolutionary searches of the same supernet: one with the latency predictor as its cost, one "
