@@ -281,6 +281,9 @@ def test_store_keeps_the_first_baseline_and_old_stores_open(tmp_path):
         warn = noise_warning(st, "local")
         assert "15 % apart" in warn and "noise-dominated" in warn
         assert st.agreement("local")["largest_swap"] == pytest.approx(0.15)
+        # every order kept, every value 20 % off: a budget in seconds moves
+        st.add_agreement("local", 8, 1.0, 0.25, largest_swap=0.0)
+        assert "25 % of them within ±10 %" in noise_warning(st, "local")
 
 
 def test_agreement_recorded_before_the_largest_swap_reads_and_gains_the_column(tmp_path):

@@ -326,24 +326,32 @@ def noise_floor(runner, target, timing, repeats: int = 6, workdir: Path | None =
             "speed_range": float(hi / lo), "reference_us": baseline * 1e6}
 
 
-NOISE_SWAP = 0.10  # a device whose second measurement orders two subnets this far apart the other way is noisy
-NOISE_TAU = 0.8    # records without a largest swap (older stores): the Kendall tau below which it is noisy
+NOISE_SWAP = 0.10    # a second measurement may not order two subnets this far apart the other way ...
+NOISE_WITHIN = 0.8   # ... and must put at least this share of the subnets within +-10 % of the first
+NOISE_TAU = 0.8      # records without a largest swap (older stores): the Kendall tau below which it is noisy
 
 
-def self_disagreement(kendall_tau: float, largest_swap: float | None, subnets: int) -> str | None:
+def self_disagreement(kendall_tau: float, largest_swap: float | None, acc10: float, subnets: int) -> str | None:
     """Why two measurements of the same `subnets` subnets show the device noise-dominated, in words; None
-    when they agree. The verdict is the largest swap (`cost_models.metrics.largest_swap`): the second
-    measurement may swap subnets closer together than the device's noise (Kendall tau counts those too, so
-    it falls with how closely the sample's latencies lie, not only with the noise), never two more than
-    NOISE_SWAP apart. Without a largest swap (recorded by an older version) it is Kendall tau < NOISE_TAU."""
-    if largest_swap is None:
-        if kendall_tau >= NOISE_TAU:
-            return None
-        return f"Kendall tau {kendall_tau:.2f} < {NOISE_TAU} over {subnets} subnets measured twice"
-    if largest_swap <= NOISE_SWAP:
+    when they agree. Two rules. Order: the largest swap (`cost_models.metrics.largest_swap`) is at most
+    NOISE_SWAP: the second measurement may swap subnets closer together than the device's noise (Kendall tau
+    counts those too, so it falls with how closely the sample's latencies lie, not only with the noise),
+    never two more than NOISE_SWAP apart; without a largest swap (recorded by an older version), Kendall tau
+    >= NOISE_TAU. Value: at least NOISE_WITHIN of the subnets within +-10 % (`acc10`), since a budget is in
+    seconds: a device whose second measurement is 20 % slower throughout keeps every order and moves every
+    budget decision."""
+    why = []
+    if largest_swap is None and kendall_tau < NOISE_TAU:
+        why.append(f"Kendall tau {kendall_tau:.2f} < {NOISE_TAU}")
+    elif largest_swap is not None and largest_swap > NOISE_SWAP:
+        why.append(f"a pair {100 * largest_swap:.0f} % apart ordered the other way (at most "
+                   f"{100 * NOISE_SWAP:.0f} % allowed)")
+    if acc10 < NOISE_WITHIN:
+        why.append(f"{100 * acc10:.0f} % of them within ±10 % of the first (at least {100 * NOISE_WITHIN:.0f} % "
+                   f"needed)")
+    if not why:
         return None
-    return (f"two measurements of the same {subnets} subnets order a pair {100 * largest_swap:.0f} % apart "
-            f"differently, more than the {100 * NOISE_SWAP:.0f} % allowed; Kendall tau {kendall_tau:.2f}")
+    return f"two measurements of the same {subnets} subnets: {'; '.join(why)}"
 
 
 def noise_warning(store, device: str) -> str | None:
@@ -360,7 +368,8 @@ def noise_warning(store, device: str) -> str | None:
             return None
         with MeasurementStore(store, readonly=True) as st:
             rec = st.agreement(device)
-    why = None if rec is None else self_disagreement(rec["kendall_tau"], rec.get("largest_swap"), rec["subnets"])
+    why = None if rec is None else self_disagreement(rec["kendall_tau"], rec["largest_swap"], rec["acc10"],
+                                                     rec["subnets"])
     if why is None:
         return None
     return (f"warning: device '{device}' does not agree with itself ({why}): its latency is noise-dominated; "

@@ -131,7 +131,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
     from nasbnn_hw.train.evaluate import accuracy, calibration_batches, recalibrate_bn
     from nasbnn_hw.core.layers import count_ops
     from nasbnn_hw.profiling.devices import open_device, timing_for
-    from nasbnn_hw.profiling.timing import NOISE_SWAP, self_disagreement
+    from nasbnn_hw.profiling.timing import NOISE_SWAP, NOISE_WITHIN, self_disagreement
     from nasbnn_hw.profiling.profiler import (measure_again, profile_layers, profile_subnets, subnet_key,
                                                uses_subnet_reference)
     from nasbnn_hw.core.sampling import largest, smallest
@@ -220,7 +220,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
                                 n_remeasure=report_n, log=lambda m: None)
     metrics = stages.run("cost models vs held-out subnets, measured twice", report_costs)
     again = metrics.pop("repeatability")
-    noisy = self_disagreement(again["remeasured"]["kendall_tau"], again["remeasured"]["largest_swap"], again["n"])
+    rep = again["remeasured"]
+    noisy = self_disagreement(rep["kendall_tau"], rep["largest_swap"], rep["acc10"], again["n"])
     if noisy:
         _say(f"WARNING: this device does not agree with itself ({noisy}): latency here is noise-dominated")
 
@@ -342,8 +343,9 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               f"{100 * m['largest_swap']:.1f}% |", "",
               "Largest swap: the largest difference between two subnets that the second measurement orders the "
               "other way. Kendall tau counts every swapped pair, however close, so it also falls when the subnets "
-              "lie close together; a device is taken as agreeing with itself when it swaps no two subnets more "
-              f"than {100 * NOISE_SWAP:.0f} % apart.", "",
+              "lie close together. A device is taken as agreeing with itself when its second measurement swaps no "
+              f"two subnets more than {100 * NOISE_SWAP:.0f} % apart and puts at least {100 * NOISE_WITHIN:.0f} % of "
+              "them within ±10 % of the first.", "",
               "![second measurement](costs/scatter_remeasured.png)",
               "", "## 2. Cost models on held-out subnets", "",
               f"Full report: [costs/report.md](costs/report.md); {next(iter(metrics.values()))['n']} held-out "
