@@ -103,6 +103,20 @@ def test_local_bundle_agrees_with_pytorch(local_bundle):
     assert bench.returncode == 0 and "runs=7 warmup=5" in bench.stdout
 
 
+def test_a_label_longer_than_the_runners_line_does_not_shift_the_others(small16, tmp_path):
+    """The runner cuts a label at 511 bytes; the labels after it keep their classes."""
+    _, net = small16
+    labels = [f"class {i}" for i in range(10)]
+    labels[0] = labels[4] = "L" * 700
+    write_bundle(net, tmp_path / "b", profile=load_profile("local"), labels=labels)
+    x = np.random.default_rng(1).standard_normal((6, 1, 16, 16)).astype(np.float32)
+    r = run_bundle(tmp_path / "b", list(x), repeat=1)
+    seen = {c: name for _, top in r.top for c, _, name in top}
+    assert len(seen) >= 6
+    for c, name in seen.items():
+        assert name == ("L" * 511 if c in (0, 4) else f"class {c}")
+
+
 def test_the_bundles_own_runner_rebuilds_from_its_one_source_file(local_bundle, tmp_path):
     """The README's build line works on the shipped source alone (as on a board)."""
     _, out = local_bundle

@@ -442,14 +442,19 @@ static void load_input(const Bundle* b, const char* name, float* dst) {
   free(raw);
 }
 
+/* One label per line; a label longer than 511 bytes is cut there (the rest of its line is skipped, so the
+ * labels after it keep their classes). */
 static char** read_labels(const char* path, int64_t n) {
   FILE* f = fopen(path, "r");
   if (!f) return NULL;
-  char** labels = calloc((size_t)n, sizeof(char*));
+  char** labels = xalloc(sizeof(char*) * (size_t)n);
   char line[512];
   for (int64_t i = 0; i < n && fgets(line, sizeof line, f); ++i) {
-    line[strcspn(line, "\r\n")] = 0;
-    labels[i] = strdup(line);
+    size_t len = strcspn(line, "\r\n");
+    int cut = line[len] == 0 && len == sizeof line - 1;
+    line[len] = 0;
+    if (!(labels[i] = strdup(line))) fail(3, "out of memory (labels)");
+    for (int c; cut && (c = fgetc(f)) != EOF && c != '\n';) {}
   }
   fclose(f);
   return labels;
