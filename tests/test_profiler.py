@@ -141,14 +141,19 @@ def test_measurements_command_summarises_and_exports(tmp_path, capsys):
         store.add(Measurement("board", "t", "0.27", "subnet", "A", {"space": "small", "resolution": 28},
                               median_s=0.5))
         store.add(Measurement("other", "t", "0.27", "layer", "L0", {}, median_s=1.0))
+        store.add_agreement("board", 8, 0.7, 1.0, largest_swap=0.04)   # close swaps only: agrees
+        store.add_agreement("other", 8, 0.95, 0.5, largest_swap=0.0)   # half of them moved by 10 % or more
     assert main(["measurements", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("board: agrees with itself: 8 subnets measured twice, largest swap 4.0 %")
+    assert lines[-1].startswith("other: does NOT agree with itself: ") and "50 % of them within ±10 %" in lines[-1]
+    lines = lines[:-2]
     assert len(lines) == 4 and lines[0].split()[:3] == ["device", "kind", "space"]
     board_layers = next(l for l in lines if l.startswith("board") and " layer " in l).split()
     assert board_layers[2:5] == ["-", "3", "1x2"] and board_layers[5] == "2"     # L0: median of 1 and 3 ms
     assert any("small@28" in l for l in lines)
     assert main(["measurements", str(db), "--device", "other"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert len(capsys.readouterr().out.splitlines()) == 3
     out = tmp_path / "m.csv"
     assert main(["measurements", str(db), "--csv", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))

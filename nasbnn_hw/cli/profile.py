@@ -205,6 +205,7 @@ def cmd_measurements(args) -> int:
             return 0
         rows = [r for r in store.summary() if args.device is None or r["device"] == args.device]
         tuned = {k: n for k, n in store.tuned_counts().items() if args.device is None or k[0] == args.device}
+        agree = {d: store.agreement(d) for d in sorted({r["device"] for r in rows} | {k[0] for k in tuned})}
     if not rows and not tuned:
         print(f"{args.store}: no measurements" + (f" for device {args.device!r}" if args.device else ""))
         return 0
@@ -222,6 +223,16 @@ def cmd_measurements(args) -> int:
                   f"{last:19s}  {r['target']}")
     for (d, t, v), n in sorted(tuned.items()):
         print(f"{d}: {n} layer(s) with tuned kernel schedules (nasbnn-hw tune), TVM {v}, target {t}")
+    from nasbnn_hw.profiling.timing import self_disagreement
+    for d, rec in agree.items():
+        if rec is None:
+            continue
+        when = datetime.datetime.fromtimestamp(rec["created"]).isoformat(sep=" ", timespec="seconds")
+        why = self_disagreement(rec["kendall_tau"], rec["largest_swap"], rec["acc10"], rec["subnets"])
+        swap = "" if rec["largest_swap"] is None else f"largest swap {100 * rec['largest_swap']:.1f} %, "
+        print(f"{d}: does NOT agree with itself: {why} (recorded {when})" if why else
+              f"{d}: agrees with itself: {rec['subnets']} subnets measured twice, {swap}{100 * rec['acc10']:.0f} % "
+              f"within ±10 %, Kendall tau {rec['kendall_tau']:.2f} (recorded {when})")
     return 0
 
 
