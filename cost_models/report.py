@@ -85,8 +85,8 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], *, units: Mapping
         m.update({"unit": unit, "calibration": note})
         metrics[name] = m
         lines.append(f"| {name} | {_fmt(m['acc10'], True)} | {_fmt(m['acc5'], True)} | {1e3 * m['rmse']:.4f} | "
-                     f"{m['mape']:.2f} | {_fmt(m['kendall_tau'])} | {_fmt(m['spearman'])} | {_fmt(m['largest_swap'], True)} | "
-                     f"{note} |")
+                     f"{m['mape']:.2f} | {_fmt(m['kendall_tau'])} | {_fmt(m['spearman'])} | "
+                     f"{_fmt(m['largest_swap'], True)} | {note} |")
         scatter(out / f"scatter_{name.replace('@', '_at_')}.png", meas, pred, m,
                 "measured latency (ms)", f"{name} (ms{'' if unit == 's' else ', linear fit'})", name)
     md = [f"# {title}", "", f"{len(rows)} measured subnets; latency in seconds unless noted.", "",

@@ -448,9 +448,10 @@ class MeasurementStore:
                       largest_swap: float | None = None) -> None:
         """Record how well `device` agreed with itself (`compare --remeasure`, the quickstart)."""
         with self._tx():
+            swap = None if largest_swap is None else float(largest_swap)
             self._db.execute("INSERT INTO agreement (device, subnets, kendall_tau, acc10, created, largest_swap) "
                              "VALUES (?,?,?,?,?,?)", (device, int(subnets), float(kendall_tau), float(acc10),
-                                                      time.time(), None if largest_swap is None else float(largest_swap)))
+                                                      time.time(), swap))
 
     @_guard
     def agreement(self, device: str) -> dict | None:
