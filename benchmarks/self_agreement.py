@@ -30,6 +30,8 @@ second process that keeps one core busy half of the time (0.5-2 s bursts at rand
 `amx-steady-b` that during campaign B only (one process: the baselines and campaign A are quiet); run under
 `taskset -c 0` and the AMX neighbour takes the other CPUs.
 Each (space, competitor, rounds) case runs in its own process. Prints a table, then a JSON line.
+`--rescore FILE...` measures nothing: it scores raw files written by `--raw` again (the stored value of B
+against A per reference) with the device verdict the tools give now.
 """
 from __future__ import annotations
 
@@ -209,7 +211,7 @@ def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines
             dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
             label = name if k == "layer" or name in ("median", "min") else f"{name}/{k}"
             out["protocols"][label] = {"kendall_tau": kendall_tau(a, b), "largest_swap": largest_swap(b, a),
-                                       "acc10": within(a, b, 0.10),
+                                       "acc10": within(b, a, 0.10),
                                        "median_dev": dev[len(dev) // 2], "worst_dev": dev[-1],
                                        "range_ms": [min(a) * 1e3, max(a) * 1e3]}
     out["rounds"] = rounds
@@ -224,6 +226,27 @@ def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines
              "campaigns": {k: [[[asdict(m) for m in v] for v in c] for c in cs]
                                                    for k, cs in campaigns.items()}}))
     return out
+
+
+def rescore(files: list[str]) -> int:
+    """Print, per raw file and reference, campaign B's stored values against A's and the device verdict."""
+    from cost_models.metrics import evaluate
+    from nasbnn_hw.profiling.timing import ItemTiming, pooled_estimate, self_disagreement
+    print("| file | reference | subnets | Kendall tau | largest swap | within ±10 % | median dev | worst dev | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        for ref, cs in d["campaigns"].items():
+            a, b = ([pooled_estimate([ItemTiming(tuple(map(tuple, m["bursts"])), tuple(map(tuple, m["reference"])),
+                                                 m["number"]).normalised_samples(d["baselines"][ref]) for m in v])
+                     for v in c] for c in cs)
+            m = evaluate(b, a)
+            dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
+            why = self_disagreement(m["kendall_tau"], m["largest_swap"], m["acc10"], len(a))
+            print(f"| {f} | {ref} | {len(a)} | {m['kendall_tau']:.3f} | {100 * m['largest_swap']:.1f} % | "
+                  f"{100 * m['acc10']:.0f} % | {100 * dev[len(dev) // 2]:.1f} % | {100 * dev[-1]:.1f} % | "
+                  f"{'noise-dominated' if why else 'agrees'} |")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -260,6 +283,9 @@ def main(argv=None) -> int:
                     help="one: both campaigns in one process (what the device's own re-measurement can see); two: "
                          "campaign B in a fresh process, with campaign A's reference baselines, as a later profile "
                          "run or another user would measure")
+    ap.add_argument("--rescore", nargs="+", metavar="FILE",
+                    help="measure nothing: score the raw files that --raw wrote (one per case) again, with the "
+                         "verdict the tools give now (nasbnn_hw.profiling.timing.self_disagreement)")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--campaign-file", help=argparse.SUPPRESS)
     ap.add_argument("--baselines-from", help=argparse.SUPPRESS)
@@ -269,6 +295,8 @@ def main(argv=None) -> int:
                                 a.raw, tuple(a.reference), int(a.worker[2]), a.cache, a.mcpu, a.precision,
                                 a.max_rounds, a.campaign_file, a.baselines_from)))
         return 0
+    if a.rescore:
+        return rescore(a.rescore)
     results = []
     if any(r < 1 or a.chunks % r for r in a.rounds):
         ap.error(f"--rounds {a.rounds}: each must be >= 1 and divide --chunks {a.chunks}")
