@@ -51,6 +51,13 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     names = [r["subnet"] for r in summary["subnets"]]
     assert names == ["chosen", "largest", "smallest"]
     assert all(r["measured_ms"] > 0 for r in summary["subnets"])
+    for r in summary["subnets"] + summary["latency_vs_ops"]:   # each pick measured 3 times, the median kept
+        runs = r["measured_runs_ms"]
+        assert len(runs) == 3 and runs == sorted(runs) and r["measured_ms"] == pytest.approx(runs[1])
+    for d in summary["latency_vs_ops"]:
+        limit = d["budget_ms"] * 1.03
+        assert d["within_budget"] == (d["measured_ms"] <= limit)
+        assert d["borderline"] == (min(d["measured_runs_ms"]) <= limit < max(d["measured_runs_ms"]))
     assert summary["random_subnets_top1"]["n"] == 20 and 0 <= summary["random_subnets_top1"]["mean"] <= 100
     again = summary["repeatability"]
     assert again["n"] == 5 and 0 <= again["remeasured"]["mape"] < 100 and "predictor" in again
