@@ -89,3 +89,10 @@ def test_quickstart_whole_journey_and_rerun_reuses(tmp_path, capsys):
     assert summary2["stages_s"]["profile layers (TVM binary kernels, local)"] < 0.5 * \
         summary["stages_s"]["profile layers (TVM binary kernels, local)"]
     assert second < first
+    # the picks' extra measurements are reused too: the same three per pick, none taken again
+    assert [d["measured_runs_ms"] for d in summary2["latency_vs_ops"]] == \
+        [d["measured_runs_ms"] for d in summary["latency_vs_ops"]]
+    kept = tmp_path / "qs" / "pick_latency.json"
+    kept.write_text("{not json")                        # a damaged file: measured afresh, replaced
+    run_quickstart(cfg)
+    assert all(len(v) == 2 for v in json.loads(kept.read_text()).values())
