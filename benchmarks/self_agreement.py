@@ -184,11 +184,15 @@ def worker(space_spec: str, n: int, threads: int, chunks: int, competitor: str, 
     return score(space_spec, competitor, threads, rounds, baselines, campaigns, raw_dir, mcpu)
 
 
-def _read_campaign(path: str) -> tuple[dict, dict]:
+def _item(m: dict):
+    """An ItemTiming from its JSON form (asdict)."""
     from nasbnn_hw.profiling.timing import ItemTiming
+    return ItemTiming(tuple(map(tuple, m["bursts"])), tuple(map(tuple, m["reference"])), m["number"])
+
+
+def _read_campaign(path: str) -> tuple[dict, dict]:
     d = json.loads(Path(path).read_text())
-    return d["baselines"], {k: [[ItemTiming(tuple(map(tuple, m["bursts"])), tuple(map(tuple, m["reference"])),
-                                             m["number"]) for m in v] for v in c] for k, c in d["campaigns"].items()}
+    return d["baselines"], {k: [[_item(m) for m in v] for v in c] for k, c in d["campaigns"].items()}
 
 
 def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines: dict, campaigns: dict,
@@ -231,15 +235,14 @@ def score(space_spec: str, competitor: str, threads: int, rounds: int, baselines
 def rescore(files: list[str]) -> int:
     """Print, per raw file and reference, campaign B's stored values against A's and the device verdict."""
     from cost_models.metrics import evaluate
-    from nasbnn_hw.profiling.timing import ItemTiming, pooled_estimate, self_disagreement
+    from nasbnn_hw.profiling.timing import pooled_estimate, self_disagreement
     print("| file | reference | subnets | Kendall tau | largest swap | within ±10 % | median dev | worst dev | verdict |")
     print("|---|---|---|---|---|---|---|---|---|")
     for f in files:
-        d = json.loads(Path(f).read_text())
+        d = json.loads(Path(f).read_text())   # --raw: per reference, campaigns A and B of visits per subnet
         for ref, cs in d["campaigns"].items():
-            a, b = ([pooled_estimate([ItemTiming(tuple(map(tuple, m["bursts"])), tuple(map(tuple, m["reference"])),
-                                                 m["number"]).normalised_samples(d["baselines"][ref]) for m in v])
-                     for v in c] for c in cs)
+            a, b = ([pooled_estimate([_item(m).normalised_samples(d["baselines"][ref]) for m in v]) for v in c]
+                    for c in cs)
             m = evaluate(b, a)
             dev = sorted(abs(y / x - 1) for x, y in zip(a, b))
             why = self_disagreement(m["kendall_tau"], m["largest_swap"], m["acc10"], len(a))

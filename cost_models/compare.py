@@ -131,10 +131,7 @@ def _repeatability(remeasure, space, test, preds, device, out: Path) -> dict:
             md.append(f"| {'second measurement' if name == 'remeasured' else name} | {100 * m['acc10']:.1f}% | "
                       f"{100 * m['acc5']:.1f}% | {m['mape']:.2f} | {m['kendall_tau']:.3f} | {m['spearman']:.3f} | "
                       f"{100 * m['largest_swap']:.1f}% |")
-    md += ["", "Largest swap: the largest difference, by the first measurement, between two subnets ordered the "
-           "other way. Kendall tau counts every swapped pair, however close, so it falls as the subnets' "
-           "latencies lie closer together; the largest swap says how far apart two subnets must be for the "
-           "ranking to hold.", "", "![second measurement](scatter_remeasured.png)"]
+    md += ["", "(Measured: the first measurement.)", "", "![second measurement](scatter_remeasured.png)"]
     from cost_models.report import scatter
     out.mkdir(parents=True, exist_ok=True)
     scatter(out / "scatter_remeasured.png", first, second, res["remeasured"], "first measurement (ms)",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["within", "rmse", "mape", "kendall_tau", "spearman", "largest_swap", "evaluate", "calibrate_linear"]
+__all__ = ["within", "rmse", "mape", "kendall_tau", "spearman", "largest_swap", "LARGEST_SWAP_NOTE", "evaluate", "calibrate_linear"]
 
 
 def _pair(pred, meas):
@@ -40,6 +40,12 @@ def spearman(pred, meas) -> float:
     from scipy.stats import spearmanr
     p, m = _pair(pred, meas)
     return float(spearmanr(p, m).statistic) if len(m) > 1 else float("nan")
+
+
+LARGEST_SWAP_NOTE = ("Largest swap: the largest measured difference between two subnets ordered the other way (or "
+                     "tied). Kendall tau counts every swapped pair, however close, so it falls as the subnets' "
+                     "latencies lie closer together; the largest swap says how far apart two subnets must be for "
+                     "the ranking to hold.")
 
 
 def largest_swap(pred, meas) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 from nasbnn_hw.utils import atomic_write_text
 
 from .errors import CostModelError
-from .metrics import calibrate_linear, evaluate
+from .metrics import LARGEST_SWAP_NOTE, calibrate_linear, evaluate
 
 __all__ = ["write_report", "scatter", "DEFAULT_UNITS"]
 
@@ -93,9 +93,8 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping], *, units: Mapping
           "| model | ±10% | ±5% | RMSE (ms) | MAPE (%) | Kendall tau | Spearman | largest swap | mapping |",
           "|---|---|---|---|---|---|---|---|---|", *lines, "",
           "Analytic counts (OPs, FLOPs, ...) are mapped to seconds by a least-squares line fitted on these "
-          "same subnets, which flatters their ±10%/RMSE/MAPE; rank metrics need no mapping. Largest swap: the "
-          "largest difference in measured latency between two subnets that the model orders the other way (or "
-          "ties).", "", *sections]
+          "same subnets, which flatters their ±10%/RMSE/MAPE; rank metrics need no mapping.", "", LARGEST_SWAP_NOTE, "",
+          *sections]
     md += [f"![{n}](scatter_{n.replace('@', '_at_')}.png)" for n in models]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     buf = io.StringIO()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import platform
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,11 @@ def _best_under(result, budget: float):
         return result.best(budget)
     except SearchError:
         return min(result.pareto, key=lambda c: c.costs[result.cost_model])
+
+
+def _measured(ts: list[float]) -> dict:
+    """Report fields of a subnet measured several times (seconds, sorted): the median and every run, in ms."""
+    return {"measured_ms": statistics.median(ts) * 1e3, "measured_runs_ms": [t * 1e3 for t in ts]}
 
 
 def _latencies(v, n: int) -> bool:
@@ -239,7 +244,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
         _say(f"WARNING: this device does not agree with itself ({noisy}): latency here is noise-dominated")
 
     # 4. search: latency-aware and OPs-aware, at three measured latency budgets -----------------------
-    from cost_models.metrics import calibrate_linear
+    from cost_models.metrics import LARGEST_SWAP_NOTE, calibrate_linear
     from cost_models.registry import get_cost_model
     lat_model = get_cost_model(f"latency@{device}", space, predictor=str(pred_path), store=str(store_path))
     ops_model = get_cost_model("ops", space)
@@ -322,8 +327,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
             atomic_write_text(kept_path, json.dumps(kept, indent=1, sort_keys=True) + "\n")
         lat = {a: sorted([float(t), *kept[k]]) for a, t, k in zip(archs, first, keys)}
         for name, arch in named:
-            rows.append({"subnet": name, "test_top1": top1(arch), "measured_ms": statistics.median(lat[arch]) * 1e3,
-                         "measured_runs_ms": [t * 1e3 for t in lat[arch]],
+            rows.append({"subnet": name, "test_top1": top1(arch), **_measured(lat[arch]),
                          "predicted_ms": float(lat_model.cost(arch)) * 1e3, "ops_M": count_ops(arch, space).ops / 1e6,
                          "arch": arch.short()})
         for b, ob, pick in zip(budgets, ops_budgets, picks):
@@ -333,8 +337,8 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
                 ts = lat[c.arch]
                 duel.append({"budget_ms": b * 1e3, "search": who, "budget_used": used,
                              "test_top1": top1(c.arch), "val_top1": c.accuracy,
-                             "measured_ms": statistics.median(ts) * 1e3, "measured_runs_ms": [t * 1e3 for t in ts],
-                             "within_budget": statistics.median(ts) <= limit, "borderline": ts[0] <= limit < ts[-1],
+                             **_measured(ts), "within_budget": statistics.median(ts) <= limit,
+                             "borderline": ts[0] <= limit < ts[-1],
                              "arch": c.arch.short(), "ops_M": count_ops(c.arch, space).ops / 1e6})
     stages.run(f"measure ({PICK_MEASUREMENTS}x) and test the picks (chosen, largest, smallest; both searches at 3 "
                "budgets)",
@@ -378,9 +382,7 @@ def run_quickstart(cfg: QuickstartConfig) -> str:
               "| | ±10% | Kendall tau | MAPE % | largest swap |", "|---|---|---|---|---|",
               f"| second measurement vs first | {100 * m['acc10']:.1f}% | {m['kendall_tau']:.3f} | {m['mape']:.2f} | "
               f"{100 * m['largest_swap']:.1f}% |", "",
-              "Largest swap: the largest difference between two subnets that the second measurement orders the "
-              "other way. Kendall tau counts every swapped pair, however close, so it also falls when the subnets "
-              "lie close together. A device is taken as agreeing with itself when its second measurement swaps no "
+              f"{LARGEST_SWAP_NOTE} A device is taken as agreeing with itself when its second measurement swaps no "
               f"two subnets more than {100 * NOISE_SWAP:.0f} % apart and puts at least {100 * NOISE_WITHIN:.0f} % of "
               "them within ±10 % of the first.", "",
               "![second measurement](costs/scatter_remeasured.png)",
